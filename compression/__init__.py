@@ -1,0 +1,1 @@
+"""Context compression: LLMLingua-style token pruning, extractive selection, chunk-cache KV reuse."""

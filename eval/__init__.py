@@ -1,0 +1,1 @@
+"""Token-IoU evaluation: datasets, metrics and reports (plain Python, no Prefect)."""

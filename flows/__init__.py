@@ -1,0 +1,1 @@
+"""Prefect flows and the ``ragpress`` CLI. The only package that imports Prefect."""

@@ -1,0 +1,31 @@
+"""The ``ragpress`` command line. Each command group lives in its own ``flows/cli_*.py``
+module and adds itself with ``register(app)``; heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import typer
+
+# Offline by default: nothing may download from a model hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+COMMAND_MODULES = ("flows.cli_retrieval",)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+
+for module_name in COMMAND_MODULES:
+    importlib.import_module(module_name).register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

