@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need first.
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: install install-test install-bench demo test test-slow test-all bench
+
+install:
+	bash scripts/install.sh
+
+install-test:
+	bash scripts/install.sh test
+
+install-bench:
+	bash scripts/install.sh bench
+
+demo: install
+	$(VENV)/bin/ragpress demo
+
+# The default run: everything not marked slow (< 10 minutes on 2 cores).
+test: install-test
+	$(PYTEST) -m "not slow"
+
+test-slow: install-test
+	$(PYTEST) -m slow || [ $$? -eq 5 ]  # 5: no test selected
+
+test-all: install-test
+	$(PYTEST)
+
+bench: install-bench
+	$(PY) benchmarks/run_all.py

@@ -1,0 +1,161 @@
+"""CLI commands of the retrieval stage: chunk, index, query, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+CHUNKER_HELP = "chunker: token, recursive or sentence"
+
+
+def _fail(message: str) -> None:
+    """Print a clear error and exit 2 (bad input), without a traceback."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def chunk(
+    file: Path = typer.Argument(..., help="a UTF-8 text file"),
+    chunker: str = typer.Option("token", "--chunker", help=CHUNKER_HELP),
+    chunk_size: int = typer.Option(256, "--chunk-size", help="tokens per chunk (embedding tokenizer)"),
+    overlap: int = typer.Option(0, "--overlap", help="tokens shared by neighbouring chunks"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list of {start, end, n_tokens}"),
+) -> None:
+    """Chunk FILE and print the chunks' exact character spans."""
+    from retrieval.chunkers import chunks_to_json, make_chunker
+    from retrieval.documents import load_document
+    from retrieval.errors import InputError
+
+    try:
+        document = load_document(file)
+        chunks = make_chunker(chunker, chunk_size=chunk_size, overlap=overlap).chunk(document.text)
+    except (InputError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        json.dump(chunks_to_json(chunks), sys.stdout)
+        sys.stdout.write("\n")
+        return
+    for number, piece in enumerate(chunks):
+        preview = piece.text[:60].replace("\n", " ")
+        typer.echo(f"{number:5d} [{piece.start}:{piece.end}] {piece.n_tokens:4d} tok  {preview}")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or a bad index: printed as one clear line, exit 2."""
+    from compression.lm import ModelUnavailable
+    from retrieval.errors import IndexStoreError, InputError
+    from retrieval.models import EmbeddingModelUnavailable
+
+    return (InputError, IndexStoreError, EmbeddingModelUnavailable, ModelUnavailable, ValueError, FileNotFoundError)
+
+
+def index(
+    paths: list[Path] = typer.Argument(..., help="files or folders of UTF-8 text"),
+    index_dir: Path = typer.Option(..., "--index", help="index directory (created if missing)"),
+    chunker: str = typer.Option("token", "--chunker", help=CHUNKER_HELP),
+    chunk_size: int = typer.Option(256, "--chunk-size", help="tokens per chunk"),
+    overlap: int = typer.Option(0, "--overlap", help="tokens shared by neighbouring chunks"),
+    model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers dir or cached name"),
+    factory: str = typer.Option("Flat", "--factory", help="FAISS index factory: Flat, HNSW32, IVF64,Flat, IVF64,PQ16 ..."),
+    commit_every: int = typer.Option(64, "--commit-every", help="documents per atomic commit"),
+    rebuild: bool = typer.Option(False, "--rebuild", help="replace the index instead of updating it"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Index (incrementally) the text files under PATHS into --index."""
+    from flows.indexing import index_flow
+
+    try:
+        summary = index_flow([str(p) for p in paths], str(index_dir), chunker, chunk_size, overlap, model,
+                             factory, commit_every, rebuild)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if as_json:
+        from dataclasses import asdict
+
+        typer.echo(json.dumps(asdict(summary), indent=2))
+        return
+    typer.echo(
+        f"index {summary.index_dir} v{summary.version}: +{summary.added} new, {summary.updated} changed, "
+        f"-{summary.deleted} deleted, {summary.unchanged} unchanged docs; {summary.chunks_total} chunks "
+        f"({summary.chunks_added} embedded) in {summary.timings['total']:.1f}s"
+    )
+    for skipped in summary.skipped:
+        typer.secho(f"skipped {skipped.path}: {skipped.reason}", fg=typer.colors.YELLOW, err=True)
+
+
+def hit_json(hit) -> dict:
+    return {"source": hit.source, "doc_id": hit.doc_id, "chunk_id": hit.chunk_id, "start": hit.start,
+            "end": hit.end, "score": hit.score, "text": hit.text}
+
+
+def query(
+    text: str = typer.Argument(..., help="the question"),
+    index_dir: Path = typer.Option(..., "--index", help="an index made by `ragpress index`"),
+    k: int = typer.Option(5, "-k", help="number of chunks to return"),
+    model: Optional[str] = typer.Option(None, "--model", help="must be the model the index was built with"),
+    compress: Optional[str] = typer.Option(None, "--compress", help="compress the hits: extractive, llmlingua, ..."),
+    rate: float = typer.Option(0.33, "--rate", help="compression rate when --compress is given"),
+    as_json: bool = typer.Option(False, "--json", help="print hits as JSON"),
+) -> None:
+    """Return the top-k chunks of --index for TEXT, with their exact source spans."""
+    from flows.query import query_flow
+
+    try:
+        (answered,) = query_flow([text], str(index_dir), k, model, compress, rate)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if as_json:
+        payload = {"question": text, "hits": [hit_json(h) for h in answered.hits], "seconds": answered.seconds}
+        if answered.compressed is not None:
+            payload["compressed"] = {"text": answered.compressed.text, "rate": answered.compressed.rate,
+                                     "kept_spans": [[s.context, s.start, s.end] for s in answered.compressed.kept]}
+        typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+        return
+    print_hits(answered)
+
+
+def print_hits(answered) -> None:
+    typer.secho(f"? {answered.question}   ({answered.seconds['search'] * 1000:.0f} ms)", bold=True)
+    for rank, hit in enumerate(answered.hits, 1):
+        preview = " ".join(hit.text.split())[:110]
+        typer.echo(f"  {rank}. {hit.score:.3f} {hit.source} [{hit.start}:{hit.end}]  {preview}")
+    if answered.compressed is not None:
+        typer.echo(f"  compressed ({answered.compressed.method}, rate {answered.compressed.rate:.2f}): "
+                   f"{' '.join(answered.compressed.text.split())[:200]}")
+
+
+def demo(
+    workdir: Path = typer.Option(Path(".ragpress/demo"), "--workdir", help="where the corpus, index and report go"),
+    k: int = typer.Option(5, "-k", help="hits per question"),
+) -> None:
+    """Index Python's help topics, answer a few questions, evaluate, and write a report."""
+    from flows.demo import demo_flow
+
+    typer.echo("ragpress demo: indexing Python's help topics (pydoc_data.topics) ...")
+    try:
+        result = demo_flow(str(workdir), k)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    summary = result.index
+    typer.echo(f"indexed {summary.added + summary.updated + summary.unchanged} topics into {summary.chunks_total} chunks "
+               f"({summary.chunks_added} embedded now) in {summary.timings['total']:.1f}s\n")
+    for answered in result.answers:
+        print_hits(answered)
+    overall = result.evaluation.overall
+    typer.echo(f"\nevaluation on {overall.n_questions} pydoc questions ({result.evaluation.config.label}): "
+               f"recall {overall.recall:.1f}  precision {overall.precision:.1f}  "
+               f"PΩ {overall.precision_omega:.1f}  IoU {overall.iou:.1f}")
+    typer.echo(f"index:  {summary.index_dir}")
+    typer.echo(f"report: {result.report_html} (JSON: {result.report_json})")
+    typer.echo(f"total {result.seconds:.1f}s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+    app.command("chunk")(chunk)
+    app.command("index")(index)
+    app.command("query")(query)

@@ -1,0 +1,131 @@
+"""The indexing flow: load -> chunk -> embed -> index, as Prefect tasks over the retrieval library.
+
+Chunking and embedding are cached by Prefect on the document's content hash (plus the chunker
+configuration, plus the model id for embeddings), so a run that was killed before its commit
+re-uses the work already done. Commits happen every ``commit_every`` documents; each one is an
+atomic version of the index (see ``retrieval.index_store``), so a killed run resumes from the
+last commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+
+from retrieval.base import Chunk, Document
+from retrieval.chunkers import make_chunker
+from retrieval.encoder import load_encoder
+from retrieval.index_store import IndexStore, config_fingerprint
+from retrieval.indexing import (
+    IndexPlan,
+    IndexSummary,
+    SkippedFile,
+    apply_update,
+    chunk_documents,
+    describe_chunker,
+    embed_chunks,
+    load_documents,
+    plan_update,
+)
+
+
+@dataclass(frozen=True)
+class ChunkerSpec:
+    """The CLI-level chunker choice; ``build()`` gives the library chunker."""
+
+    name: str = "token"
+    chunk_size: int = 256
+    overlap: int = 0
+
+    def build(self):
+        return make_chunker(self.name, chunk_size=self.chunk_size, overlap=self.overlap)
+
+
+def _chunk_key(_context: Any, parameters: dict[str, Any]) -> str:
+    document: Document = parameters["document"]
+    return f"chunk-{document.content_hash}-{config_fingerprint(parameters['chunker_config'])}"
+
+
+def _embed_key(_context: Any, parameters: dict[str, Any]) -> str:
+    document: Document = parameters["document"]
+    config = config_fingerprint(parameters["chunker_config"])
+    return f"embed-{document.content_hash}-{config}-{config_fingerprint({'model': parameters['model_id']})}"
+
+
+@task(name="load-documents", retries=2, retry_delay_seconds=1)
+def load_task(paths: list[str]) -> tuple[list[Document], list[SkippedFile]]:
+    return load_documents(paths)
+
+
+@task(name="chunk-document", cache_key_fn=_chunk_key, persist_result=True)
+def chunk_task(document: Document, spec: ChunkerSpec, chunker_config: dict[str, Any]) -> list[Chunk]:
+    return chunk_documents([document], spec.build())[0][1]
+
+
+@task(name="embed-document", cache_key_fn=_embed_key, persist_result=True)
+def embed_task(document: Document, chunks: list[Chunk], model: str | None, model_id: str,
+               chunker_config: dict[str, Any]) -> np.ndarray:
+    return embed_chunks(chunks, load_encoder(model))
+
+
+@task(name="commit-batch", retries=2, retry_delay_seconds=1)
+def commit_task(store: IndexStore, batch: IndexPlan, chunked: list[tuple[Document, list[Chunk]]],
+                vectors: np.ndarray) -> int:
+    """Stage the batch and commit it; a retry after an I/O error re-stages the same documents (idempotent)."""
+    apply_update(store, batch, chunked, vectors)
+    return store.version
+
+
+def _summary_rows(summary: IndexSummary) -> list[dict[str, Any]]:
+    return [
+        {"metric": name, "value": value}
+        for name, value in (
+            ("index", summary.index_dir), ("version", summary.version), ("added docs", summary.added),
+            ("updated docs", summary.updated), ("deleted docs", summary.deleted),
+            ("unchanged docs", summary.unchanged), ("chunks added", summary.chunks_added),
+            ("chunks in index", summary.chunks_total), ("commits", summary.commits),
+            ("skipped files", len(summary.skipped)), ("seconds", round(summary.timings.get("total", 0.0), 2)),
+        )
+    ]
+
+
+@flow(name="ragpress-index")
+def index_flow(paths: list[str], index_dir: str, chunker: str = "token", chunk_size: int = 256, overlap: int = 0,
+               model: str | None = None, factory: str = "Flat", commit_every: int = 64,
+               rebuild: bool = False) -> IndexSummary:
+    """Bring the index in ``index_dir`` up to date with the text files under ``paths``."""
+    import time
+
+    started = time.perf_counter()
+    spec = ChunkerSpec(chunker, chunk_size, overlap)
+    chunker_config = describe_chunker(spec.build())
+    encoder = load_encoder(model)
+    documents, skipped = load_task([str(p) for p in paths])
+    if not documents:
+        from retrieval.errors import InputError
+
+        reasons = "; ".join(s.reason for s in skipped[:3]) or "no text files found"
+        raise InputError(f"nothing to index under {', '.join(map(str, paths))}: {reasons}")
+    store = IndexStore(index_dir, encoder.model_id, encoder.dim, factory, rebuild=rebuild)
+    plan = plan_update(store, documents, chunker_config)
+    progress_id = create_progress_artifact(progress=0.0, description=f"documents embedded into {index_dir}")
+    done, chunks_added, commits = 0, 0, 0
+    for batch in plan.batches(commit_every):
+        chunked = [(doc, chunk_task(doc, spec, chunker_config)) for doc in batch.to_embed]
+        vectors = [embed_task(doc, chunks, model, encoder.model_id, chunker_config) for doc, chunks in chunked]
+        stacked = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
+        commit_task(store, batch, chunked, stacked)
+        done, chunks_added, commits = done + len(batch.to_embed), chunks_added + len(stacked), commits + 1
+        update_progress_artifact(progress_id, 100.0 * done / max(len(plan.to_embed), 1))
+    update_progress_artifact(progress_id, 100.0)
+    summary = IndexSummary(str(index_dir), store.version, len(plan.new), len(plan.changed), len(plan.deleted),
+                           len(plan.unchanged), chunks_added, store.ntotal, commits, tuple(skipped),
+                           {"total": time.perf_counter() - started})
+    create_table_artifact(table=_summary_rows(summary), key="ragpress-index-summary",
+                          description=f"ragpress index of {', '.join(map(str, paths))}")
+    return summary

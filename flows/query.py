@@ -1,0 +1,56 @@
+"""The query flow: embed the questions, search the index, optionally compress the hits."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prefect import flow, task
+
+from compression.base import Budget, CompressionResult
+from retrieval.base import Hit
+from retrieval.encoder import load_encoder
+from retrieval.index_store import IndexStore
+from retrieval.indexing import search_texts
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One question's hits (best first), its optional compressed context and timings in seconds."""
+
+    question: str
+    hits: tuple[Hit, ...]
+    compressed: CompressionResult | None
+    seconds: dict[str, float]
+
+
+@task(name="search", retries=1, retry_delay_seconds=1)
+def search_task(index_dir: str, questions: list[str], k: int, model: str | None) -> tuple[list[list[Hit]], float]:
+    started = time.perf_counter()
+    store = IndexStore.open(index_dir)
+    hits = search_texts(store, load_encoder(model), questions, k)
+    return hits, (time.perf_counter() - started) / max(len(questions), 1)
+
+
+@task(name="compress")
+def compress_task(hits: list[Hit], question: str, method: str, rate: float) -> tuple[CompressionResult, float]:
+    from compression.registry import make_compressor
+
+    started = time.perf_counter()
+    result = make_compressor(method).compress([hit.text for hit in hits], Budget(rate=rate), question=question)
+    return result, time.perf_counter() - started
+
+
+@flow(name="ragpress-query")
+def query_flow(questions: list[str], index_dir: str, k: int = 5, model: str | None = None,
+               compression: str | None = None, rate: float = 0.33) -> list[Answered]:
+    """Top-``k`` hits per question; with ``compression`` set, also the compressed context."""
+    all_hits, search_seconds = search_task(index_dir, list(questions), k, model)
+    answered = []
+    for question, hits in zip(questions, all_hits):
+        compressed, compress_seconds = (None, 0.0)
+        if compression:
+            compressed, compress_seconds = compress_task(hits, question, compression, rate)
+        seconds = {"search": search_seconds, "compress": compress_seconds}
+        answered.append(Answered(question, tuple(hits), compressed, seconds))
+    return answered
