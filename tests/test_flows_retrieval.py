@@ -52,7 +52,7 @@ def test_index_then_query_cli_matches_brute_force(prefect_harness, corpus: Path,
         assert Path(hit["source"]).read_text(encoding="utf-8")[hit["start"]:hit["end"]] == hit["text"]
     store = IndexStore.open(index_dir)
     chunks = store.chunks()
-    vectors = store.vectors_of([c.chunk_id for c in chunks])
+    vectors = store.vectors_of([c.id for c in chunks])
     query = load_encoder().encode(["how does the assert statement work"])[0]
     best = np.argsort(-(vectors @ query))[:3]
     assert [chunks[i].text for i in best] == [h["text"] for h in hits]
