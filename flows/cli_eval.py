@@ -1,0 +1,122 @@
+"""``ragpress eval``: token-IoU evaluation of one configuration or a sweep, with reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from eval.base import EvalConfig
+
+CHUNKER_OPTIONS = ("chunker", "chunk_size", "overlap")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def build_config(options: dict[str, object]) -> EvalConfig:
+    """The configuration the command line asks for.
+
+    No chunker option (chunker, chunk size, overlap): the project's default, ``BEST_CONFIG``,
+    with any retrieval option given on top. With a chunker option: the plain baseline (token
+    200/0, dense, k=5) with every given option on top, so ``--chunker token --chunk-size 200
+    --overlap 0`` is exactly the fixed-token baseline.
+    """
+    from eval.base import EvalConfig
+    from eval.defaults import BASELINE_CONFIG, BEST_CONFIG
+
+    given = {key: value for key, value in options.items() if value is not None}
+    base = BASELINE_CONFIG if any(key in given for key in CHUNKER_OPTIONS) else BEST_CONFIG
+    return EvalConfig.from_dict({**base.to_dict(), **given})
+
+
+def parse_k(k: Optional[str]) -> object:
+    if k is None or k == "min":
+        return k
+    try:
+        return int(k)
+    except ValueError:
+        _fail(f"-k must be a positive integer or 'min', got '{k}'")
+
+
+def print_results(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for result in results:
+        table = Table(title=f"{result.config.label}  ({result.n_chunks} chunks, {result.dataset})")
+        for column in ("corpus", "questions", "recall", "precision", "PΩ", "IoU", "tokens retrieved"):
+            table.add_column(column, justify="left" if column == "corpus" else "right")
+        for corpus, summary in [*result.per_corpus.items(), ("overall", result.overall)]:
+            table.add_row(
+                corpus,
+                str(summary.n_questions),
+                f"{summary.recall:.1f}",
+                f"{summary.precision:.1f}",
+                f"{summary.precision_omega:.1f}",
+                f"{summary.iou:.1f}",
+                f"{summary.mean_retrieved_tokens:.0f}",
+            )
+        console.print(table)
+
+
+def evaluate(
+    questions: Optional[Path] = typer.Option(None, "--questions", help="questions: Chroma CSV or JSONL (default: the own pydoc-topics set)"),
+    corpora: Optional[Path] = typer.Option(None, "--corpora", help="directory of <corpus_id>.md/.txt files (needed for a CSV)"),
+    chunker: Optional[str] = typer.Option(None, "--chunker", help="token, recursive or sentence (default: the project's best config)"),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="tokens per chunk"),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="tokens shared by neighbouring chunks"),
+    k: Optional[str] = typer.Option(None, "-k", "--k", help="chunks retrieved per question, or 'min' (chunks touching the references, max 20)"),
+    retrieval: Optional[str] = typer.Option(None, "--retrieval", help="dense, bm25 or hybrid"),
+    hybrid_weight: Optional[float] = typer.Option(None, "--hybrid-weight", help="weight of the dense score in hybrid retrieval (0..1)"),
+    context_chunks: Optional[int] = typer.Option(None, "--context-chunks", help="neighbours on each side mixed into a chunk's embedding"),
+    merge_adjacent: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="merge retrieved chunks that overlap or touch"),
+    unit: Optional[str] = typer.Option(None, "--unit", help="count metrics in 'chars' (benchmark) or 'tokens'"),
+    sweep: Optional[Path] = typer.Option(None, "--sweep", help="YAML/JSON grid of configurations (see eval/sweep.py)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write per-corpus, overall and per-question scores here"),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="write the static HTML report here"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="embedding cache (default $RAGPRESS_CACHE/eval-embeddings)"),
+    model: Optional[str] = typer.Option(None, "--model", help="embedding model (default: packaged all-MiniLM-L6-v2)"),
+) -> None:
+    """Evaluate chunking + retrieval on questions with reference spans (recall, precision, PΩ, IoU)."""
+    from eval.sweep import load_sweep
+
+    options = dict(
+        chunker=chunker, chunk_size=chunk_size, overlap=overlap, k=parse_k(k), retrieval=retrieval,
+        hybrid_weight=hybrid_weight, context_chunks=context_chunks, merge_adjacent=merge_adjacent, unit=unit,
+    )
+    try:
+        if sweep is not None:
+            if any(value is not None for value in options.values()):
+                _fail("--sweep defines the configurations; drop the chunker/retrieval options or put them in the sweep file")
+            configs = load_sweep(sweep)
+        else:
+            configs = [build_config(options)]
+        if questions is not None and not questions.is_file():
+            _fail(f"questions file {questions} does not exist")
+        from flows.evaluate import evaluate_flow
+
+        results = evaluate_flow(
+            configs=[config.to_dict() for config in configs],
+            questions=str(questions) if questions else None,
+            corpora=str(corpora) if corpora else None,
+            json_out=str(json_out) if json_out else None,
+            html_out=str(html_out) if html_out else None,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            model=model,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    print_results(results)
+    for path in (json_out, html_out):
+        if path is not None:
+            typer.echo(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(evaluate)

@@ -1,0 +1,94 @@
+"""The evaluation flow: load a dataset, evaluate configurations, publish artifacts and reports.
+
+Tasks only wrap ``eval`` library functions; they are not cached by Prefect (their inputs are
+models and datasets; embeddings are cached on disk by the library instead). Every run publishes a table artifact (one row per
+configuration and corpus) and a markdown artifact (summary plus plots), and writes the JSON and
+the static HTML report when asked.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from eval.base import EvalConfig, EvalDataset, EvalResult
+from eval.datasets import load_pydoc_topics, load_questions
+from eval.embedding_cache import EmbeddingCache
+from eval.report import markdown_summary, table_rows, write_html, write_json
+from eval.runner import Evaluator, default_chunker_factory
+
+
+@task(name="load-dataset", cache_policy=NO_CACHE)
+def load_dataset(questions: str | None, corpora: str | None) -> EvalDataset:
+    """The given questions (CSV or JSONL), or the project's own pydoc-topics set."""
+    if questions is None:
+        return load_pydoc_topics()
+    return load_questions(Path(questions), Path(corpora) if corpora else None)
+
+
+@task(name="evaluate-config", cache_policy=NO_CACHE)
+def evaluate_config(evaluator: Evaluator, config: EvalConfig) -> EvalResult:
+    return evaluator.evaluate(config)
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:60] or "eval"
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(results: Sequence[EvalResult], name: str) -> None:
+    key = artifact_key(f"eval-{name}")
+    create_table_artifact(table=table_rows(results), key=key, description=f"Evaluation of {len(results)} configuration(s) on {name}")
+    create_markdown_artifact(markdown=markdown_summary(results, f"Evaluation on {name}"), key=f"{key}-summary")
+
+
+@task(name="write-reports", cache_policy=NO_CACHE)
+def write_reports(results: Sequence[EvalResult], json_out: str | None, html_out: str | None, extra: dict) -> None:
+    if json_out:
+        write_json(results, Path(json_out), extra)
+    if html_out:
+        write_html(results, Path(html_out), f"ragpress evaluation: {results[0].dataset}")
+
+
+@flow(name="ragpress-evaluate", validate_parameters=False)
+def evaluate_flow(
+    configs: list[dict],
+    questions: str | None = None,
+    corpora: str | None = None,
+    json_out: str | None = None,
+    html_out: str | None = None,
+    cache_dir: str | None = None,
+    model: str | None = None,
+    encoder: Any = None,
+    chunker_factory: Any = None,
+) -> list[EvalResult]:
+    """Evaluate ``configs`` (EvalConfig dicts) on one dataset; ``encoder``/``chunker_factory``
+    override the project's model and chunkers (tests pass tiny stand-ins)."""
+    from retrieval.tokenizer import load_tokenizer
+
+    parsed = [EvalConfig.from_dict(config) for config in configs]
+    if not parsed:
+        raise ValueError("no configuration to evaluate; pass at least one")
+    dataset = load_dataset(questions, corpora)
+    if encoder is None:
+        from retrieval.encoder import load_encoder
+
+        encoder = load_encoder(model)
+    evaluator = Evaluator(
+        dataset,
+        encoder,
+        cache=EmbeddingCache(Path(cache_dir) if cache_dir else None),
+        token_counter=load_tokenizer(model),
+        chunker_factory=chunker_factory or default_chunker_factory,
+    )
+    # Sequential on purpose: configurations share memoised chunkings and the CPU.
+    results = [evaluate_config(evaluator, config) for config in parsed]
+    publish_artifacts(results, dataset.name)
+    write_reports(results, json_out, html_out, {"questions": questions, "corpora": corpora})
+    return results
