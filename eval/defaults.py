@@ -16,3 +16,5 @@ BASELINE_CONFIG = EvalConfig(chunker="token", chunk_size=200, overlap=0, k=5, re
 BEST_CONFIG = EvalConfig(
     chunker="recursive", chunk_size=150, overlap=0, k=5, retrieval="hybrid", hybrid_weight=0.8, context_chunks=2
 )
+# What ``ragpress query`` passes as ``hybrid_weight`` to serve BEST_CONFIG (None: plain dense search).
+BEST_HYBRID_WEIGHT = BEST_CONFIG.hybrid_weight if BEST_CONFIG.retrieval == "hybrid" else None

@@ -19,10 +19,9 @@ from eval.embedding_cache import EmbeddingCache
 from eval.metrics import TokenRanges, mean_percent, min_k, precision_omega, retrieval_scores
 from retrieval.base import Chunker, Encoder, TokenCounter
 from retrieval.lexical import BM25Index, fuse
-from retrieval.postprocess import merge_adjacent, with_neighbour_context
+from retrieval.postprocess import NEIGHBOUR_WEIGHT, merge_adjacent, with_neighbour_context
 
 ChunkerFactory = Callable[[EvalConfig], Chunker]
-CONTEXT_WEIGHT = 0.5  # weight of each neighbour's vector when context_chunks > 0
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,7 @@ class Evaluator:
         started = time.perf_counter()
         chunking, fresh = self._chunking(config)
         vectors = with_neighbour_context(
-            chunking.vectors, [c.corpus_id for c in chunking.chunks], config.context_chunks, CONTEXT_WEIGHT
+            chunking.vectors, [c.corpus_id for c in chunking.chunks], config.context_chunks, NEIGHBOUR_WEIGHT
         )
         dense = self._questions() @ vectors.T
         lexical = None

@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
+
 CHUNKER_HELP = "chunker: token, recursive or sentence"
 
 
@@ -20,9 +22,9 @@ def _fail(message: str) -> None:
 
 def chunk(
     file: Path = typer.Argument(..., help="a UTF-8 text file"),
-    chunker: str = typer.Option("token", "--chunker", help=CHUNKER_HELP),
-    chunk_size: int = typer.Option(256, "--chunk-size", help="tokens per chunk (embedding tokenizer)"),
-    overlap: int = typer.Option(0, "--overlap", help="tokens shared by neighbouring chunks"),
+    chunker: str = typer.Option(BEST_CONFIG.chunker, "--chunker", help=CHUNKER_HELP),
+    chunk_size: int = typer.Option(BEST_CONFIG.chunk_size, "--chunk-size", help="tokens per chunk (embedding tokenizer)"),
+    overlap: int = typer.Option(BEST_CONFIG.overlap, "--overlap", help="tokens shared by neighbouring chunks"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list of {start, end, n_tokens}"),
 ) -> None:
     """Chunk FILE and print the chunks' exact character spans."""
@@ -56,9 +58,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def index(
     paths: list[Path] = typer.Argument(..., help="files or folders of UTF-8 text"),
     index_dir: Path = typer.Option(..., "--index", help="index directory (created if missing)"),
-    chunker: str = typer.Option("token", "--chunker", help=CHUNKER_HELP),
-    chunk_size: int = typer.Option(256, "--chunk-size", help="tokens per chunk"),
-    overlap: int = typer.Option(0, "--overlap", help="tokens shared by neighbouring chunks"),
+    chunker: str = typer.Option(BEST_CONFIG.chunker, "--chunker", help=CHUNKER_HELP),
+    chunk_size: int = typer.Option(BEST_CONFIG.chunk_size, "--chunk-size", help="tokens per chunk"),
+    overlap: int = typer.Option(BEST_CONFIG.overlap, "--overlap", help="tokens shared by neighbouring chunks"),
+    context_chunks: int = typer.Option(BEST_CONFIG.context_chunks, "--context-chunks",
+                                       help="mix this many neighbouring chunks on each side into a chunk's vector"),
     model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers dir or cached name"),
     factory: str = typer.Option("Flat", "--factory", help="FAISS index factory: Flat, HNSW32, IVF64,Flat, IVF64,PQ16 ..."),
     commit_every: int = typer.Option(64, "--commit-every", help="documents per atomic commit"),
@@ -70,7 +74,7 @@ def index(
 
     try:
         summary = index_flow([str(p) for p in paths], str(index_dir), chunker, chunk_size, overlap, model,
-                             factory, commit_every, rebuild)
+                             factory, commit_every, rebuild, context_chunks)
     except _user_errors() as exc:
         _fail(str(exc))
     if as_json:
@@ -97,6 +101,8 @@ def query(
     index_dir: Path = typer.Option(..., "--index", help="an index made by `ragpress index`"),
     k: int = typer.Option(5, "-k", help="number of chunks to return"),
     model: Optional[str] = typer.Option(None, "--model", help="must be the model the index was built with"),
+    retrieval: str = typer.Option("hybrid" if BEST_HYBRID_WEIGHT is not None else "dense", "--retrieval", help="dense (FAISS) or hybrid (dense + BM25)"),
+    hybrid_weight: float = typer.Option(BEST_CONFIG.hybrid_weight, "--hybrid-weight", help="weight of dense scores in hybrid retrieval"),
     compress: Optional[str] = typer.Option(None, "--compress", help="compress the hits: extractive, llmlingua, ..."),
     rate: float = typer.Option(0.33, "--rate", help="compression rate when --compress is given"),
     as_json: bool = typer.Option(False, "--json", help="print hits as JSON"),
@@ -105,7 +111,10 @@ def query(
     from flows.query import query_flow
 
     try:
-        (answered,) = query_flow([text], str(index_dir), k, model, compress, rate)
+        if retrieval not in ("dense", "hybrid"):
+            raise ValueError(f"unknown retrieval '{retrieval}'; valid: dense, hybrid")
+        weight = hybrid_weight if retrieval == "hybrid" else None
+        (answered,) = query_flow([text], str(index_dir), k, model, compress, rate, weight)
     except _user_errors() as exc:
         _fail(str(exc))
     if as_json:

@@ -60,7 +60,8 @@ def demo_flow(workdir: str = ".ragpress/demo", k: int = 5) -> DemoResult:
     corpus_dir, index_dir = root / "corpus", root / "index"
     write_corpus(str(corpus_dir))
     config = BEST_CONFIG
-    summary = index_flow([str(corpus_dir)], str(index_dir), config.chunker, config.chunk_size, config.overlap)
+    summary = index_flow([str(corpus_dir)], str(index_dir), config.chunker, config.chunk_size, config.overlap,
+                         context_chunks=config.context_chunks)
     answers = query_flow(list(DEMO_QUESTIONS), str(index_dir), k)
     report_html, report_json = root / "report.html", root / "report.json"
     (evaluation,) = evaluate_flow([config.to_dict()], json_out=str(report_json), html_out=str(report_html))

@@ -17,6 +17,7 @@ import numpy as np
 from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from eval.defaults import BEST_CONFIG
 from retrieval.base import Chunk, Document
 from retrieval.chunkers import make_chunker
 from retrieval.encoder import load_encoder
@@ -27,8 +28,8 @@ from retrieval.indexing import (
     SkippedFile,
     apply_update,
     chunk_documents,
-    describe_chunker,
-    embed_chunks,
+    embed_documents,
+    index_config,
     load_documents,
     plan_update,
 )
@@ -38,9 +39,10 @@ from retrieval.indexing import (
 class ChunkerSpec:
     """The CLI-level chunker choice; ``build()`` gives the library chunker."""
 
-    name: str = "token"
-    chunk_size: int = 256
-    overlap: int = 0
+    name: str = BEST_CONFIG.chunker
+    chunk_size: int = BEST_CONFIG.chunk_size
+    overlap: int = BEST_CONFIG.overlap
+    context_chunks: int = BEST_CONFIG.context_chunks
 
     def build(self):
         return make_chunker(self.name, chunk_size=self.chunk_size, overlap=self.overlap)
@@ -68,16 +70,19 @@ def chunk_task(document: Document, spec: ChunkerSpec, chunker_config: dict[str, 
 
 
 @task(name="embed-document", cache_key_fn=_embed_key, persist_result=True)
-def embed_task(document: Document, chunks: list[Chunk], model: str | None, model_id: str,
+def embed_task(document: Document, chunks: list[Chunk], spec: ChunkerSpec, model: str | None, model_id: str,
                chunker_config: dict[str, Any]) -> np.ndarray:
-    return embed_chunks(chunks, load_encoder(model))
+    return embed_documents([(document, chunks)], load_encoder(model), spec.context_chunks)
 
 
 @task(name="commit-batch", retries=2, retry_delay_seconds=1)
 def commit_task(store: IndexStore, batch: IndexPlan, chunked: list[tuple[Document, list[Chunk]]],
                 vectors: np.ndarray) -> int:
-    """Stage the batch and commit it; a retry after an I/O error re-stages the same documents (idempotent)."""
-    apply_update(store, batch, chunked, vectors)
+    """Stage the batch and commit it; a retry after a failed write only repeats the commit."""
+    if store.dirty:  # an earlier attempt staged the batch, then failed to write it
+        store.commit()
+    else:
+        apply_update(store, batch, chunked, vectors)
     return store.version
 
 
@@ -95,15 +100,19 @@ def _summary_rows(summary: IndexSummary) -> list[dict[str, Any]]:
 
 
 @flow(name="ragpress-index")
-def index_flow(paths: list[str], index_dir: str, chunker: str = "token", chunk_size: int = 256, overlap: int = 0,
+def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name,
+               chunk_size: int = ChunkerSpec.chunk_size, overlap: int = ChunkerSpec.overlap,
                model: str | None = None, factory: str = "Flat", commit_every: int = 64,
-               rebuild: bool = False) -> IndexSummary:
-    """Bring the index in ``index_dir`` up to date with the text files under ``paths``."""
+               rebuild: bool = False, context_chunks: int = ChunkerSpec.context_chunks) -> IndexSummary:
+    """Bring the index in ``index_dir`` up to date with the text files under ``paths``.
+
+    The defaults are the evaluated best configuration (``eval.defaults.BEST_CONFIG``).
+    """
     import time
 
     started = time.perf_counter()
-    spec = ChunkerSpec(chunker, chunk_size, overlap)
-    chunker_config = describe_chunker(spec.build())
+    spec = ChunkerSpec(chunker, chunk_size, overlap, context_chunks)
+    chunker_config = index_config(spec.build(), context_chunks)
     encoder = load_encoder(model)
     documents, skipped = load_task([str(p) for p in paths])
     if not documents:
@@ -117,7 +126,7 @@ def index_flow(paths: list[str], index_dir: str, chunker: str = "token", chunk_s
     done, chunks_added, commits = 0, 0, 0
     for batch in plan.batches(commit_every):
         chunked = [(doc, chunk_task(doc, spec, chunker_config)) for doc in batch.to_embed]
-        vectors = [embed_task(doc, chunks, model, encoder.model_id, chunker_config) for doc, chunks in chunked]
+        vectors = [embed_task(doc, chunks, spec, model, encoder.model_id, chunker_config) for doc, chunks in chunked]
         stacked = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
         commit_task(store, batch, chunked, stacked)
         done, chunks_added, commits = done + len(batch.to_embed), chunks_added + len(stacked), commits + 1

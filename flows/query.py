@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from prefect import flow, task
 
 from compression.base import Budget, CompressionResult
+from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
 from retrieval.base import Hit
 from retrieval.encoder import load_encoder
 from retrieval.index_store import IndexStore
@@ -25,10 +26,11 @@ class Answered:
 
 
 @task(name="search", retries=1, retry_delay_seconds=1)
-def search_task(index_dir: str, questions: list[str], k: int, model: str | None) -> tuple[list[list[Hit]], float]:
+def search_task(index_dir: str, questions: list[str], k: int, model: str | None,
+                hybrid_weight: float | None) -> tuple[list[list[Hit]], float]:
     started = time.perf_counter()
     store = IndexStore.open(index_dir)
-    hits = search_texts(store, load_encoder(model), questions, k)
+    hits = search_texts(store, load_encoder(model), questions, k, hybrid_weight)
     return hits, (time.perf_counter() - started) / max(len(questions), 1)
 
 
@@ -42,10 +44,15 @@ def compress_task(hits: list[Hit], question: str, method: str, rate: float) -> t
 
 
 @flow(name="ragpress-query")
-def query_flow(questions: list[str], index_dir: str, k: int = 5, model: str | None = None,
-               compression: str | None = None, rate: float = 0.33) -> list[Answered]:
-    """Top-``k`` hits per question; with ``compression`` set, also the compressed context."""
-    all_hits, search_seconds = search_task(index_dir, list(questions), k, model)
+def query_flow(questions: list[str], index_dir: str, k: int = BEST_CONFIG.k, model: str | None = None,
+               compression: str | None = None, rate: float = 0.33,
+               hybrid_weight: float | None = BEST_HYBRID_WEIGHT) -> list[Answered]:
+    """Top-``k`` hits per question; with ``compression`` set, also the compressed context.
+
+    ``hybrid_weight=None`` is plain FAISS (dense) search; the default is the evaluated best
+    hybrid dense + BM25 mix (``eval.defaults.BEST_CONFIG``).
+    """
+    all_hits, search_seconds = search_task(index_dir, list(questions), k, model, hybrid_weight)
     answered = []
     for question, hits in zip(questions, all_hits):
         compressed, compress_seconds = (None, 0.0)

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+NEIGHBOUR_WEIGHT = 0.5  # weight of each neighbour's vector in contextual embeddings (eval-grid tuned)
+
 
 def merge_adjacent(spans: Sequence[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
     """Merge ``(source, start, end)`` spans of the same source that overlap or touch.

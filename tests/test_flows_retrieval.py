@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +44,41 @@ def test_index_then_query_cli_matches_brute_force(prefect_harness, corpus: Path,
     summary = json.loads(result.stdout)
     assert summary["added"] == len(TOPICS) and summary["chunks_total"] > len(TOPICS)
 
-    result = _run("query", "how does the assert statement work", "--index", str(index_dir), "-k", "3", "--json")
-    assert result.exit_code == 0, result.output
-    hits = json.loads(result.stdout)["hits"]
-    assert len(hits) == 3
-    # Every hit's span is exact in its source file, and the ranking equals brute-force cosine.
-    for hit in hits:
-        assert Path(hit["source"]).read_text(encoding="utf-8")[hit["start"]:hit["end"]] == hit["text"]
+    question = "how does the assert statement work"
     store = IndexStore.open(index_dir)
     chunks = store.chunks()
     vectors = store.vectors_of([c.id for c in chunks])
-    query = load_encoder().encode(["how does the assert statement work"])[0]
-    best = np.argsort(-(vectors @ query))[:3]
-    assert [chunks[i].text for i in best] == [h["text"] for h in hits]
+    dense = vectors @ load_encoder().encode([question])[0]
+
+    # Default context_chunks=2: each stored vector is its chunk's embedding plus 0.5 x the
+    # embeddings of up to two neighbours on each side in the same document, re-normalised.
+    bare = load_encoder().encode([c.text for c in chunks])
+    for row, chunk in enumerate(chunks):
+        mates = [r for r, c in enumerate(chunks) if c.doc_id == chunk.doc_id]
+        mates.sort(key=lambda r: chunks[r].start)
+        position = mates.index(row)
+        mixed = bare[row] + 0.5 * sum(bare[mates[p]] for p in range(max(0, position - 2), min(len(mates), position + 3)) if p != position)
+        np.testing.assert_allclose(vectors[row], mixed / np.linalg.norm(mixed), atol=1e-4)
+
+    result = _run("query", question, "--index", str(index_dir), "-k", "3", "--retrieval", "dense", "--json")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)["hits"]
+    assert [chunks[i].text for i in np.argsort(-dense)[:3]] == [h["text"] for h in hits]
+
+    # Hybrid: an independent min-max fusion of the same cosine scores with rank_bm25's Okapi BM25.
+    from rank_bm25 import BM25Okapi
+
+    words = lambda text: re.findall(r"\w+", text.lower())  # noqa: E731
+    lexical = np.asarray(BM25Okapi([words(c.text) for c in chunks]).get_scores(words(question)))
+    scale = lambda x: (x - x.min()) / (x.max() - x.min())  # noqa: E731
+    fused = 0.8 * scale(dense) + 0.2 * scale(lexical)
+    result = _run("query", question, "--index", str(index_dir), "-k", "3", "--retrieval", "hybrid",
+                  "--hybrid-weight", "0.8", "--json")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)["hits"]
+    assert [chunks[i].text for i in np.argsort(-fused)[:3]] == [h["text"] for h in hits]
+    for hit in hits:  # every hit's span is exact in its source file
+        assert Path(hit["source"]).read_text(encoding="utf-8")[hit["start"]:hit["end"]] == hit["text"]
     assert hits[0]["source"].endswith("assert.txt")
 
 
@@ -79,9 +102,10 @@ def test_index_flow_publishes_summary_artifact(prefect_harness, corpus: Path, tm
 
     from flows.indexing import index_flow
 
-    index_flow([str(corpus)], str(tmp_path / "idx"), chunk_size=120)
+    index_dir = str(tmp_path / "idx")
+    index_flow([str(corpus)], index_dir, chunk_size=120)
 
-    async def latest():
+    async def summaries():
         async with get_client() as client:
             return await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ragpress-index-summary"]))
@@ -89,9 +113,12 @@ def test_index_flow_publishes_summary_artifact(prefect_harness, corpus: Path, tm
 
     import asyncio
 
-    artifacts = asyncio.run(latest())
-    assert artifacts and artifacts[0].type == "table"
-    rows = json.loads(artifacts[0].data) if isinstance(artifacts[0].data, str) else artifacts[0].data
+    tables = []
+    for artifact in asyncio.run(summaries()):
+        assert artifact.type == "table"
+        tables.append(json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data)
+    # Other tests in this session publish under the same key: pick this run's table by its index.
+    (rows,) = [rows for rows in tables if {"metric": "index", "value": index_dir} in rows]
     assert {"metric": "added docs", "value": len(TOPICS)} in rows
 
 

@@ -1,0 +1,255 @@
+"""Incremental, crash-safe indexing in small steps (each one a candidate Prefect task).
+
+    plan_update -> chunk_documents -> embed_chunks -> apply_update (commits a version)
+
+``index_paths`` runs them over a folder in batches of ``commit_every`` documents. Every batch is
+one atomic commit of whole documents, so a run killed at any moment leaves the last committed
+version intact; the next run plans against it and only does the rest. A document is unchanged
+when both its content hash and the fingerprint of the chunker configuration match, so a new
+chunker configuration re-chunks everything (and a kill half-way through that resumes too).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from retrieval.base import Chunk, Chunker, Document, Encoder, Hit
+from retrieval.documents import discover, load_document
+from retrieval.errors import InputError
+from retrieval.index_store import IndexStore, config_fingerprint
+from retrieval.postprocess import NEIGHBOUR_WEIGHT, with_neighbour_context
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """What an update must do, decided by comparing documents with the index."""
+
+    new: tuple[Document, ...]
+    changed: tuple[Document, ...]
+    deleted: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    chunker_config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def to_embed(self) -> tuple[Document, ...]:
+        return self.new + self.changed
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.new or self.changed or self.deleted)
+
+    def batches(self, size: int) -> Iterator["IndexPlan"]:
+        """Sub-plans of at most ``size`` documents to embed; the first one also carries the deletions."""
+        if size <= 0:
+            raise ValueError(f"commit_every must be a positive number of documents, got {size}")
+        new_ids = {d.doc_id for d in self.new}
+        docs = self.to_embed
+        for number, start in enumerate(range(0, max(len(docs), 1), size)):
+            part = docs[start:start + size]
+            if not part and not self.deleted:
+                return
+            yield IndexPlan(
+                new=tuple(d for d in part if d.doc_id in new_ids),
+                changed=tuple(d for d in part if d.doc_id not in new_ids),
+                deleted=self.deleted if number == 0 else (),
+                unchanged=(),
+                chunker_config=self.chunker_config,
+            )
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """What ``index_paths`` did."""
+
+    index_dir: str
+    version: int
+    added: int
+    updated: int
+    deleted: int
+    unchanged: int
+    chunks_added: int
+    chunks_total: int
+    commits: int
+    skipped: tuple[SkippedFile, ...]
+    timings: Mapping[str, float]
+
+
+def describe_chunker(chunker: Chunker) -> dict[str, Any]:
+    """A JSON-able description of a chunker (class + scalar settings + tokenizer name) to detect changes."""
+    config: dict[str, Any] = {"chunker": type(chunker).__name__}
+    for key, value in sorted(vars(chunker).items()):
+        if key.startswith("_"):
+            continue
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            config[key] = value
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            config[key] = list(value)
+        elif hasattr(value, "name"):
+            config[key] = str(value.name)
+    return config
+
+
+def plan_update(store: IndexStore | None, documents: Sequence[Document], chunker_config: Mapping[str, Any]) -> IndexPlan:
+    """Compare ``documents`` (the whole corpus) with what ``store`` holds."""
+    seen: set[str] = set()
+    for doc in documents:
+        if doc.doc_id in seen:
+            raise InputError(f"document id {doc.doc_id!r} appears twice; give each file once")
+        seen.add(doc.doc_id)
+    indexed = dict(store.documents) if store is not None else {}
+    fingerprint = config_fingerprint(chunker_config)
+    new = tuple(d for d in documents if d.doc_id not in indexed)
+    changed, unchanged = [], []
+    for doc in documents:
+        record = indexed.get(doc.doc_id)
+        if record is None:
+            continue
+        if record.content_hash == doc.content_hash and record.chunker == fingerprint and record.source == doc.source:
+            unchanged.append(doc.doc_id)
+        else:
+            changed.append(doc)
+    deleted = tuple(sorted(set(indexed) - seen))
+    return IndexPlan(new, tuple(changed), deleted, tuple(unchanged), dict(chunker_config))
+
+
+def chunk_documents(docs: Iterable[Document], chunker: Chunker) -> list[tuple[Document, list[Chunk]]]:
+    """Chunk every document; checks each chunk's span so a faulty chunker cannot corrupt the index."""
+    out = []
+    for doc in docs:
+        chunks = list(chunker.chunk(doc.text))
+        for chunk in chunks:
+            if doc.text[chunk.start:chunk.end] != chunk.text:
+                raise RuntimeError(f"chunker {type(chunker).__name__} returned a chunk whose span [{chunk.start}:{chunk.end}] does not match its text in {doc.doc_id}")
+        out.append((doc, chunks))
+    return out
+
+
+def embed_chunks(chunks: Sequence[Chunk], encoder: Encoder, *, show_progress: bool = False) -> np.ndarray:
+    """Vectors ``[len(chunks), encoder.dim]`` of the chunk texts."""
+    if not chunks:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    return encoder.encode([c.text for c in chunks], show_progress=show_progress)
+
+
+def embed_documents(chunked: Sequence[tuple[Document, Sequence[Chunk]]], encoder: Encoder, context_chunks: int = 0,
+                    *, show_progress: bool = False) -> np.ndarray:
+    """Vectors of every chunk of ``chunked``, in order. With ``context_chunks`` > 0 each vector also
+    mixes in its neighbours within the same document (``retrieval.postprocess.with_neighbour_context``)."""
+    flat = [chunk for _, chunks in chunked for chunk in chunks]
+    vectors = embed_chunks(flat, encoder, show_progress=show_progress)
+    groups = [doc.doc_id for doc, chunks in chunked for _ in chunks]
+    return with_neighbour_context(vectors, groups, context_chunks, NEIGHBOUR_WEIGHT)
+
+
+def index_config(chunker: Chunker, context_chunks: int = 0) -> dict[str, Any]:
+    """What decides a document's chunks and vectors: the chunker's settings and the neighbour context."""
+    return {**describe_chunker(chunker), "context_chunks": int(context_chunks)}
+
+
+def apply_update(store: IndexStore, plan: IndexPlan, chunked: Sequence[tuple[Document, Sequence[Chunk]]],
+                 vectors: np.ndarray) -> IndexStore:
+    """Apply ``plan`` with its chunked documents and vectors (rows in chunk order) and commit one version."""
+    total = sum(len(chunks) for _, chunks in chunked)
+    if len(vectors) != total:
+        raise ValueError(f"got {len(vectors)} vectors for {total} chunks; embed exactly the chunks of `chunked`")
+    for doc_id in plan.deleted:
+        store.remove_document(doc_id)
+    store.set_chunker_config(plan.chunker_config)
+    offset = 0
+    for doc, chunks in chunked:
+        store.add_document(doc, chunks, vectors[offset:offset + len(chunks)])
+        offset += len(chunks)
+    if store.dirty:
+        store.commit()
+    return store
+
+
+def load_documents(paths: Sequence[str | Path]) -> tuple[list[Document], list[SkippedFile]]:
+    """Documents under ``paths`` (ids relative to their common folder); bad files found in folders
+    are skipped and reported, a bad file named explicitly raises ``InputError``."""
+    explicit = {Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_file()}
+    files = discover(paths)
+    anchors = [str(p.parent if p.is_file() else p) for p in (Path(x).expanduser().resolve() for x in paths)]
+    root = Path(os.path.commonpath(anchors)) if anchors else Path.cwd()
+    docs, skipped = [], []
+    for path in files:
+        try:
+            docs.append(load_document(path, root=root))
+        except InputError as exc:
+            if path in explicit:
+                raise
+            skipped.append(SkippedFile(str(path), str(exc)))
+    return docs, skipped
+
+
+def index_paths(paths: Sequence[str | Path], index_dir: str | Path, chunker: Chunker, encoder: Encoder,
+                factory: str = "Flat", commit_every: int = 100, *, chunker_config: Mapping[str, Any] | None = None,
+                rebuild: bool = False, show_progress: bool = False, context_chunks: int = 0) -> IndexSummary:
+    """Bring the index in ``index_dir`` up to date with the files under ``paths``.
+
+    Files that disappeared are removed, changed ones re-chunked and re-embedded, and new
+    ones added, committing every ``commit_every`` documents so a killed run resumes.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    timings = dict.fromkeys(("load", "chunk", "embed", "commit"), 0.0)
+    started = time.perf_counter()
+    docs, skipped = load_documents(paths)
+    if not docs:
+        reasons = "; ".join(s.reason for s in skipped[:3]) or "no text files found"
+        raise InputError(f"nothing to index under {', '.join(map(str, paths))}: {reasons}")
+    store = IndexStore(index_dir, encoder.model_id, encoder.dim, factory, rebuild=rebuild)
+    plan = plan_update(store, docs, chunker_config or index_config(chunker, context_chunks))
+    timings["load"] = time.perf_counter() - started
+    commits = chunks_added = 0
+    for batch in plan.batches(commit_every):
+        mark = time.perf_counter()
+        chunked = chunk_documents(batch.to_embed, chunker)
+        timings["chunk"] += (now := time.perf_counter()) - mark
+        vectors = embed_documents(chunked, encoder, context_chunks, show_progress=show_progress)
+        timings["embed"] += (mark := time.perf_counter()) - now
+        apply_update(store, batch, chunked, vectors)
+        timings["commit"] += time.perf_counter() - mark
+        commits, chunks_added = commits + 1, chunks_added + len(vectors)
+    timings["total"] = time.perf_counter() - started
+    return IndexSummary(str(index_dir), store.version, len(plan.new), len(plan.changed), len(plan.deleted),
+                        len(plan.unchanged), chunks_added, store.ntotal, commits, tuple(skipped), timings)
+
+
+def search_texts(store: IndexStore, encoder: Encoder, queries: Sequence[str], k: int,
+                 hybrid_weight: float | None = None) -> list[list[Hit]]:
+    """Top-``k`` hits for each query text; empty queries and a model other than the index's are errors.
+
+    ``hybrid_weight`` (0..1, the weight on dense scores) switches from FAISS search to hybrid
+    dense + BM25 scoring (``retrieval.hybrid``), the retrieval of the evaluated default.
+    """
+    if isinstance(queries, str):
+        queries = [queries]
+    if not queries:
+        raise InputError("no query given; pass a question, e.g. ragpress query 'what is X?'")
+    for number, query in enumerate(queries):
+        if not isinstance(query, str) or not query.strip():
+            raise InputError(f"query {number} is empty; pass a non-empty question")
+    if encoder.model_id != store.model_id:
+        raise InputError(f"the index was built with {store.model_id} but the queries are embedded with {encoder.model_id}; "
+                         "use the index's model, or re-index with --rebuild")
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}; e.g. k=5")
+    vectors = encoder.encode(list(queries))
+    if hybrid_weight is None:
+        return store.search(vectors, k)
+    from retrieval.hybrid import HybridSearcher
+
+    return HybridSearcher(store, hybrid_weight).search(list(queries), vectors, k)
