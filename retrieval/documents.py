@@ -1,0 +1,106 @@
+"""Finding and loading source documents: strict UTF-8 text, clear errors for anything else.
+
+``discover`` lists the text files under the given files and folders (deterministically);
+``load_document`` reads one and raises ``InputError`` naming the file, the problem and the
+fix for empty, binary, NUL-containing or non-UTF-8 files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable
+
+from retrieval.base import Document
+from retrieval.errors import InputError
+
+TEXT_SUFFIXES = frozenset(
+    {".txt", ".md", ".markdown", ".rst", ".py", ".json", ".jsonl", ".csv", ".tsv", ".yaml", ".yml",
+     ".toml", ".ini", ".cfg", ".html", ".htm", ".xml", ".tex", ".log", ".sh", ".js", ".ts", ".c",
+     ".h", ".cpp", ".hpp", ".java", ".go", ".rs", ".rb", ".sql", ".org", ".adoc", ".text"}
+)
+BINARY_SNIFF_BYTES = 8192
+BINARY_SIGNATURES = {
+    b"%PDF-": "PDF",
+    b"\x89PNG\r\n\x1a\n": "PNG image",
+    b"\xff\xd8\xff": "JPEG image",
+    b"GIF87a": "GIF image",
+    b"GIF89a": "GIF image",
+    b"PK\x03\x04": "ZIP archive (or docx/xlsx/epub)",
+    b"\x1f\x8b": "gzip archive",
+    b"\x7fELF": "ELF executable",
+    b"BZh": "bzip2 archive",
+    b"\xfd7zXZ\x00": "xz archive",
+    b"7z\xbc\xaf\x27\x1c": "7z archive",
+    b"\xd0\xcf\x11\xe0": "MS Office (OLE) document",
+    b"SQLite format 3\x00": "SQLite database",
+    b"\x93NUMPY": "NumPy array",
+}
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    """Dot-files and anything in dot-folders (.git, .venv, ...) are not documents."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def discover(paths: Iterable[str | Path]) -> list[Path]:
+    """Text files named in ``paths`` or found (recursively) in its folders: resolved, sorted, unique.
+
+    A file named explicitly is kept whatever its suffix; inside folders only files with a
+    text suffix (``TEXT_SUFFIXES``) count, and hidden files and folders are skipped.
+    """
+    found: set[Path] = set()
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_file():
+            found.add(path.resolve())
+        elif path.is_dir():
+            root = path.resolve()
+            for candidate in root.rglob("*"):
+                if candidate.suffix.lower() in TEXT_SUFFIXES and candidate.is_file() and not _is_hidden(candidate, root):
+                    found.add(candidate)
+        else:
+            raise InputError(f"{path}: no such file or folder; check the path")
+    return sorted(found)
+
+
+def _check_bytes(data: bytes, path: Path) -> None:
+    """Raise InputError if ``data`` is not usable as a text document."""
+    for signature, kind in BINARY_SIGNATURES.items():
+        if data.startswith(signature):
+            raise InputError(f"{path}: binary file ({kind}), not text; convert it to UTF-8 text first (e.g. pdftotext)")
+    nul = data.find(b"\x00", 0, BINARY_SNIFF_BYTES)
+    if nul >= 0:
+        raise InputError(
+            f"{path}: binary file (NUL byte at offset {nul} in the first {BINARY_SNIFF_BYTES} bytes), not text; "
+            "if it is UTF-16 text, re-encode it as UTF-8 (iconv -f utf-16 -t utf-8)"
+        )
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise InputError(f"{path}: NUL byte at byte offset {nul}; remove NUL bytes (e.g. tr -d '\\000') and retry")
+
+
+def load_document(path: str | Path, root: str | Path | None = None) -> Document:
+    """Read ``path`` as a strict UTF-8 ``Document``.
+
+    ``doc_id`` is the path relative to ``root`` (posix form) or, without a root, the resolved
+    path; ``content_hash`` is the sha256 of the file's bytes.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; check the path")
+    data = path.read_bytes()
+    if not data or data.isspace():
+        raise InputError(f"{path}: empty or whitespace-only file; nothing to index, remove it or add text")
+    _check_bytes(data, path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: invalid UTF-8 at byte offset {exc.start} ({exc.reason}); "
+            "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    if text.isspace():
+        raise InputError(f"{path}: whitespace-only file; nothing to index, remove it or add text")
+    doc_id = path.relative_to(Path(root).resolve()).as_posix() if root is not None else path.as_posix()
+    return Document(doc_id=doc_id, source=str(path), text=text, content_hash=hashlib.sha256(data).hexdigest())
