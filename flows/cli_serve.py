@@ -1,0 +1,41 @@
+"""``ragpress serve``: keep a folder's index fresh on a cron schedule, served from this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def serve(
+    folder: Path = typer.Argument(..., help="the folder (or file) to keep indexed"),
+    index_dir: Path = typer.Option(..., "--index", help="index directory (created on the first run)"),
+    cron: str = typer.Option("0 * * * *", "--cron", help="when to re-index, five cron fields (default hourly)"),
+    timezone: str = typer.Option("UTC", "--timezone", help="time zone of the cron schedule"),
+    name: str = typer.Option("ragpress-index", "--name", help="deployment name (flow ragpress-index/NAME)"),
+    chunker: Optional[str] = typer.Option(None, "--chunker", help="token, recursive or sentence (default: the indexing flow's)"),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="tokens per chunk (default: the indexing flow's)"),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="tokens shared by neighbouring chunks"),
+    context_chunks: Optional[int] = typer.Option(None, "--context-chunks", help="neighbours mixed into each vector"),
+    model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers dir or cached name"),
+    factory: Optional[str] = typer.Option(None, "--factory", help="FAISS index factory (default: Flat)"),
+) -> None:
+    """Serve the indexing flow on --cron for FOLDER (needs a Prefect server: PREFECT_API_URL)."""
+    from flows.serve import indexing_deployment
+
+    try:
+        deployment = indexing_deployment(folder, index_dir, name=name, cron=cron, timezone=timezone, chunker=chunker,
+                                         chunk_size=chunk_size, overlap=overlap, context_chunks=context_chunks,
+                                         model=model, factory=factory)
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    from prefect import serve as prefect_serve
+
+    typer.echo(f"serving ragpress-index/{name}: {folder} -> {index_dir} on '{cron}' ({timezone}); Ctrl-C stops")
+    prefect_serve(deployment)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

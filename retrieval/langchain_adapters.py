@@ -1,0 +1,340 @@
+"""LangChain-core interfaces over a ragpress index: ``Embeddings``, ``VectorStore``, ``BaseRetriever``.
+
+LangChain is optional: this module imports ``langchain_core`` at the top, and nothing else in
+``retrieval`` imports this module. ``LiveIndex`` (plain Python, no LangChain) is the read side
+the adapters share: every search uses the newest committed version of an index directory, so
+a long-lived process keeps answering while ``ragpress index`` (or another process) commits.
+
+Mapping to ragpress:
+- a LangChain text is one ragpress document holding one chunk (the whole text): LangChain users
+  split texts themselves (text splitters) before ``add_texts``; the LangChain id is the doc id.
+- LangChain metadata (any JSON) lives in ``langchain_metadata.json`` next to the versions, keyed
+  by doc id and content hash, written before the commit that needs it and pruned after, so a
+  reader of either version always finds it. Chunks indexed by ``ragpress index`` carry their
+  provenance (source, doc_id, chunk_id, start, end) as metadata instead.
+- scores are cosine similarities (vectors are L2-normalised on the way in), relevance ``(1+s)/2``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document as LCDocument
+from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.vectorstores import VectorStore
+from pydantic import ConfigDict, PrivateAttr
+
+from retrieval.base import Chunk, Document, Encoder, Hit
+from retrieval.errors import IndexCorruptedError, IndexStoreError, InputError
+from retrieval.index_store import IndexStore, current_version
+
+METADATA_FILE = "langchain_metadata.json"
+
+
+class LiveIndex:
+    """Searches the newest committed version of ``directory``, re-opening it when a writer commits.
+
+    Thread-safe: each search takes the current snapshot (an ``IndexStore`` opened read-only at
+    one version, never mutated afterwards) and uses it throughout, so an answer always comes
+    from exactly one version, which ``search`` returns alongside the hits.
+    """
+
+    def __init__(self, directory: str | Path, *, verify: bool = True, retries: int = 5) -> None:
+        self.directory = Path(directory)
+        self._verify = verify
+        self._retries = retries
+        self._store: IndexStore | None = None
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> IndexStore | None:
+        """The store at the committed version (None while nothing is committed)."""
+        version = current_version(self.directory)
+        store = self._store
+        if version is None or (store is not None and store.version == version):
+            return None if version is None else store
+        with self._lock:  # one thread opens; the others wait and reuse it
+            if self._store is None or self._store.version != current_version(self.directory):
+                self._store = self._open_current()
+            return self._store
+
+    def _open_current(self) -> IndexStore | None:
+        """Open CURRENT; a writer may collect the version between reading CURRENT and opening it, so retry."""
+        for _ in range(self._retries):
+            version = current_version(self.directory)
+            if version is None:
+                return None
+            try:
+                return IndexStore.open(self.directory, version=version, verify=self._verify)
+            except (IndexCorruptedError, FileNotFoundError):
+                if current_version(self.directory) == version:
+                    raise  # really broken, not a race with a commit
+        raise IndexStoreError(f"{self.directory} changed {self._retries} times while being opened; retry when indexing settles")
+
+    def search(self, query_vectors: np.ndarray, k: int) -> tuple[int, list[list[Hit]]]:
+        """``(version, hits)``: top-``k`` per query row from one committed version; an empty index gives ``(0, [[]...])``."""
+        store = self.snapshot()
+        rows = 1 if np.ndim(query_vectors) == 1 else len(query_vectors)
+        if store is None or store.ntotal == 0:
+            return (0 if store is None else store.version), [[] for _ in range(rows)]
+        return store.version, store.search(query_vectors, k)
+
+
+def content_hash(text: str, metadata: dict[str, Any]) -> str:
+    """Hash of a LangChain document: text and metadata, so a metadata-only change is a change."""
+    return hashlib.sha256(json.dumps([text, metadata], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _normalised(vectors: Sequence[Sequence[float]]) -> np.ndarray:
+    """L2-normalised float32 rows (inner product = cosine); zero rows stay zero."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"the embeddings returned shape {array.shape}, expected [n, dim]")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return np.ascontiguousarray(array / np.where(norms > 0, norms, 1.0))
+
+
+def _atomic_write_json(path: Path, payload: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, ensure_ascii=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RagpressEmbeddings(Embeddings):
+    """LangChain ``Embeddings`` over the ragpress encoder (default: the packaged all-MiniLM-L6-v2)."""
+
+    def __init__(self, model: str | None = None, encoder: Encoder | None = None) -> None:
+        self.model = model
+        self._encoder = encoder
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            from retrieval.encoder import load_encoder  # loads the model on first use only
+
+            self._encoder = load_encoder(self.model)
+        return self._encoder
+
+    @property
+    def model_id(self) -> str:
+        return self.encoder.model_id
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.encoder.encode(list(texts)).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.encoder.encode([text])[0].tolist()
+
+
+def _embedding_model_id(embedding: Embeddings) -> str:
+    """What an index records as its model: the ragpress model id, or the Embeddings class."""
+    model_id = getattr(embedding, "model_id", None)
+    if isinstance(model_id, str):
+        return model_id
+    return f"langchain:{type(embedding).__module__}.{type(embedding).__qualname__}"
+
+
+class RagpressVectorStore(VectorStore):
+    """A LangChain ``VectorStore`` persisted as a ragpress index directory (atomic, versioned commits).
+
+    ``RagpressVectorStore("idx")`` serves an index built by ``ragpress index`` (with its model);
+    ``add_texts``/``delete`` commit a new version each call. Keep LangChain-managed documents in
+    their own directory: ``ragpress index`` deletes documents that are not in its folder.
+    """
+
+    def __init__(self, index_dir: str | Path, embedding: Embeddings | None = None, *, model_id: str | None = None,
+                 factory: str = "Flat") -> None:
+        self.index_dir = Path(index_dir)
+        self._embedding = embedding if embedding is not None else RagpressEmbeddings()
+        self._model_id = model_id
+        self.factory = factory
+        self.live = LiveIndex(self.index_dir)
+        self._write_lock = threading.Lock()
+        self._metadata_cache: tuple[Any, dict[str, dict[str, Any]]] = (None, {})
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return self._embedding
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id or _embedding_model_id(self._embedding)
+
+    # ----------------------------------------------------------------- write
+    def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *, ids: list[str] | None = None,
+                  **kwargs: Any) -> list[str]:
+        """Embed and commit ``texts`` (one version); an existing id is replaced. Returns the ids."""
+        texts = list(texts)
+        metadatas = [dict(m or {}) for m in metadatas] if metadatas is not None else [{} for _ in texts]
+        ids = [str(i) if i is not None else uuid.uuid4().hex for i in ids] if ids is not None else [uuid.uuid4().hex for _ in texts]
+        if not len(texts) == len(metadatas) == len(ids):
+            raise ValueError(f"got {len(texts)} texts, {len(metadatas)} metadatas and {len(ids)} ids; give one of each per text")
+        if not texts:
+            return []
+        for number, metadata in enumerate(metadatas):
+            try:
+                json.dumps(metadata)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"metadata of text {number} is not JSON-serialisable ({exc}); keep metadata to JSON types") from None
+        vectors = _normalised(self._embedding.embed_documents(texts))
+        with self._write_lock:
+            store = self._writer(vectors.shape[1])
+            hashes = [content_hash(t, m) for t, m in zip(texts, metadatas)]
+            self._write_metadata(store, add=dict(zip(ids, zip(hashes, metadatas))))
+            for doc_id, text, metadata, digest, vector in zip(ids, texts, metadatas, hashes, vectors):
+                document = Document(doc_id, str(metadata.get("source", doc_id)), text, digest)
+                store.add_document(document, [Chunk(text, 0, len(text), len(text.split()))], vector[None, :])
+            store.commit()
+            self._write_metadata(store)
+        return ids
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
+        """Remove the documents ``ids`` (unknown ids are ignored) in one commit."""
+        if ids is None:
+            raise ValueError("delete() needs the ids to remove; to drop everything, delete the index directory")
+        with self._write_lock:
+            if not IndexStore.exists(self.index_dir):
+                return True
+            store = IndexStore.open(self.index_dir, mmap=False)
+            self._check_model(store)
+            present = [i for i in dict.fromkeys(map(str, ids)) if i in store.documents]
+            for doc_id in present:
+                store.remove_document(doc_id)
+            if present:
+                store.commit()
+                self._write_metadata(store)
+        return True
+
+    def _writer(self, dim: int) -> IndexStore:
+        store = IndexStore(self.index_dir, self.model_id, dim, self.factory, mmap=False)
+        self._check_model(store)
+        return store
+
+    def _check_model(self, store: IndexStore) -> None:
+        if store.model_id != self.model_id:
+            raise InputError(f"the index {self.index_dir} was built with {store.model_id}, but this store embeds with "
+                             f"{self.model_id}; pass the index's embeddings or use another index directory")
+
+    def _write_metadata(self, store: IndexStore, add: dict[str, tuple[str, dict]] | None = None) -> None:
+        """Before a commit: add entries, keep old ones; after it (``add`` None): keep only live documents."""
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        entries = self._read_metadata()
+        if add is not None:
+            for doc_id, (digest, metadata) in add.items():
+                entries.setdefault(doc_id, {})[digest] = metadata
+        else:
+            live = {doc_id: record.content_hash for doc_id, record in store.documents.items()}
+            entries = {d: {h: m for h, m in by_hash.items() if h == live.get(d)} for d, by_hash in entries.items() if d in live}
+        _atomic_write_json(self.index_dir / METADATA_FILE, entries)
+
+    # ------------------------------------------------------------------ read
+    def _read_metadata(self) -> dict[str, dict[str, Any]]:
+        path = self.index_dir / METADATA_FILE
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return {}
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached_key, cached = self._metadata_cache
+        if key != cached_key:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            self._metadata_cache = (key, cached)
+        return {d: dict(by_hash) for d, by_hash in cached.items()}
+
+    def _to_document(self, store: IndexStore, chunk_id: int, doc_id: str, source: str, start: int, end: int,
+                     text: str, metadata_entries: dict[str, dict[str, Any]]) -> LCDocument:
+        record = store.documents[doc_id]
+        metadata = metadata_entries.get(doc_id, {}).get(record.content_hash)
+        if metadata is None:  # indexed by `ragpress index`: provenance instead
+            metadata = {"source": source, "doc_id": doc_id, "chunk_id": chunk_id, "start": start, "end": end}
+        return LCDocument(page_content=text, metadata=dict(metadata), id=doc_id)
+
+    def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4,
+                                               **kwargs: Any) -> list[tuple[LCDocument, float]]:
+        """Top-``k`` documents for a query vector with their cosine similarity, best first."""
+        store = self.live.snapshot()
+        if store is None or store.ntotal == 0:
+            return []
+        self._check_model(store)
+        hits = store.search(_normalised([embedding]), k)[0]
+        entries = self._read_metadata()
+        return [(self._to_document(store, h.chunk_id, h.doc_id, h.source, h.start, h.end, h.text, entries), h.score)
+                for h in hits]
+
+    def similarity_search_with_score(self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[LCDocument, float]]:
+        return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, **kwargs)
+
+    def similarity_search_by_vector(self, embedding: list[float], k: int = 4, **kwargs: Any) -> list[LCDocument]:
+        return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, **kwargs)]
+
+    def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[LCDocument]:
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        return lambda similarity: (1.0 + similarity) / 2.0  # cosine in [-1, 1] -> [0, 1]
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[LCDocument]:
+        """The stored documents (one per chunk) of the ``ids`` that exist, in the order asked."""
+        store = self.live.snapshot()
+        if store is None:
+            return []
+        chunks = {c.id: c for c in store.chunks()}
+        entries = self._read_metadata()
+        found = []
+        for doc_id in dict.fromkeys(map(str, ids)):
+            record = store.documents.get(doc_id)
+            for chunk_id in record.chunk_ids if record is not None else ():
+                c = chunks[chunk_id]
+                found.append(self._to_document(store, c.id, c.doc_id, c.source, c.start, c.end, c.text, entries))
+        return found
+
+    @classmethod
+    def from_texts(cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, *,
+                   ids: list[str] | None = None, index_dir: str | Path | None = None,
+                   **kwargs: Any) -> "RagpressVectorStore":
+        """A store in ``index_dir`` (required: the index is persistent) holding ``texts``."""
+        if index_dir is None:
+            raise ValueError("RagpressVectorStore.from_texts needs index_dir=... (where the index is written)")
+        store = cls(index_dir, embedding, **kwargs)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+
+class RagpressRetriever(BaseRetriever):
+    """A LangChain retriever over a ragpress index directory: ``invoke(question)`` -> top-``k`` documents.
+
+    ``k`` can be overridden per call: ``retriever.invoke(question, k=3)``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    index_dir: str
+    k: int = 4
+    embeddings: Embeddings | None = None
+    _store: RagpressVectorStore | None = PrivateAttr(default=None)
+
+    @property
+    def store(self) -> RagpressVectorStore:
+        if self._store is None:
+            self._store = RagpressVectorStore(self.index_dir, self.embeddings)
+        return self._store
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                k: int | None = None) -> list[LCDocument]:
+        return self.store.similarity_search(query, k=self.k if k is None else k)
