@@ -1,0 +1,103 @@
+"""Records and protocols of chunk-cache KV reuse.
+
+Tensors are laid out ``[layers, kv_heads, tokens, head_dim]`` (batch 1 dropped), keys post-RoPE
+at the positions the record says. Everything that decides whether a cache may be reused lives in
+``CacheKey``; a stored cache whose key differs from the expected one is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import torch
+
+
+class CacheMismatch(ValueError):
+    """A stored cache was computed under different settings; the message names the field."""
+
+
+class CacheCorrupted(ValueError):
+    """A stored cache file cannot be read or is inconsistent with its own header."""
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything a chunk's KV depends on. ``token_ids`` are the chunk's own tokens."""
+
+    model_id: str
+    weights_hash: str
+    dtype: str
+    tokenizer: str
+    token_ids: tuple[int, ...]
+    prefix_hash: str
+    start: int
+    rope: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class PrefixKV:
+    """The shared system prefix and its KV at positions ``0..len(token_ids)-1``."""
+
+    token_ids: tuple[int, ...]
+    keys: torch.Tensor
+    values: torch.Tensor
+    digest: str
+
+
+@dataclass(frozen=True)
+class ChunkKV:
+    """One chunk's KV, computed right after the prefix (positions ``key.start..``)."""
+
+    key: CacheKey
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.key.token_ids)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt split into separately tokenised pieces: prefix, one block per chunk, the question turn."""
+
+    prefix_ids: tuple[int, ...]
+    chunk_ids: tuple[tuple[int, ...], ...]
+    suffix_ids: tuple[int, ...]
+
+    @property
+    def context_ids(self) -> list[int]:
+        return [t for ids in self.chunk_ids for t in ids]
+
+    @property
+    def all_ids(self) -> list[int]:
+        return [*self.prefix_ids, *self.context_ids, *self.suffix_ids]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one answer cost and produced."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    first_logits: torch.Tensor
+    ttft_s: float
+    prefilled_tokens: int
+    reused_tokens: int
+    mode: str
+
+
+class KVStore(Protocol):
+    """Where chunk caches live between questions."""
+
+    def get(self, key: CacheKey) -> ChunkKV | None: ...
+
+    def put(self, kv: ChunkKV) -> None: ...

@@ -1,0 +1,123 @@
+"""Answering with reused chunk caches: assemble, recover, prefill only what is needed, decode greedily."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+
+from compression.kv.assemble import assemble, chunk_cache, encode_prefix
+from compression.kv.base import Generation, KVStore, PrefixKV, Prompt
+from compression.kv.keys import tokenizer_signature
+from compression.kv.prompt import DEFAULT_SYSTEM, build_prompt
+from compression.kv.recovery import Recovery, additive
+
+
+@torch.inference_mode()
+def recompute(model: Any, cache: Any, prompt: Prompt, selected: Sequence[int]) -> torch.Tensor:
+    """Recompute ``selected`` context positions and prefill the question in one pass.
+
+    The selected tokens attend to the reused KV of unselected tokens and to each other's fresh
+    KV (their stale entries are masked). Their fresh KV then replaces the stale one in place, so
+    the cache again covers positions 0..T-1. Returns the last position's logits.
+    """
+    all_ids = prompt.all_ids
+    context_end = len(prompt.prefix_ids) + len(prompt.context_ids)
+    positions = torch.tensor([*selected, *range(context_end, len(all_ids))])
+    is_stale = torch.zeros(context_end, dtype=torch.bool)
+    is_stale[list(selected)] = True
+    old_allowed = (torch.arange(context_end)[None, :] <= positions[:, None]) & ~is_stale[None, :]
+    new_allowed = positions[None, :] <= positions[:, None]
+    mask = additive(torch.cat([old_allowed, new_allowed], dim=1), model.dtype)
+    out = model(
+        input_ids=torch.tensor([all_ids])[:, positions],
+        position_ids=positions[None],
+        attention_mask=mask,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    n_selected = len(selected)
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name)
+            fresh = tensor[:, :, context_end:]
+            tensor[:, :, list(selected)] = fresh[:, :, :n_selected]
+            setattr(layer, name, torch.cat([tensor[:, :, :context_end], fresh[:, :, n_selected:]], dim=2))
+    return out.logits[0, -1].float()
+
+
+@torch.inference_mode()
+def full_prefill(model: Any, prompt: Prompt) -> tuple[Any, torch.Tensor]:
+    """The baseline: prefill the whole prompt; returns the cache and the last position's logits."""
+    out = model(input_ids=torch.tensor([prompt.all_ids]), use_cache=True, logits_to_keep=1)
+    return out.past_key_values, out.logits[0, -1].float()
+
+
+@torch.inference_mode()
+def greedy_continue(model: Any, cache: Any, first_logits: torch.Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[int]:
+    """Greedy tokens starting from the first-token distribution, until EOS or ``max_new_tokens``."""
+    tokens: list[int] = []
+    logits = first_logits
+    for _ in range(max_new_tokens):
+        token = int(logits.argmax())
+        if token in eos_ids:
+            break
+        tokens.append(token)
+        if len(tokens) == max_new_tokens:
+            break
+        out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+        logits = out.logits[0, -1]
+    return tokens
+
+
+class KVReuseEngine:
+    """Answers questions over chunks whose caches are computed once and kept in ``store``."""
+
+    def __init__(self, lm: Any, store: KVStore, system: str = DEFAULT_SYSTEM) -> None:
+        self.lm, self.store, self.system = lm, store, system
+        self._prefixes: dict[tuple[int, ...], PrefixKV] = {}
+        self._tokenizer_sig = tokenizer_signature(lm.tokenizer)
+        eos = lm.tokenizer.eos_token_id
+        self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+
+    def prompt(self, contexts: Sequence[str], question: str) -> Prompt:
+        return build_prompt(self.lm.tokenizer, contexts, question, self.system)
+
+    def prefix(self, prompt: Prompt) -> PrefixKV:
+        """The shared prefix's KV, computed once per distinct prefix."""
+        if prompt.prefix_ids not in self._prefixes:
+            self._prefixes[prompt.prefix_ids] = encode_prefix(self.lm.model, prompt.prefix_ids, self.lm.model_id)
+        return self._prefixes[prompt.prefix_ids]
+
+    def warm(self, prompt: Prompt) -> int:
+        """Make sure every chunk of ``prompt`` is cached; returns how many had to be computed."""
+        prefix = self.prefix(prompt)
+        return sum(not chunk_cache(self.lm, prefix, ids, self.store, self._tokenizer_sig)[1] for ids in prompt.chunk_ids)
+
+    @torch.inference_mode()
+    def prefill(self, prompt: Prompt, recovery: Recovery) -> tuple[Any, torch.Tensor, int, int]:
+        """Cache ready for decoding, first-token logits, tokens prefilled, tokens reused."""
+        prefix = self.prefix(prompt)
+        chunks = [chunk_cache(self.lm, prefix, ids, self.store, self._tokenizer_sig)[0] for ids in prompt.chunk_ids]
+        cache = assemble(self.lm.model, prefix, chunks)
+        selected = recovery.select(self.lm.model, cache, prompt)
+        logits = recompute(self.lm.model, cache, prompt, selected)
+        prefilled = len(selected) + len(prompt.suffix_ids)
+        return cache, logits, prefilled, len(prompt.all_ids) - prefilled
+
+    @torch.inference_mode()
+    def generate(self, prompt: Prompt, recovery: Recovery | None, max_new_tokens: int = 64) -> Generation:
+        """Answer ``prompt``; ``recovery=None`` means a plain full prefill (no reuse)."""
+        start = time.perf_counter()
+        if recovery is None:
+            cache, logits = full_prefill(self.lm.model, prompt)
+            prefilled, reused, mode = len(prompt.all_ids), 0, "full"
+        else:
+            cache, logits, prefilled, reused = self.prefill(prompt, recovery)
+            mode = recovery.name
+        ttft = time.perf_counter() - start
+        tokens = greedy_continue(self.lm.model, cache, logits, max_new_tokens, self.eos_ids)
+        text = self.lm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return Generation(text, tuple(tokens), logits, ttft, prefilled, reused, mode)

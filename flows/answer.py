@@ -1,0 +1,110 @@
+"""The answer flow: retrieve -> optional compression -> generation with reused chunk caches.
+
+Tasks only wrap library functions (``retrieval``, ``compression``, ``compression.kv``).
+``kv_reuse``: ``none`` (full prefill, no reuse), ``naive`` (reuse, no recovery), ``edge``
+(recompute each chunk's first tokens), ``blend`` (recompute the fraction r of most-deviating tokens).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+KV_REUSE_MODES = ("none", "naive", "edge", "blend")
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+
+
+def kv_cache_dir(index: str, cache_dir: str | None) -> Path:
+    """Chunk caches live next to the index unless another directory is given."""
+    return Path(cache_dir) if cache_dir else Path(index) / "kv-cache"
+
+
+def recovery_for(mode: str, blend_r: float, edge_tokens: int) -> Any:
+    """The recovery of a ``--kv-reuse`` mode; ``none`` means no reuse at all (returns None)."""
+    from compression.kv.recovery import make_recovery
+
+    if mode not in KV_REUSE_MODES:
+        raise ValueError(f"unknown --kv-reuse mode '{mode}'; valid: {', '.join(KV_REUSE_MODES)}")
+    if mode == "none":
+        return None
+    if mode == "naive":
+        return make_recovery("none")
+    return make_recovery("edge", n_tokens=edge_tokens) if mode == "edge" else make_recovery("blend", r=blend_r)
+
+
+def make_engine(index: str, cache_dir: str | None, lm_name: str) -> Any:
+    from compression.kv.generate import KVReuseEngine
+    from compression.kv.store import DiskStore, MemoryStore, TieredStore
+    from compression.lm import load_causal_lm
+
+    store = TieredStore(MemoryStore(DEFAULT_MEMORY_BUDGET), DiskStore(kv_cache_dir(index, cache_dir)))
+    return KVReuseEngine(load_causal_lm(lm_name), store)
+
+
+@task(name="retrieve")
+def retrieve(question: str, index: str, k: int) -> list[dict]:
+    from retrieval.encoder import load_encoder
+    from retrieval.index_store import IndexStore
+
+    store = IndexStore.open(index)
+    encoder = load_encoder(store.model_id.rsplit("@", 1)[0])
+    if encoder.model_id != store.model_id:
+        raise ValueError(f"the index {index} was built with {store.model_id} but {encoder.model_id} is installed; re-index it")
+    hits = store.search(encoder.encode([question]), k)[0]
+    return [asdict(hit) for hit in hits]
+
+
+@task(name="compress")
+def compress(contexts: list[str], question: str, method: str, rate: float) -> dict:
+    from compression.base import Budget
+    from compression.registry import make_compressor
+
+    result = make_compressor(method).compress(contexts, Budget(rate=rate), question=question)
+    return {"text": result.text, "kept": [asdict(span) for span in result.kept], "original_tokens": result.original_tokens,
+            "compressed_tokens": result.compressed_tokens}
+
+
+@task(name="generate")
+def generate(contexts: list[str], question: str, index: str, kv_reuse: str, cache_dir: str | None, lm_name: str,
+             max_new_tokens: int, blend_r: float, edge_tokens: int) -> dict:
+    engine = make_engine(index, cache_dir, lm_name)
+    prompt = engine.prompt(contexts, question)
+    recovery = recovery_for(kv_reuse, blend_r, edge_tokens)
+    started = time.perf_counter()
+    computed = engine.warm(prompt) if recovery is not None else 0  # caches missing on disk: computed now, reused later
+    warm_s = time.perf_counter() - started
+    result = engine.generate(prompt, recovery, max_new_tokens)
+    return {"answer": result.text, "ttft_s": result.ttft_s, "prefilled_tokens": result.prefilled_tokens,
+            "reused_tokens": result.reused_tokens, "chunk_caches_computed": computed, "chunk_cache_compute_s": warm_s,
+            "kv_reuse": kv_reuse}
+
+
+@flow(name="ragpress-answer", validate_parameters=False)
+def answer_flow(question: str, index: str, k: int = 4, kv_reuse: str = "blend", compression: str | None = None,
+                rate: float = 0.5, cache_dir: str | None = None, lm_name: str = "smollm2", max_new_tokens: int = 64,
+                blend_r: float = 0.15, edge_tokens: int = 16) -> dict:
+    """Answer ``question`` from the index in ``index``; returns the answer, contexts with spans and costs."""
+    recovery_for(kv_reuse, blend_r, edge_tokens)  # refuse a bad mode before any model loads
+    hits = retrieve(question, index, k)
+    contexts = [hit["text"] for hit in hits]
+    compressed = None
+    if compression:
+        compressed = compress(contexts, question, compression, rate)
+        contexts = [compressed["text"]]  # question-dependent text: its cache is computed, not reused
+    output = generate(contexts, question, index, kv_reuse, cache_dir, lm_name, max_new_tokens, blend_r, edge_tokens)
+    return {"question": question, **output, "contexts": hits, "compression": compressed}
+
+
+@flow(name="ragpress-kv-precompute", validate_parameters=False)
+def precompute_flow(index: str, cache_dir: str | None = None, lm_name: str = "smollm2") -> dict:
+    """The optional indexing step: compute every chunk's cache of ``index`` once, on disk."""
+    from retrieval.index_store import IndexStore
+
+    engine = make_engine(index, cache_dir, lm_name)
+    texts = [chunk.text for chunk in IndexStore.open(index).chunks()]
+    computed = sum(engine.warm(engine.prompt([text], "?")) for text in texts)
+    return {"chunks": len(texts), "computed": computed, "cache_dir": str(kv_cache_dir(index, cache_dir))}

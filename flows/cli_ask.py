@@ -1,0 +1,69 @@
+"""``ragpress ask``: answer a question from an index with a local LM, reusing chunk KV caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def ask(
+    question: str = typer.Argument(..., help="the question to answer"),
+    index: Path = typer.Option(..., "--index", help="index directory built by `ragpress index`"),
+    k: int = typer.Option(4, "-k", "--k", help="chunks to retrieve"),
+    kv_reuse: str = typer.Option("blend", "--kv-reuse", help="none (full prefill), naive, edge or blend"),
+    compression: Optional[str] = typer.Option(None, "--compression", help="compress the contexts first (e.g. extractive)"),
+    rate: float = typer.Option(0.5, "--rate", help="compression rate (kept / original tokens)"),
+    blend_r: float = typer.Option(0.15, "--blend-r", help="fraction of context tokens blend recomputes"),
+    edge_tokens: int = typer.Option(16, "--edge-tokens", help="first tokens of each chunk edge recomputes"),
+    kv_cache: Optional[Path] = typer.Option(None, "--kv-cache", help="chunk-cache directory (default INDEX/kv-cache)"),
+    lm: str = typer.Option("smollm2", "--lm", help="'smollm2' or a local Hugging Face Llama-family model dir"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens to generate at most"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Answer QUESTION: retrieve, optionally compress, generate with reused chunk caches."""
+    from flows.answer import KV_REUSE_MODES
+
+    if kv_reuse not in KV_REUSE_MODES:
+        _fail(f"unknown --kv-reuse '{kv_reuse}'; valid: {', '.join(KV_REUSE_MODES)}")
+    if k <= 0:
+        _fail(f"-k must be a positive integer, got {k}")
+    from retrieval.index_store import IndexStore
+
+    if not IndexStore.exists(index):
+        _fail(f"{index} holds no index; build one with: ragpress index PATH --index {index}")
+    from flows.answer import answer_flow
+
+    try:
+        result = answer_flow(question=question, index=str(index), k=k, kv_reuse=kv_reuse, compression=compression, rate=rate,
+                             cache_dir=str(kv_cache) if kv_cache else None, lm_name=lm, max_new_tokens=max_new_tokens,
+                             blend_r=blend_r, edge_tokens=edge_tokens)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    _print(result)
+
+
+def _print(result: dict) -> None:
+    typer.echo(result["answer"] or "(empty answer)")
+    typer.echo("")
+    for number, hit in enumerate(result["contexts"], 1):
+        preview = hit["text"][:70].replace("\n", " ")
+        typer.echo(f"[{number}] {hit['source']} [{hit['start']}:{hit['end']}] score {hit['score']:.3f}  {preview}")
+    total = result["prefilled_tokens"] + result["reused_tokens"]
+    typer.echo(f"\nkv-reuse {result['kv_reuse']}: time to first token {result['ttft_s'] * 1000:.0f} ms; "
+               f"tokens prefilled {result['prefilled_tokens']} / reused {result['reused_tokens']} of {total}"
+               + (f"; {result['chunk_caches_computed']} chunk caches computed first" if result["chunk_caches_computed"] else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ask")(ask)

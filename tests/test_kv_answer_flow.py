@@ -1,0 +1,74 @@
+"""The answer flow and the ``ask`` command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flows import cli_ask
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+    cli_ask.register(app)
+    app.command("noop")(lambda: None)  # a second command keeps `ask` a named sub-command
+    return app
+
+
+def test_ask_refuses_an_unknown_mode(app, tmp_path):
+    result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path), "--kv-reuse", "magic"])
+    assert result.exit_code == 2
+    assert "valid: none, naive, edge, blend" in result.output
+
+
+def test_ask_refuses_a_missing_index(app, tmp_path):
+    result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path / "nothing")])
+    assert result.exit_code == 2
+    assert "holds no index" in result.output
+
+
+def test_recovery_for_maps_modes():
+    from flows.answer import recovery_for
+
+    assert recovery_for("none", 0.15, 16) is None
+    assert recovery_for("naive", 0.15, 16).name == "none"
+    assert recovery_for("edge", 0.15, 8).n_tokens == 8
+    assert recovery_for("blend", 0.3, 16).r == 0.3
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+@pytest.mark.real_model
+def test_answer_flow_end_to_end(prefect_harness, tmp_path, app):
+    """Real MiniLM + SmolLM2: naive reuse computes chunk caches once; blend r=1 answers like a full prefill."""
+    from retrieval.chunkers import make_chunker
+    from retrieval.encoder import load_encoder
+    from retrieval.indexing import index_paths
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "paris.txt").write_text("Paris is the capital of France. It lies on the Seine.\n\n" * 3, encoding="utf-8")
+    (docs / "nile.txt").write_text("The Nile is a river in Africa, about 6,650 km long.\n\n" * 3, encoding="utf-8")
+    index = tmp_path / "index"
+    index_paths([docs], index, make_chunker("token", chunk_size=32), load_encoder())
+    from flows.answer import answer_flow
+
+    kwargs = dict(question="What is the capital of France?", index=str(index), k=2, max_new_tokens=12)
+    first = answer_flow(kv_reuse="naive", **kwargs)
+    assert first["chunk_caches_computed"] == 2 and len(list((index / "kv-cache").glob("*.safetensors"))) == 2
+    again = answer_flow(kv_reuse="naive", **kwargs)
+    assert again["chunk_caches_computed"] == 0 and again["reused_tokens"] > again["prefilled_tokens"]
+    full = answer_flow(kv_reuse="none", **kwargs)
+    exact = answer_flow(kv_reuse="blend", blend_r=1.0, **kwargs)
+    assert exact["answer"] == full["answer"] and full["reused_tokens"] == 0
+    source = (docs / "paris.txt").read_text(encoding="utf-8")
+    hit = next(h for h in full["contexts"] if h["source"].endswith("paris.txt"))
+    assert source[hit["start"]:hit["end"]] == hit["text"]
+    printed = CliRunner().invoke(app, ["ask", kwargs["question"], "--index", str(index), "-k", "2", "--json", "--max-new-tokens", "8"])
+    assert printed.exit_code == 0, printed.output
+    payload = json.loads(printed.output[printed.output.index("{"):])
+    assert payload["kv_reuse"] == "blend" and len(payload["contexts"]) == 2
