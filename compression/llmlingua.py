@@ -1,0 +1,267 @@
+"""LLMLingua-style token pruning scored by a small causal LM (LongLLMLingua when a question is given).
+
+Pipeline, each step its own module:
+  units (word grouping) + protect (tiers) -> lm_scoring (iterative, KV reused, one pass over
+  the input) -> coarse (rank contexts, keep whole ones, rate rising with rank) -> token_select
+  (exact budget) -> reassemble (text + provenance spans).
+
+Scores: surprisal (nats) of each token given the already-compressed prefix. With a question,
+contexts are ranked by the question's surprisal after each context, and token scores are
+contrastive: surprisal without the question minus surprisal with it (second pass, only over
+the contexts the coarse stage kept but must prune).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from compression.base import Budget, CompressionResult, KeptSpan
+from compression.coarse import REORDERS, allocate, output_order, rank_contexts, select_contexts
+from compression.lm import DEFAULT_LM, load_causal_lm
+from compression.lm_scoring import IncrementalScorer, max_positions
+from compression.protect import MUST, PROTECTED, check_detectors, unit_tiers
+from compression.reassemble import merge_spans, reassemble
+from compression.token_select import adjust, running_threshold, select_units, unit_scores
+from compression.units import Unit, count_tokens, split_units, tokenize
+
+# Budget fixes after re-tokenising the output (the joined text can tokenise a little differently).
+MAX_FIX_ROUNDS = 4
+
+
+@dataclass
+class _Context:
+    """Per-context working state."""
+
+    text: str
+    ids: list[int]
+    units: list[Unit]
+    tiers: np.ndarray
+    token_floor: np.ndarray  # True where the token belongs to a must-keep/protected unit
+    masks: list[list[bool]] = field(default_factory=list)
+    surprisal: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    rank_score: float = math.nan
+
+
+class LLMLinguaCompressor:
+    """Token-pruning compressor: ``compress(contexts, Budget(rate=0.33), question=...)``.
+
+    Options: ``lm`` (``"smollm2"`` or a local HF causal-LM directory), ``window`` (tokens per
+    scoring step), ``iterative`` (condition each window on the compressed prefix), ``coarse``
+    (rank and drop whole contexts when there are several), ``coarse_keep`` (whole contexts are
+    kept until they hold this many times the budget), ``dynamic`` (how much the keep-rate
+    rises with rank, 0 = flat), ``reorder`` (``"original"`` or ``"sort"``: best context first),
+    ``protect`` (detectors: numbers, entities, structure), ``force_tokens`` (strings always
+    kept), ``model``/``tokenizer`` (objects to use instead of loading ``lm``).
+    """
+
+    name = "llmlingua"
+
+    def __init__(
+        self,
+        lm: str = DEFAULT_LM,
+        *,
+        window: int = 256,
+        iterative: bool = True,
+        coarse: bool = True,
+        coarse_keep: float = 1.5,
+        dynamic: float = 1.0,
+        reorder: str = "original",
+        protect: Sequence[str] = ("numbers", "structure"),
+        force_tokens: Sequence[str] = (),
+        dtype: str = "float32",
+        model: Any = None,
+        tokenizer: Any = None,
+    ) -> None:
+        if window < 8:
+            raise ValueError(f"window must be >= 8 tokens, got {window}")
+        if coarse_keep < 1.0:
+            raise ValueError(f"coarse_keep must be >= 1 (multiple of the budget kept as whole contexts), got {coarse_keep}")
+        if reorder not in REORDERS:
+            raise ValueError(f"unknown reorder '{reorder}'; valid: {', '.join(REORDERS)}")
+        if (model is None) != (tokenizer is None):
+            raise ValueError("pass both model= and tokenizer=, or neither (then lm= is loaded)")
+        self.lm, self.window, self.iterative = lm, window, iterative
+        self.coarse, self.coarse_keep, self.dynamic, self.reorder = coarse, coarse_keep, dynamic, reorder
+        self.protect = check_detectors(protect)
+        self.force_tokens = tuple(force_tokens)
+        self.dtype = dtype
+        self._model, self._tokenizer = model, tokenizer
+
+    # -- model ---------------------------------------------------------------------------
+    def _load(self) -> tuple[Any, Any]:
+        """The LM and tokenizer, loaded on first use (memoised by ``load_causal_lm``)."""
+        if self._model is None:
+            loaded = load_causal_lm(self.lm, self.dtype)
+            self._model, self._tokenizer = loaded.model, loaded.tokenizer
+        return self._model, self._tokenizer
+
+    def _prefix(self, tokenizer: Any) -> list[int]:
+        """The attention-sink token every sequence starts from (SmolLM2: ``<|im_start|>``)."""
+        for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+            if token_id is not None:
+                return [int(token_id)]
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start scoring from")
+
+    # -- public API ----------------------------------------------------------------------
+    def compress(
+        self,
+        contexts: Sequence[str],
+        budget: Budget,
+        question: str | None = None,
+        protected: Sequence[KeptSpan] = (),
+    ) -> CompressionResult:
+        """Compress ``contexts`` to ``budget`` (LM tokens of the joined text, ±0.02 of the rate).
+
+        ``protected``: user-marked spans (``KeptSpan(context, start, end)``) that are always kept.
+        """
+        contexts = _check_contexts(contexts)
+        if not any(c.strip() for c in contexts):
+            return CompressionResult("", (), 0, 0, self.name)
+        model, tokenizer = self._load()
+        joined = "\n\n".join(contexts)
+        n_original = count_tokens(tokenizer, joined)
+        target = budget.tokens_for(n_original)
+        if target >= n_original:
+            spans = tuple(KeptSpan(i, 0, len(c)) for i, c in enumerate(contexts) if c)
+            text = "\n\n".join(c for c in contexts if c)
+            return CompressionResult(text, spans, n_original, count_tokens(tokenizer, text), self.name)
+        state = [self._prepare(i, c, tokenizer, protected) for i, c in enumerate(contexts)]
+        prefix = self._prefix(tokenizer)
+        multi = self.coarse and sum(1 for s in state if s.ids) > 1
+        provisional = min(1.0, target / n_original * (self.coarse_keep if multi else 1.0))
+        question_ids = tokenize(tokenizer, f"\n\nQuestion: {question}")[0] if question else None
+        self._score_pass(model, prefix, state, provisional, question_ids)
+        order = self._rank(state, question is not None)
+        kept = select_contexts(order, [len(s.ids) for s in state], math.ceil(target * self.coarse_keep)) if multi else order
+        shares = allocate(kept, [len(s.ids) for s in state], max(0, target - 2 * (len(kept) - 1)), self.dynamic)
+        if question:
+            # Contexts kept whole or dropped need no token scores: contrast only the partly pruned ones.
+            partial = [i for i in kept if 0 < shares[i] < len(state[i].ids)]
+            self._contrast_pass(model, prefix, tokenizer, state, partial, question)
+        keep = self._select(state, shares)
+        return self._finish(contexts, state, order, keep, target, n_original, tokenizer)
+
+    # -- steps ---------------------------------------------------------------------------
+    def _prepare(self, index: int, text: str, tokenizer: Any, protected: Sequence[KeptSpan]) -> _Context:
+        ids, offsets = tokenize(tokenizer, text) if text else ([], [])
+        units = split_units(text, offsets)
+        marked = [(p.start, p.end) for p in protected if p.context == index]
+        tiers = np.array(unit_tiers(text, units, self.protect, self.force_tokens, marked), dtype=np.int64)
+        floor = np.zeros(len(ids), dtype=bool)
+        for unit, tier in zip(units, tiers):
+            floor[unit.tok_start : unit.tok_end] = tier <= PROTECTED
+        return _Context(text, ids, units, tiers, floor)
+
+    def _score_pass(self, model: Any, prefix: list[int], state: list[_Context], keep_rate: float, question_ids: list[int] | None) -> None:
+        """One pass over every context: iterative surprisal, plus the question's surprisal after it."""
+        seen: list[np.ndarray] = []
+        self._step = min(self.window, max_positions(model) // 2)  # a window must fit the LM's context
+        for ctx in state:
+            if not ctx.ids:
+                continue
+            scorer = IncrementalScorer(model, prefix)
+            parts = []
+            for start in range(0, len(ctx.ids), self._step):
+                window = ctx.ids[start : start + self._step]
+                scores = scorer.score(window)
+                seen.append(scores)
+                parts.append(scores)
+                mask = self._window_mask(scores, ctx.token_floor[start : start + len(window)], np.concatenate(seen), keep_rate)
+                ctx.masks.append(mask)
+                scorer.prune(mask)
+            ctx.surprisal = np.concatenate(parts)
+            ctx.scores = ctx.surprisal
+            ctx.rank_score = scorer.continuation_nll(question_ids) if question_ids else float(ctx.surprisal.mean())
+
+    def _window_mask(self, scores: np.ndarray, floor: np.ndarray, seen: np.ndarray, keep_rate: float) -> list[bool]:
+        """Which window tokens stay in the conditioning prefix: protected ones and those above the running threshold."""
+        if not self.iterative:
+            return [True] * len(scores)
+        threshold = running_threshold(seen, keep_rate)
+        return [bool(f or s >= threshold) for s, f in zip(scores, floor)]
+
+    def _rank(self, state: list[_Context], by_question: bool) -> list[int]:
+        """Contexts most worth keeping first: lowest question surprisal, or highest perplexity."""
+        values = [s.rank_score if s.ids else math.nan for s in state]
+        order = rank_contexts(values, higher_is_better=not by_question)
+        return [i for i in order if state[i].ids] + [i for i in order if not state[i].ids]
+
+    def _contrast_pass(self, model: Any, prefix: list[int], tokenizer: Any, state: list[_Context], kept: list[int], question: str) -> None:
+        """Contrastive scores for the kept contexts: surprisal without minus with the question."""
+        q_prefix = prefix + tokenize(tokenizer, f"Question: {question}\n\n")[0]
+        for i in kept:
+            ctx = state[i]
+            scorer = IncrementalScorer(model, q_prefix)
+            parts = []
+            for k, start in enumerate(range(0, len(ctx.ids), self._step)):
+                parts.append(scorer.score(ctx.ids[start : start + self._step]))
+                scorer.prune(ctx.masks[k])  # same compressed prefix as the first pass
+            ctx.scores = ctx.surprisal - np.concatenate(parts)
+
+    def _select(self, state: list[_Context], shares: dict[int, int]) -> dict[int, np.ndarray]:
+        """Exact selection of units inside each context, to its budget (blank lines between contexts are budgeted by the caller)."""
+        keep = {}
+        for i, ctx in enumerate(state):
+            n_units = len(ctx.units)
+            if i not in shares or not n_units:
+                keep[i] = ctx.tiers[:n_units] == MUST if n_units else np.zeros(0, dtype=bool)
+                continue
+            u_sizes = [u.n_tokens for u in ctx.units]
+            keep[i] = select_units(u_sizes, unit_scores(ctx.units, ctx.scores), ctx.tiers, shares[i])
+        return keep
+
+    def _finish(
+        self, contexts: Sequence[str], state: list[_Context], order: list[int], keep: dict[int, np.ndarray], target: int, n_original: int, tokenizer: Any
+    ) -> CompressionResult:
+        """Reassemble, re-tokenise, and nudge the selection until the budget is met exactly (or as close as units allow)."""
+        flat = _Flat(state, order)
+        mask = flat.gather(keep)
+        out_order = output_order(len(contexts), order, self.reorder)
+        for _ in range(MAX_FIX_ROUNDS):
+            text, spans = reassemble(contexts, flat.spans(mask), out_order)
+            n_out = count_tokens(tokenizer, text)
+            if n_out == target:
+                break
+            mask = adjust(mask, flat.sizes, flat.scores, flat.tiers, flat.rank, target - n_out)
+        else:
+            text, spans = reassemble(contexts, flat.spans(mask), out_order)
+            n_out = count_tokens(tokenizer, text)
+        return CompressionResult(text, spans, n_original, n_out, self.name)
+
+
+class _Flat:
+    """All units of all contexts in flat arrays, for the global budget fix."""
+
+    def __init__(self, state: list[_Context], order: list[int]) -> None:
+        rank_of = {c: r for r, c in enumerate(order)}
+        self.state = state
+        self.owner = np.array([i for i, s in enumerate(state) for _ in s.units], dtype=np.int64)
+        self.sizes = np.array([u.n_tokens for s in state for u in s.units], dtype=np.int64)
+        self.tiers = np.concatenate([s.tiers for s in state]) if len(self.owner) else np.zeros(0, dtype=np.int64)
+        self.scores = np.concatenate([unit_scores(s.units, s.scores) for s in state if s.units]) if len(self.owner) else np.zeros(0)
+        self.rank = np.array([rank_of[i] for i in self.owner], dtype=np.int64)
+
+    def gather(self, keep: dict[int, np.ndarray]) -> np.ndarray:
+        return np.concatenate([keep[i] for i, s in enumerate(self.state) if s.units]).astype(bool)
+
+    def spans(self, mask: np.ndarray) -> dict[int, list[KeptSpan]]:
+        result = {}
+        for i, s in enumerate(self.state):
+            result[i] = merge_spans(i, s.units, mask[self.owner == i])
+        return result
+
+
+def _check_contexts(contexts: Sequence[str]) -> list[str]:
+    """A list of strings; a bare string is a common mistake worth a clear message."""
+    if isinstance(contexts, str):
+        raise ValueError("contexts must be a list of strings, not one string: pass [text]")
+    contexts = list(contexts)
+    bad = [i for i, c in enumerate(contexts) if not isinstance(c, str)]
+    if bad:
+        raise ValueError(f"contexts must all be strings; item(s) {bad} are not")
+    return contexts
