@@ -67,6 +67,7 @@ def index(
     factory: str = typer.Option("Flat", "--factory", help="FAISS index factory: Flat, HNSW32, IVF64,Flat, IVF64,PQ16 ..."),
     commit_every: int = typer.Option(64, "--commit-every", help="documents per atomic commit"),
     rebuild: bool = typer.Option(False, "--rebuild", help="replace the index instead of updating it"),
+    kv_cache: Optional[Path] = typer.Option(None, "--kv-cache", help="also precompute every chunk's LM KV cache into this dir (for `ragpress ask`)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Index (incrementally) the text files under PATHS into --index."""
@@ -74,7 +75,7 @@ def index(
 
     try:
         summary = index_flow([str(p) for p in paths], str(index_dir), chunker, chunk_size, overlap, model,
-                             factory, commit_every, rebuild, context_chunks)
+                             factory, commit_every, rebuild, context_chunks, str(kv_cache) if kv_cache else None)
     except _user_errors() as exc:
         _fail(str(exc))
     if as_json:

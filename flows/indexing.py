@@ -103,10 +103,13 @@ def _summary_rows(summary: IndexSummary) -> list[dict[str, Any]]:
 def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name,
                chunk_size: int = ChunkerSpec.chunk_size, overlap: int = ChunkerSpec.overlap,
                model: str | None = None, factory: str = "Flat", commit_every: int = 64,
-               rebuild: bool = False, context_chunks: int = ChunkerSpec.context_chunks) -> IndexSummary:
+               rebuild: bool = False, context_chunks: int = ChunkerSpec.context_chunks,
+               kv_cache: str | None = None) -> IndexSummary:
     """Bring the index in ``index_dir`` up to date with the text files under ``paths``.
 
-    The defaults are the evaluated best configuration (``eval.defaults.BEST_CONFIG``).
+    The defaults are the evaluated best configuration (``eval.defaults.BEST_CONFIG``). With
+    ``kv_cache`` (a directory), every chunk's causal-LM KV cache is also precomputed there, so
+    ``ragpress ask`` reuses instead of prefilling (chunks already cached are skipped).
     """
     import time
 
@@ -137,4 +140,8 @@ def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name
                            {"total": time.perf_counter() - started})
     create_table_artifact(table=_summary_rows(summary), key="ragpress-index-summary",
                           description=f"ragpress index of {', '.join(map(str, paths))}")
+    if kv_cache is not None:
+        from flows.answer import precompute_flow
+
+        precompute_flow(index_dir, kv_cache)
     return summary

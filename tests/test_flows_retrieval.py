@@ -172,3 +172,22 @@ def test_chunk_cli_rejects_bad_options_and_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\x00\x01\x02binary")
     result = _run("chunk", str(binary))
     assert result.exit_code == 2 and str(binary) in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_index_flow_precomputes_kv_caches_once(prefect_harness, tmp_path: Path) -> None:
+    from flows.indexing import index_flow
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    text = "".join(f"Sentence number {n} says that pass statement {n} does nothing.\n" for n in range(12))
+    (folder / "pass.txt").write_text(text, encoding="utf-8")
+    index_dir, cache_dir = tmp_path / "idx", tmp_path / "kv"
+    summary = index_flow([str(folder)], str(index_dir), chunk_size=40, kv_cache=str(cache_dir))
+    cached = sorted(cache_dir.rglob("*.safetensors"))
+    # One cache file per chunk (the shared system prefix may add one more).
+    assert summary.chunks_total <= len(cached) <= summary.chunks_total + 1
+    stamps = {path: path.stat().st_mtime_ns for path in cached}
+    index_flow([str(folder)], str(index_dir), chunk_size=40, kv_cache=str(cache_dir))
+    assert {path: path.stat().st_mtime_ns for path in sorted(cache_dir.rglob("*.safetensors"))} == stamps
