@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import flow, task
+from prefect import flow, task, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from eval.defaults import BEST_CONFIG
@@ -99,7 +100,9 @@ def _summary_rows(summary: IndexSummary) -> list[dict[str, Any]]:
     ]
 
 
-@flow(name="ragpress-index")
+# One worker thread by default: the shared embedding model's tokenizer is not thread-safe, and
+# two cores gain nothing from it. flows/dask_runner.py swaps in a Dask runner to fan the map out.
+@flow(name="ragpress-index", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name,
                chunk_size: int = ChunkerSpec.chunk_size, overlap: int = ChunkerSpec.overlap,
                model: str | None = None, factory: str = "Flat", commit_every: int = 64,
@@ -128,10 +131,14 @@ def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name
     progress_id = create_progress_artifact(progress=0.0, description=f"documents embedded into {index_dir}")
     done, chunks_added, commits = 0, 0, 0
     for batch in plan.batches(commit_every):
-        chunked = [(doc, chunk_task(doc, spec, chunker_config)) for doc in batch.to_embed]
-        vectors = [embed_task(doc, chunks, spec, model, encoder.model_id, chunker_config) for doc, chunks in chunked]
+        docs = list(batch.to_embed)
+        chunk_futures = chunk_task.map(document=docs, spec=unmapped(spec), chunker_config=unmapped(chunker_config))
+        vector_futures = embed_task.map(document=docs, chunks=chunk_futures, spec=unmapped(spec), model=unmapped(model),
+                                        model_id=unmapped(encoder.model_id), chunker_config=unmapped(chunker_config))
+        chunked = list(zip(docs, chunk_futures.result()))
+        vectors = vector_futures.result()
         stacked = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), dtype=np.float32)
-        commit_task(store, batch, chunked, stacked)
+        commit_task(store, batch, chunked, stacked)  # called, not submitted: only the flow process writes
         done, chunks_added, commits = done + len(batch.to_embed), chunks_added + len(stacked), commits + 1
         update_progress_artifact(progress_id, 100.0 * done / max(len(plan.to_embed), 1))
     update_progress_artifact(progress_id, 100.0)
