@@ -1,7 +1,7 @@
 """LangChain-core interfaces over a ragpress index: ``Embeddings``, ``VectorStore``, ``BaseRetriever``.
 
 LangChain is optional: this module imports ``langchain_core`` at the top, and nothing else in
-``retrieval`` imports this module. ``LiveIndex`` (plain Python, no LangChain) is the read side
+``retrieval`` imports this module. ``retrieval.live_index.LiveIndex`` (plain Python) is the read side
 the adapters share: every search uses the newest committed version of an index directory, so
 a long-lived process keeps answering while ``ragpress index`` (or another process) commits.
 
@@ -34,59 +34,12 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, PrivateAttr
 
-from retrieval.base import Chunk, Document, Encoder, Hit
-from retrieval.errors import IndexCorruptedError, IndexStoreError, InputError
-from retrieval.index_store import IndexStore, current_version
+from retrieval.base import Chunk, Document, Encoder
+from retrieval.errors import InputError
+from retrieval.index_store import IndexStore
+from retrieval.live_index import LiveIndex
 
 METADATA_FILE = "langchain_metadata.json"
-
-
-class LiveIndex:
-    """Searches the newest committed version of ``directory``, re-opening it when a writer commits.
-
-    Thread-safe: each search takes the current snapshot (an ``IndexStore`` opened read-only at
-    one version, never mutated afterwards) and uses it throughout, so an answer always comes
-    from exactly one version, which ``search`` returns alongside the hits.
-    """
-
-    def __init__(self, directory: str | Path, *, verify: bool = True, retries: int = 5) -> None:
-        self.directory = Path(directory)
-        self._verify = verify
-        self._retries = retries
-        self._store: IndexStore | None = None
-        self._lock = threading.Lock()
-
-    def snapshot(self) -> IndexStore | None:
-        """The store at the committed version (None while nothing is committed)."""
-        version = current_version(self.directory)
-        store = self._store
-        if version is None or (store is not None and store.version == version):
-            return None if version is None else store
-        with self._lock:  # one thread opens; the others wait and reuse it
-            if self._store is None or self._store.version != current_version(self.directory):
-                self._store = self._open_current()
-            return self._store
-
-    def _open_current(self) -> IndexStore | None:
-        """Open CURRENT; a writer may collect the version between reading CURRENT and opening it, so retry."""
-        for _ in range(self._retries):
-            version = current_version(self.directory)
-            if version is None:
-                return None
-            try:
-                return IndexStore.open(self.directory, version=version, verify=self._verify)
-            except (IndexCorruptedError, FileNotFoundError):
-                if current_version(self.directory) == version:
-                    raise  # really broken, not a race with a commit
-        raise IndexStoreError(f"{self.directory} changed {self._retries} times while being opened; retry when indexing settles")
-
-    def search(self, query_vectors: np.ndarray, k: int) -> tuple[int, list[list[Hit]]]:
-        """``(version, hits)``: top-``k`` per query row from one committed version; an empty index gives ``(0, [[]...])``."""
-        store = self.snapshot()
-        rows = 1 if np.ndim(query_vectors) == 1 else len(query_vectors)
-        if store is None or store.ntotal == 0:
-            return (0 if store is None else store.version), [[] for _ in range(rows)]
-        return store.version, store.search(query_vectors, k)
 
 
 def content_hash(text: str, metadata: dict[str, Any]) -> str:

@@ -52,8 +52,7 @@ def _open_fds() -> int:
 
 @pytest.mark.slow
 def test_concurrent_queries_during_reindex_match_serial_answers(tmp_path: Path) -> None:
-    pytest.importorskip("langchain_core")  # LiveIndex lives in the adapter module
-    from retrieval.langchain_adapters import LiveIndex
+    from retrieval.live_index import LiveIndex
 
     rng = np.random.default_rng(0)
     corpus, index_dir, archive = tmp_path / "corpus", tmp_path / "index", tmp_path / "archive"
