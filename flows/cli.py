@@ -18,6 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # FAISS's OpenMP threads spin while waiting; on a small shared machine that starves everything else.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the CLI prints its own summary; run states are in the UI
 
 COMMAND_MODULES = ("flows.cli_retrieval", "flows.cli_compress", "flows.cli_eval", "flows.cli_ask", "flows.cli_serve")
 
