@@ -21,7 +21,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -32,6 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from retrieval.atomic import atomic_write_text  # noqa: E402
 
 from chonkie import TokenChunker as ChonkieTokenChunker  # noqa: E402
 from langchain_text_splitters.base import Tokenizer as LCTokenizer  # noqa: E402
@@ -147,13 +148,6 @@ def target_checks(results: dict[str, dict], threads: int) -> list[dict]:
     return checks
 
 
-def write_atomic(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(content)
-    os.replace(f.name, path)
-
-
 def markdown(report: dict) -> str:
     m, d = report["machine"], report["data"]
     lines = [
@@ -237,8 +231,8 @@ def main() -> None:
         "targets": targets,
         "command": f".venv/bin/python benchmarks/chunking.py --mb {args.mb:g} --repeats {args.repeats}",
     }
-    write_atomic(RESULTS / "chunking.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(RESULTS / "chunking.md", markdown(report))
+    atomic_write_text(RESULTS / "chunking.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(RESULTS / "chunking.md", markdown(report))
     print(markdown(report))
 
 

@@ -26,7 +26,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from retrieval.atomic import atomic_write_text  # noqa: E402
 from compression.base import Budget, CompressionResult  # noqa: E402
 from eval.base import Span  # noqa: E402
 from eval.datasets import load_chroma  # noqa: E402
@@ -272,16 +272,8 @@ def _summary(run: dict, dataset) -> dict:
 def write_results(report: dict) -> None:
     """JSON and markdown, each written to a temp file and renamed."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _atomic_write(RESULTS / f"{NAME}.json", json.dumps(report, indent=1, sort_keys=False) + "\n")
-    _atomic_write(RESULTS / f"{NAME}.md", render_markdown(report))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone to read
-    os.replace(tmp, path)
+    atomic_write_text(RESULTS / f"{NAME}.json", json.dumps(report, indent=1, sort_keys=False) + "\n")
+    atomic_write_text(RESULTS / f"{NAME}.md", render_markdown(report))
 
 
 def render_markdown(report: dict) -> str:

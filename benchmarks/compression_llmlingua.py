@@ -26,7 +26,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +37,8 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from retrieval.atomic import atomic_write_text  # noqa: E402
 
 from compression.base import Budget  # noqa: E402
 from compression.llmlingua import LLMLinguaCompressor  # noqa: E402
@@ -338,15 +339,6 @@ def machine() -> dict:
     )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-    os.replace(tmp, path)
-
-
 def markdown(report: dict) -> str:
     s, m = report["summary"], report["machine"]
     lines = [
@@ -412,8 +404,8 @@ def main() -> None:
         summary=summarise(raw, args),
         raw=raw,
     )
-    write_atomic(RESULTS / f"{NAME}.json", json.dumps(report, indent=1))
-    write_atomic(RESULTS / f"{NAME}.md", markdown(report))
+    atomic_write_text(RESULTS / f"{NAME}.json", json.dumps(report, indent=1))
+    atomic_write_text(RESULTS / f"{NAME}.md", markdown(report))
     print(markdown(report))
 
 

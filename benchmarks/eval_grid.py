@@ -31,7 +31,8 @@ from eval.base import EvalResult  # noqa: E402
 from eval.datasets import load_chroma, load_pydoc_topics  # noqa: E402
 from eval.defaults import BASELINE_CONFIG, BEST_CONFIG  # noqa: E402
 from eval.embedding_cache import EmbeddingCache  # noqa: E402
-from eval.report import atomic_write_text, machine_info, results_json  # noqa: E402
+from eval.report import machine_info, results_json  # noqa: E402
+from retrieval.atomic import atomic_write_text  # noqa: E402
 from eval.runner import Evaluator  # noqa: E402
 from eval.sweep import load_sweep  # noqa: E402
 

@@ -31,6 +31,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from retrieval.atomic import atomic_write_text  # noqa: E402
+
 from retrieval.chunkers import make_chunker  # noqa: E402
 from retrieval.encoder import TruncationWarning, load_encoder  # noqa: E402
 from retrieval.index_store import IndexStore  # noqa: E402
@@ -111,12 +113,6 @@ def run(copies: int, repeats: int, commit_every: int) -> dict:
     }
 
 
-def write_atomic(path: Path, content: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def markdown(r: dict) -> str:
     m, d, c = r["machine"], r["data"], r["config"]
     parts = {k: statistics.median(t[k] for t in r["e2e_timings"]) for k in r["e2e_timings"][0]}
@@ -150,8 +146,8 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     result = run(args.copies, args.repeats, args.commit_every)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomic(RESULTS / "indexing.json", json.dumps(result, indent=2) + "\n")
-    write_atomic(RESULTS / "indexing.md", markdown(result))
+    atomic_write_text(RESULTS / "indexing.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(RESULTS / "indexing.md", markdown(result))
     print(markdown(result))
 
 

@@ -22,7 +22,6 @@ import re
 import statistics
 import string
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,6 +32,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from retrieval.atomic import atomic_write_text  # noqa: E402
 DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data")) / "chroma"
 
 
@@ -211,7 +212,7 @@ def write(result: dict, summary: dict, args: argparse.Namespace, elapsed: float)
                "summary": summary, "rows": result["rows"]}
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / f"{args.name}.json", json.dumps(payload, indent=1))
+    atomic_write_text(out / f"{args.name}.json", json.dumps(payload, indent=1))
     lines = [f"# KV reuse vs full prefill ({result['lm']})", "",
              f"Machine: {machine['platform']}, {machine['cpus']} CPUs (shared), torch {machine['torch']}, {args.threads} thread(s).",
              f"Data: {DATA} ({result['n_chunks']} chunks of <= {args.chunk_tokens} SmolLM2 tokens, MiniLM retrieval), "
@@ -227,15 +228,7 @@ def write(result: dict, summary: dict, args: argparse.Namespace, elapsed: float)
             lines.append(f"| {k} | {mode} | {s['ttft_median_s']*1000:.0f} | {s['speedup_vs_full']:.2f}x | {s['speedup_median_of_ratios']:.2f}x | "
                          f"{s['first_token_agreement']:.2f} | {s['output_f1_vs_full']:.3f} | {s['answer_f1']:.3f} | "
                          f"{s['prefilled_tokens_median']:.0f} / {s['reused_tokens_median']:.0f} |")
-    _atomic(out / f"{args.name}.md", "\n".join(lines) + "\n")
-
-
-def _atomic(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read
-    os.replace(tmp, path)
+    atomic_write_text(out / f"{args.name}.md", "\n".join(lines) + "\n")
 
 
 def rows_path(args: argparse.Namespace, shard: int) -> Path:

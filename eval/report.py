@@ -12,30 +12,16 @@ import io
 import json
 import os
 import platform
-import tempfile
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from retrieval.atomic import atomic_write_text
 from eval.base import EvalResult
 
 MAX_ANNOTATED = 15
 METRICS = (("recall", "Recall"), ("precision", "Precision"), ("precision_omega", "PΩ"), ("iou", "IoU"))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def machine_info() -> dict[str, object]:

@@ -45,6 +45,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import faiss
 import numpy as np
 
+from retrieval.atomic import atomic_write_text
 from retrieval.base import Chunk, Document, Hit
 from retrieval.errors import EmptyIndexError, IndexCorruptedError, IndexMismatchError, IndexStoreError, InputError
 
@@ -131,17 +132,6 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
 
 
 @contextmanager
@@ -347,7 +337,7 @@ class IndexStore:
         directory = Path(directory)
         _read_snapshot(directory / _version_name(version), mmap=True, verify=True)
         with _writer_lock(directory):
-            _atomic_write_text(directory / CURRENT, _version_name(version) + "\n")
+            atomic_write_text(directory / CURRENT, _version_name(version) + "\n", durable=True)
 
     # ----------------------------------------------------------------- state
     def _reset(self) -> None:
@@ -503,7 +493,7 @@ class IndexStore:
             index = self._index_for_commit(ids, vectors)
             number = max([self.version, *version_numbers(self.directory)]) + 1
             self._write_version(number, index, ids, vectors)
-            _atomic_write_text(self.directory / CURRENT, _version_name(number) + "\n")
+            atomic_write_text(self.directory / CURRENT, _version_name(number) + "\n", durable=True)
             self._collect_garbage(keep={number, self.version})
         self.version, self._index, self._index_is_mmapped, self._rebuild = number, index, False, False
         self._ids, self._vectors = ids, vectors

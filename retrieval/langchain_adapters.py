@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -34,6 +32,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, PrivateAttr
 
+from retrieval.atomic import atomic_write_text
 from retrieval.base import Chunk, Document, Encoder
 from retrieval.errors import InputError
 from retrieval.index_store import IndexStore
@@ -54,19 +53,6 @@ def _normalised(vectors: Sequence[Sequence[float]]) -> np.ndarray:
         raise ValueError(f"the embeddings returned shape {array.shape}, expected [n, dim]")
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return np.ascontiguousarray(array / np.where(norms > 0, norms, 1.0))
-
-
-def _atomic_write_json(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, ensure_ascii=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RagpressEmbeddings(Embeddings):
@@ -194,7 +180,7 @@ class RagpressVectorStore(VectorStore):
         else:
             live = {doc_id: record.content_hash for doc_id, record in store.documents.items()}
             entries = {d: {h: m for h, m in by_hash.items() if h == live.get(d)} for d, by_hash in entries.items() if d in live}
-        _atomic_write_json(self.index_dir / METADATA_FILE, entries)
+        atomic_write_text(self.index_dir / METADATA_FILE, json.dumps(entries, ensure_ascii=False), durable=True)
 
     # ------------------------------------------------------------------ read
     def _read_metadata(self) -> dict[str, dict[str, Any]]:
