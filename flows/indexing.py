@@ -9,6 +9,7 @@ last commit.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from retrieval.indexing import (
     chunk_documents,
     embed_documents,
     index_config,
-    load_documents,
+    require_documents,
     plan_update,
 )
 
@@ -59,9 +60,20 @@ def _embed_key(_context: Any, parameters: dict[str, Any]) -> str:
     return f"embed-{document.content_hash}-{config}-{config_fingerprint({'model': parameters['model_id']})}"
 
 
-@task(name="load-documents", retries=2, retry_delay_seconds=1)
+def _io_error(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry only transient I/O failures; bad input fails at once with its message."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="load-documents", retries=2, retry_delay_seconds=1, retry_condition_fn=_io_error)
 def load_task(paths: list[str]) -> tuple[list[Document], list[SkippedFile]]:
-    return load_documents(paths)
+    return require_documents(paths)
 
 
 @task(name="chunk-document", cache_key_fn=_chunk_key, persist_result=True)
@@ -75,7 +87,7 @@ def embed_task(document: Document, chunks: list[Chunk], spec: ChunkerSpec, model
     return embed_documents([(document, chunks)], load_encoder(model), spec.context_chunks)
 
 
-@task(name="commit-batch", retries=2, retry_delay_seconds=1)
+@task(name="commit-batch", retries=2, retry_delay_seconds=1, retry_condition_fn=_io_error)
 def commit_task(store: IndexStore, batch: IndexPlan, chunked: list[tuple[Document, list[Chunk]]],
                 vectors: np.ndarray) -> int:
     """Stage the batch and commit it; a retry after a failed write only repeats the commit."""
@@ -113,18 +125,11 @@ def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name
     ``kv_cache`` (a directory), every chunk's causal-LM KV cache is also precomputed there, so
     ``ragpress ask`` reuses instead of prefilling (chunks already cached are skipped).
     """
-    import time
-
     started = time.perf_counter()
     spec = ChunkerSpec(chunker, chunk_size, overlap, context_chunks)
     chunker_config = index_config(spec.build(), context_chunks)
     encoder = load_encoder(model)
     documents, skipped = load_task([str(p) for p in paths])
-    if not documents:
-        from retrieval.errors import InputError
-
-        reasons = "; ".join(s.reason for s in skipped[:3]) or "no text files found"
-        raise InputError(f"nothing to index under {', '.join(map(str, paths))}: {reasons}")
     store = IndexStore(index_dir, encoder.model_id, encoder.dim, factory, rebuild=rebuild)
     plan = plan_update(store, documents, chunker_config)
     progress_id = create_progress_artifact(progress=0.0, description=f"documents embedded into {index_dir}")

@@ -194,6 +194,15 @@ def load_documents(paths: Sequence[str | Path]) -> tuple[list[Document], list[Sk
     return docs, skipped
 
 
+def require_documents(paths: Sequence[str | Path]) -> tuple[list[Document], list[SkippedFile]]:
+    """``load_documents``, but finding no usable document is an ``InputError`` that says why."""
+    docs, skipped = load_documents(paths)
+    if not docs:
+        reasons = "; ".join(s.reason for s in skipped[:3]) or "no text files found"
+        raise InputError(f"nothing to index under {', '.join(map(str, paths))}: {reasons}")
+    return docs, skipped
+
+
 def index_paths(paths: Sequence[str | Path], index_dir: str | Path, chunker: Chunker, encoder: Encoder,
                 factory: str = "Flat", commit_every: int = 100, *, chunker_config: Mapping[str, Any] | None = None,
                 rebuild: bool = False, show_progress: bool = False, context_chunks: int = 0) -> IndexSummary:
@@ -206,10 +215,7 @@ def index_paths(paths: Sequence[str | Path], index_dir: str | Path, chunker: Chu
         paths = [paths]
     timings = dict.fromkeys(("load", "chunk", "embed", "commit"), 0.0)
     started = time.perf_counter()
-    docs, skipped = load_documents(paths)
-    if not docs:
-        reasons = "; ".join(s.reason for s in skipped[:3]) or "no text files found"
-        raise InputError(f"nothing to index under {', '.join(map(str, paths))}: {reasons}")
+    docs, skipped = require_documents(paths)
     store = IndexStore(index_dir, encoder.model_id, encoder.dim, factory, rebuild=rebuild)
     plan = plan_update(store, docs, chunker_config or index_config(chunker, context_chunks))
     timings["load"] = time.perf_counter() - started

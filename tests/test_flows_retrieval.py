@@ -191,3 +191,18 @@ def test_index_flow_precomputes_kv_caches_once(prefect_harness, tmp_path: Path) 
     stamps = {path: path.stat().st_mtime_ns for path in cached}
     index_flow([str(folder)], str(index_dir), chunk_size=40, kv_cache=str(cache_dir))
     assert {path: path.stat().st_mtime_ns for path in sorted(cache_dir.rglob("*.safetensors"))} == stamps
+
+
+def test_only_io_errors_are_retried() -> None:
+    from flows.indexing import _io_error
+    from retrieval.errors import InputError
+
+    class Failed:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def result(self):
+            raise self.error
+
+    assert _io_error(None, None, Failed(OSError("disk full")))
+    assert not _io_error(None, None, Failed(InputError("empty file")))
