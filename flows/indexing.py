@@ -60,7 +60,7 @@ def _embed_key(_context: Any, parameters: dict[str, Any]) -> str:
     return f"embed-{document.content_hash}-{config}-{config_fingerprint({'model': parameters['model_id']})}"
 
 
-def _io_error(_task: Any, _run: Any, state: Any) -> bool:
+def io_error(_task: Any, _run: Any, state: Any) -> bool:
     """Retry only transient I/O failures; bad input fails at once with its message."""
     try:
         state.result()
@@ -71,7 +71,7 @@ def _io_error(_task: Any, _run: Any, state: Any) -> bool:
     return False
 
 
-@task(name="load-documents", retries=2, retry_delay_seconds=1, retry_condition_fn=_io_error)
+@task(name="load-documents", retries=2, retry_delay_seconds=1, retry_condition_fn=io_error)
 def load_task(paths: list[str]) -> tuple[list[Document], list[SkippedFile]]:
     return require_documents(paths)
 
@@ -87,7 +87,7 @@ def embed_task(document: Document, chunks: list[Chunk], spec: ChunkerSpec, model
     return embed_documents([(document, chunks)], load_encoder(model), spec.context_chunks)
 
 
-@task(name="commit-batch", retries=2, retry_delay_seconds=1, retry_condition_fn=_io_error)
+@task(name="commit-batch", retries=2, retry_delay_seconds=1, retry_condition_fn=io_error)
 def commit_task(store: IndexStore, batch: IndexPlan, chunked: list[tuple[Document, list[Chunk]]],
                 vectors: np.ndarray) -> int:
     """Stage the batch and commit it; a retry after a failed write only repeats the commit."""

@@ -9,6 +9,7 @@ from prefect import flow, task
 
 from compression.base import Budget, CompressionResult
 from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
+from flows.indexing import io_error
 from retrieval.base import Hit
 from retrieval.encoder import load_encoder
 from retrieval.index_store import IndexStore
@@ -25,7 +26,7 @@ class Answered:
     seconds: dict[str, float]
 
 
-@task(name="search", retries=1, retry_delay_seconds=1)
+@task(name="search", retries=1, retry_delay_seconds=1, retry_condition_fn=io_error)
 def search_task(index_dir: str, questions: list[str], k: int, model: str | None,
                 hybrid_weight: float | None) -> tuple[list[list[Hit]], float]:
     started = time.perf_counter()

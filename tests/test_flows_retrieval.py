@@ -194,7 +194,7 @@ def test_index_flow_precomputes_kv_caches_once(prefect_harness, tmp_path: Path) 
 
 
 def test_only_io_errors_are_retried() -> None:
-    from flows.indexing import _io_error
+    from flows.indexing import io_error
     from retrieval.errors import InputError
 
     class Failed:
@@ -204,5 +204,5 @@ def test_only_io_errors_are_retried() -> None:
         def result(self):
             raise self.error
 
-    assert _io_error(None, None, Failed(OSError("disk full")))
-    assert not _io_error(None, None, Failed(InputError("empty file")))
+    assert io_error(None, None, Failed(OSError("disk full")))
+    assert not io_error(None, None, Failed(InputError("empty file")))
