@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a directory's entry to disk (a rename is durable only once its directory is)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -37,4 +38,4 @@ def atomic_write_text(path: str | Path, text: str, *, durable: bool = False) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     if durable:
-        _fsync_directory(path.parent)
+        fsync_path(path.parent)

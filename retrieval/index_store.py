@@ -45,7 +45,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import faiss
 import numpy as np
 
-from retrieval.atomic import atomic_write_text
+from retrieval.atomic import atomic_write_text, fsync_path
 from retrieval.base import Chunk, Document, Hit
 from retrieval.errors import EmptyIndexError, IndexCorruptedError, IndexMismatchError, IndexStoreError, InputError
 
@@ -124,14 +124,6 @@ def current_version(directory: str | Path) -> int | None:
     if not (text.startswith("v") and text[1:].isdigit()):
         raise IndexCorruptedError(f"{path} is corrupted (holds {text[:40]!r}, expected e.g. 'v000007'); {FIX}")
     return int(text[1:])
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
@@ -559,16 +551,16 @@ class IndexStore:
                 np.save(handle, array)
         files = {}
         for name in FILES:
-            _fsync_path(tmp / name)
+            fsync_path(tmp / name)
             files[name] = {"size": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
         meta = self._meta(number, files)
         with open(tmp / "meta.json", "wb") as handle:
             handle.write(json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.rename(tmp, self.directory / _version_name(number))
-        _fsync_path(self.directory)
+        fsync_path(self.directory)
 
     def _meta(self, number: int, files: dict[str, Any]) -> dict[str, Any]:
         documents = [dict(asdict(d), chunk_ids=list(d.chunk_ids)) for d in (self._docs[k] for k in sorted(self._docs))]
