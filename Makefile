@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install install-test install-bench demo test test-slow test-all bench
+.PHONY: install install-test install-bench demo test test-slow test-all
 
 install:
 	bash scripts/install.sh
@@ -11,6 +11,7 @@ install:
 install-test:
 	bash scripts/install.sh test
 
+# Benchmarks need the baselines (chonkie, LangChain splitters, llmlingua): then run benchmarks/<name>.py.
 install-bench:
 	bash scripts/install.sh bench
 
@@ -26,6 +27,3 @@ test-slow: install-test
 
 test-all: install-test
 	$(PYTEST)
-
-bench: install-bench
-	$(PY) benchmarks/run_all.py
