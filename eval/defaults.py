@@ -11,6 +11,7 @@ top 5. The demo and the pipeline reuse it; changing it means re-running that ben
 from __future__ import annotations
 
 from eval.base import EvalConfig
+from eval.pipeline_base import PipelineConfig
 
 BASELINE_CONFIG = EvalConfig(chunker="token", chunk_size=200, overlap=0, k=5, retrieval="dense")
 BEST_CONFIG = EvalConfig(
@@ -18,3 +19,7 @@ BEST_CONFIG = EvalConfig(
 )
 # What ``ragpress query`` passes as ``hybrid_weight`` to serve BEST_CONFIG (None: plain dense search).
 BEST_HYBRID_WEIGHT = BEST_CONFIG.hybrid_weight if BEST_CONFIG.retrieval == "hybrid" else None
+
+# The configuration ``ragpress pipeline`` and the demo run when no file is given: the one the
+# pipeline grid (benchmarks/sweeps/pipeline_grid.yaml, see README) recommends.
+RECOMMENDED_PIPELINE = PipelineConfig(retrieval=BEST_CONFIG, compression="none", kv_mode="naive")

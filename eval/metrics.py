@@ -21,7 +21,10 @@ Edge cases (documented, tested):
 
 from __future__ import annotations
 
+import re
+import string
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -143,6 +146,28 @@ def min_k(touching_chunks: int) -> int:
 def mean_percent(values: Sequence[float]) -> float:
     """Plain mean × 100 (0 for no values)."""
     return 100.0 * sum(values) / len(values) if values else 0.0
+
+
+def answer_tokens(text: str) -> list[str]:
+    """SQuAD normalisation: lower case, punctuation and articles removed, split on whitespace."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return re.sub(r"\b(a|an|the)\b", " ", text).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style token F1 of two texts, in [0, 1].
+
+    Edge cases: both empty after normalisation -> 1.0; exactly one empty, or no common token -> 0.0.
+    Repeated tokens count as often as they occur in both (multiset intersection).
+    """
+    pred, ref = answer_tokens(prediction), answer_tokens(reference)
+    if not pred and not ref:
+        return 1.0
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
 
 
 class TokenRanges:

@@ -182,3 +182,10 @@ def render_html(results: Sequence[EvalResult], title: str = "ragpress evaluation
 
 def write_html(results: Sequence[EvalResult], path: Path, title: str = "ragpress evaluation") -> None:
     atomic_write_text(path, render_html(results, title))
+
+
+# Public names of the helpers other reports reuse (eval/pipeline_report.py).
+figure = _figure
+render_figure = _render
+html_table = _html_table
+BASE_CSS = _CSS

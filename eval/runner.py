@@ -163,9 +163,8 @@ class Evaluator:
             retrieved_tokens=self._tokens(spans, top),
         )
 
-    def evaluate(self, config: EvalConfig) -> EvalResult:
-        """Chunk (memoised), embed (cached), retrieve top-k per question from one index, score."""
-        started = time.perf_counter()
+    def _orders(self, config: EvalConfig) -> tuple[_Chunking, bool, list[np.ndarray]]:
+        """The chunking of ``config``, whether it was fresh, and each question's chunk ranking (best first)."""
         chunking, fresh = self._chunking(config)
         vectors = with_neighbour_context(
             chunking.vectors, [c.corpus_id for c in chunking.chunks], config.context_chunks, NEIGHBOUR_WEIGHT
@@ -176,10 +175,23 @@ class Evaluator:
             if chunking.bm25 is None:
                 chunking.bm25 = BM25Index([c.text for c in chunking.chunks])
             lexical = np.stack([chunking.bm25.scores(q.text) for q in self.dataset.questions])
+        orders = [rank_chunks(dense[i], None if lexical is None else lexical[i], config) for i in range(len(dense))]
+        return chunking, fresh, orders
+
+    def retrieve(self, config: EvalConfig) -> list[tuple[IndexedChunk, ...]]:
+        """The top-k chunks of every question (in ``dataset.questions`` order), as ``evaluate`` scores them."""
+        if config.k == "min":
+            raise ValueError("retrieve() needs a fixed k; k='min' depends on the references")
+        chunking, _, orders = self._orders(config)
+        return [tuple(chunking.chunks[i] for i in order[: int(config.k)]) for order in orders]
+
+    def evaluate(self, config: EvalConfig) -> EvalResult:
+        """Chunk (memoised), embed (cached), retrieve top-k per question from one index, score."""
+        started = time.perf_counter()
+        chunking, fresh, orders = self._orders(config)
         retrieved = time.perf_counter()
         scores = tuple(
-            self._score(question, rank_chunks(dense[i], None if lexical is None else lexical[i], config), chunking, config)
-            for i, question in enumerate(self.dataset.questions)
+            self._score(question, orders[i], chunking, config) for i, question in enumerate(self.dataset.questions)
         )
         finished = time.perf_counter()
         by_corpus = {cid: summarise([s for s in scores if s.corpus_id == cid]) for cid in sorted({s.corpus_id for s in scores})}

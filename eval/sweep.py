@@ -1,12 +1,20 @@
-"""Sweep files: a grid (or list) of evaluation configurations in YAML or JSON.
+"""Sweep files: grids (or lists) of configurations in YAML or JSON.
 
-Two shapes are accepted (keys are :class:`eval.base.EvalConfig` fields)::
+Accepted shapes (keys are the fields of the config's ``from_dict``: ``EvalConfig`` for
+``ragpress eval``, the flat ``PipelineConfig`` form for ``ragpress pipeline``)::
 
-    # a grid: every list is an axis, scalars are fixed; the cartesian product is evaluated
+    # a grid: every list is an axis, scalars are fixed; the cartesian product is run.
+    # An axis item that is a mapping sets several keys together (e.g. a named retrieval setup).
     grid: {chunker: [token, recursive], chunk_size: [100, 200], overlap: 0, k: [5]}
-    # and/or explicit configurations, evaluated as given (after the grid)
+    # several grids: their union (duplicates removed)
+    grid:
+      - {compression: none, kv_mode: [naive, blend]}
+      - {compression: [extractive, llmlingua], rate: [0.33, 0.5]}
+    # and/or explicit configurations, run as given (after the grids)
     configs:
       - {chunker: token, chunk_size: 200, overlap: 0}
+    # pipeline sweeps only: how many questions to run (evenly spread over the file)
+    questions: 30
 """
 
 from __future__ import annotations
@@ -14,25 +22,41 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from eval.base import EvalConfig
 
+C = TypeVar("C")
 
-def grid_configs(grid: Mapping[str, object]) -> list[EvalConfig]:
+
+def _point(axes: Mapping[str, list], values: tuple) -> dict[str, Any]:
+    point: dict[str, Any] = {}
+    for key, value in zip(axes, values):
+        if isinstance(value, Mapping):
+            point.update(value)  # a grouped axis item sets several keys
+        else:
+            point[key] = value
+    return point
+
+
+def expand_grid(grid: Mapping[str, object], build: Callable[[Mapping[str, Any]], C]) -> list[C]:
     """The cartesian product of the list-valued keys (scalars are held fixed), in file order."""
     axes = {key: value if isinstance(value, list) else [value] for key, value in grid.items()}
     configs = []
     for values in itertools.product(*axes.values()):
-        point = dict(zip(axes, values))
+        point = _point(axes, values)
         if int(point.get("overlap", 0)) >= int(point.get("chunk_size", 200)):
             continue  # e.g. overlap 100 with chunk size 50: not a valid chunking, skip the point
-        configs.append(EvalConfig.from_dict(point))
+        configs.append(build(point))
     return configs
 
 
-def load_sweep(path: Path) -> list[EvalConfig]:
-    """Configurations of a ``.yaml``/``.yml``/``.json`` sweep file, duplicates removed."""
+def grid_configs(grid: Mapping[str, object]) -> list[EvalConfig]:
+    return expand_grid(grid, EvalConfig.from_dict)
+
+
+def read_sweep_file(path: Path) -> dict[str, Any]:
+    """The mapping in a ``.yaml``/``.yml``/``.json`` sweep file, with clear errors."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"sweep file {path} does not exist")
@@ -46,13 +70,26 @@ def load_sweep(path: Path) -> list[EvalConfig]:
     else:
         raise ValueError(f"sweep file {path}: use .yaml, .yml or .json, not '{path.suffix}'")
     if not isinstance(data, dict) or not ({"grid", "configs"} & set(data)):
-        raise ValueError(f"sweep file {path} needs a 'grid' mapping and/or a 'configs' list (see eval/sweep.py)")
+        raise ValueError(f"sweep file {path} needs a 'grid' mapping and/or a 'configs' list (see eval/sweep.py; 'grid' may also be a list of mappings)")
+    return data
+
+
+def sweep_configs(path: Path, build: Callable[[Mapping[str, Any]], C], to_dict: Callable[[C], dict]) -> list[C]:
+    """Configurations of a sweep file, built with ``build``, duplicates (after normalisation) removed."""
+    data = read_sweep_file(path)
+    grids = data.get("grid", [])
+    grids = [grids] if isinstance(grids, Mapping) else list(grids)
     try:
-        configs = grid_configs(data["grid"]) if "grid" in data else []
-        configs += [EvalConfig.from_dict(item) for item in data.get("configs", [])]
+        configs = [config for grid in grids for config in expand_grid(grid, build)]
+        configs += [build(item) for item in data.get("configs", [])]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"sweep file {path}: {exc}") from exc
-    unique = list({json.dumps(c.to_dict(), sort_keys=True): c for c in configs}.values())
+    unique = list({json.dumps(to_dict(c), sort_keys=True): c for c in configs}.values())
     if not unique:
         raise ValueError(f"sweep file {path} defines no configuration")
     return unique
+
+
+def load_sweep(path: Path) -> list[EvalConfig]:
+    """Evaluation configurations of a sweep file, duplicates removed."""
+    return sweep_configs(path, EvalConfig.from_dict, EvalConfig.to_dict)

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from eval.base import EvalDataset, Question, Reference
+from eval.base import EvalConfig, EvalDataset, Question, Reference
 
 DIM = 64
 
@@ -29,6 +29,31 @@ class BagOfWordsEncoder:
                 out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % DIM] += 1.0
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1.0, norms)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids (vocab 256, EOS 0, no chat template), with character offsets for ASCII.
+
+    Enough of the Hugging Face tokenizer interface for the KV-reuse engine and a tiny random Llama.
+    """
+
+    chat_template = None
+    eos_token_id = 0
+    name_or_path = "bytes"
+
+    def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False) -> dict:
+        ids = list(text.encode("utf-8"))
+        if not return_offsets_mapping:
+            return {"input_ids": ids}
+        if len(ids) != len(text):
+            raise ValueError("ByteTokenizer offsets are defined for ASCII text only")
+        return {"input_ids": ids, "offset_mapping": [(i, i + 1) for i in range(len(ids))]}
+
+    def get_vocab(self) -> dict[str, int]:
+        return {f"<{i}>": i for i in range(256)}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return bytes(i for i in ids if i).decode("utf-8", errors="replace")
 
 
 ANIMALS = (
@@ -65,3 +90,57 @@ def tiny_dataset() -> EvalDataset:
         ),
     )
     return EvalDataset("tiny", corpora, questions)
+
+
+# (answer F1, compression recall, tokens sent, TTFT median s) per synthetic config, chosen so the
+# 4-objective front is {0, 1, 2, 3, 5} (4 is dominated by 2) and ``recommend`` picks 2: F1 within 2 of
+# 40 -> {0, 1, 2}; recall within 5 of 90 -> {0, 1, 2, 5}; fewest tokens of {0, 1, 2} -> 2.
+# Compressed configs answer with a full prefill (PipelineConfig sets kv_mode "none" for them).
+SYNTHETIC_PIPELINE = (
+    (0, dict(compression="none", kv_mode="none"), (40.0, 90.0, 800, 2.0)),
+    (1, dict(compression="none", kv_mode="naive", fidelity=True), (38.0, 90.0, 800, 0.8)),
+    (0, dict(compression="extractive"), (39.0, 86.0, 300, 0.5)),
+    (1, dict(compression="llmlingua"), (30.0, 70.0, 270, 0.45)),
+    (2, dict(compression="none", kv_mode="edge"), (25.0, 60.0, 300, 0.6)),
+    (1, dict(compression="llmlingua", rate=0.5), (36.0, 88.0, 400, 0.9)),
+)
+SYNTHETIC_RECOMMENDED = 2
+SYNTHETIC_FRONT = (0, 1, 2, 3, 5)
+
+
+def synthetic_pipeline_results(n_questions: int = 2) -> list:
+    """Six ``PipelineResult`` with hand-chosen scores (``SYNTHETIC_PIPELINE``), no model needed.
+
+    Every question of a config has the same scores, so summary means and medians equal them.
+    """
+    from eval.pipeline_base import PipelineConfig, PipelineResult, PipelineSummary, QuestionRun
+
+    retrievals = (EvalConfig(chunker="recursive", chunk_size=150, k=5, retrieval="hybrid", hybrid_weight=0.8),
+                  EvalConfig(chunker="token", chunk_size=200, k=4, retrieval="dense"),
+                  EvalConfig(chunker="token", chunk_size=150, k=2, retrieval="bm25"))
+    results = []
+    for number, (retrieval, options, (f1, recall, sent, ttft)) in enumerate(SYNTHETIC_PIPELINE):
+        config = PipelineConfig(retrieval=retrievals[retrieval], **options)
+        retrieved = sent if config.compression == "none" else 800
+        fidelity = 92.0 if config.fidelity else None
+        run = dict(
+            retrieval_recall=0.9, retrieval_precision=0.05, retrieval_precision_omega=0.3, retrieval_iou=0.05,
+            compression_recall=recall / 100, compression_precision=0.05 * retrieved / sent, compression_precision_omega=0.35,
+            compression_iou=0.05 * retrieved / sent, retrieved_tokens=retrieved, tokens_sent=sent,
+            compress_cpu_s=0.0 if config.compression == "none" else 0.3 * number, ttft_s=ttft,
+            prefilled_tokens=sent if config.kv_mode == "none" else 40, reused_tokens=0 if config.kv_mode == "none" else sent - 40,
+            answer_f1=f1 / 100, fidelity_f1=None if fidelity is None else fidelity / 100, wall_s=ttft + 1.5,
+        )
+        questions = tuple(QuestionRun(qid=str(q), corpus_id="animals", answer=f"answer {q}", **run) for q in range(n_questions))
+        scaled = {key: 100 * run[key] for key in (
+            "retrieval_recall", "retrieval_precision", "retrieval_precision_omega", "retrieval_iou", "compression_recall",
+            "compression_precision", "compression_precision_omega", "compression_iou", "answer_f1")}
+        scaled.update(answer_f1=f1, compression_recall=recall)  # exactly the hand values, no x100 rounding
+        summary = PipelineSummary(
+            n_questions=n_questions, **scaled, retrieved_tokens=float(retrieved), tokens_sent=float(sent),
+            achieved_rate=sent / retrieved, compress_cpu_s=run["compress_cpu_s"], ttft_median_s=ttft,
+            prefilled_tokens=float(run["prefilled_tokens"]), reused_tokens=float(run["reused_tokens"]),
+            fidelity_f1=fidelity, wall_median_s=run["wall_s"],
+        )
+        results.append(PipelineResult(config, "synthetic", summary, questions, {"retrieve": n_questions, "compress": 0, "answer": 0}, 1.0))
+    return results

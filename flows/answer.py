@@ -14,26 +14,14 @@ from typing import Any
 
 from prefect import flow, task
 
-KV_REUSE_MODES = ("none", "naive", "edge", "blend")
+from compression.kv_modes import KV_REUSE_MODES, recovery_for
+
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 
 
 def kv_cache_dir(index: str, cache_dir: str | None) -> Path:
     """Chunk caches live next to the index unless another directory is given."""
     return Path(cache_dir) if cache_dir else Path(index) / "kv-cache"
-
-
-def recovery_for(mode: str, blend_r: float, edge_tokens: int) -> Any:
-    """The recovery of a ``--kv-reuse`` mode; ``none`` means no reuse at all (returns None)."""
-    from compression.kv.recovery import make_recovery
-
-    if mode not in KV_REUSE_MODES:
-        raise ValueError(f"unknown --kv-reuse mode '{mode}'; valid: {', '.join(KV_REUSE_MODES)}")
-    if mode == "none":
-        return None
-    if mode == "naive":
-        return make_recovery("none")
-    return make_recovery("edge", n_tokens=edge_tokens) if mode == "edge" else make_recovery("blend", r=blend_r)
 
 
 def make_engine(index: str, cache_dir: str | None, lm_name: str) -> Any:

@@ -142,7 +142,7 @@ def demo(
     workdir: Path = typer.Option(Path(".ragpress/demo"), "--workdir", help="where the corpus, index and report go"),
     k: int = typer.Option(5, "-k", help="hits per question"),
 ) -> None:
-    """Index Python's help topics, answer a few questions, evaluate, and write a report."""
+    """Index Python's help topics, query, evaluate retrieval, run the answer pipeline, write the reports."""
     from flows.demo import demo_flow
 
     typer.echo("ragpress demo: indexing Python's help topics (pydoc_data.topics) ...")
@@ -159,8 +159,16 @@ def demo(
     typer.echo(f"\nevaluation on {overall.n_questions} pydoc questions ({result.evaluation.config.label}): "
                f"recall {overall.recall:.1f}  precision {overall.precision:.1f}  "
                f"PΩ {overall.precision_omega:.1f}  IoU {overall.iou:.1f}")
-    typer.echo(f"index:  {summary.index_dir}")
-    typer.echo(f"report: {result.report_html} (JSON: {result.report_json})")
+    best = result.pipeline.results[result.pipeline.recommended]
+    s = best.summary
+    typer.echo(f"pipeline on {s.n_questions} of them ({best.config.label}): reference recall sent to the LM "
+               f"{s.compression_recall:.1f}, {s.tokens_sent:.0f} context tokens ({s.reused_tokens:.0f} reused from chunk caches), "
+               f"TTFT median {s.ttft_median_s:.2f}s, answer F1 {s.answer_f1:.1f}")
+    for run in best.questions[:2]:
+        typer.echo(f"  answer: {run.answer[:160]}")
+    typer.echo(f"index:     {summary.index_dir}")
+    typer.echo(f"report:    {result.report_html} (JSON: {result.report_json})")
+    typer.echo(f"dashboard: {result.pipeline.html} (JSON: {result.pipeline.json})")
     typer.echo(f"total {result.seconds:.1f}s")
 
 

@@ -1,0 +1,370 @@
+"""The pipeline's stages over a question set — retrieve, compress, answer — each cached by content.
+
+Every stage is a plain method returning plain records, so ``flows/pipeline.py`` can wrap each in
+a Prefect task and the library works without Prefect. Each stage's key names everything that
+decides its result (see ``eval.stage_cache``): retrieval by the dataset's texts, the retrieval
+config and the encoder; compression by the question, the retrieved texts, method, rate and the
+compressor's code; answering by the exact prompt token ids, the LM, the KV mode and the KV code.
+A grid re-run therefore computes only the stages whose inputs changed.
+
+Scores are on one yardstick: the kept character spans of each stage, mapped back to the corpus,
+scored against the reference spans with the benchmark's metrics (``eval.metrics``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from eval.base import EvalConfig, EvalDataset, Question, Span
+from eval.metrics import mean_percent, precision_omega, retrieval_scores, token_f1
+from eval.pipeline_base import PipelineConfig, PipelineResult, PipelineSummary, QuestionRun
+from eval.runner import Evaluator
+from eval.stage_cache import StageCache, code_fingerprint, digest, text_digest
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """One question's top-k chunks (corpus spans, rank order) and their reference scores."""
+
+    qid: str
+    chunks: tuple[Span, ...]
+    recall: float
+    precision: float
+    precision_omega: float
+    iou: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """What reaches the LM: the kept spans of the retrieved chunks, and what keeping them cost.
+
+    ``texts`` are the retrieved chunks in full (their caches are what gets reused), ``local`` the
+    kept ``(chunk index, start, end)`` spans inside them, ``kept`` the same spans in the corpus.
+    """
+
+    texts: tuple[str, ...]
+    local: tuple[tuple[int, int, int], ...]
+    kept: tuple[Span, ...]
+    cpu_s: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Answered:
+    answer: str
+    retrieved_tokens: int  # prompt context tokens before compression
+    tokens_sent: int  # prompt context tokens after compression (what the LM reads)
+    ttft_s: float
+    prefilled_tokens: int
+    reused_tokens: int
+    chunk_cache_s: float  # computing missing chunk caches: indexing-time work, not in the TTFT
+    seconds: float
+
+
+def dataset_digest(dataset: EvalDataset) -> str:
+    """Identity of a question set over its corpora (texts and reference spans, not file paths)."""
+    corpora = text_digest(f"{cid}\x00{text}" for cid, text in sorted(dataset.corpora.items()))
+    questions = digest([[q.qid, q.text, q.corpus_id, [[r.start, r.end] for r in q.references]] for q in dataset.questions])
+    return digest([corpora, questions])
+
+
+def spread_sample(questions: Sequence[Question], limit: int | None) -> tuple[Question, ...]:
+    """``limit`` questions evenly spaced over the file (so every corpus is represented); all if None."""
+    if limit is None or limit >= len(questions):
+        return tuple(questions)
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1 question, got {limit}")
+    step = len(questions) / limit
+    return tuple(questions[int(i * step)] for i in range(limit))
+
+
+def corpus_spans(chunks: Sequence[Span], kept: Sequence[Any]) -> tuple[Span, ...]:
+    """Map compressor spans (``context`` index, offsets into that context) to corpus spans."""
+    spans = []
+    for span in kept:
+        chunk = chunks[span.context]
+        if not 0 <= span.start <= span.end <= chunk.end - chunk.start:
+            raise ValueError(f"compressor span {span} lies outside its context of {chunk.end - chunk.start} characters")
+        spans.append(Span(chunk.corpus_id, chunk.start + span.start, chunk.start + span.end))
+    return tuple(spans)
+
+
+class Pipeline:
+    """Runs ``PipelineConfig``s over one dataset; models load on the first cache miss that needs them."""
+
+    def __init__(
+        self,
+        dataset: EvalDataset,
+        cache: StageCache,
+        *,
+        evaluator_factory: Callable[[EvalDataset], Evaluator] | None = None,
+        lm_name: str = "smollm2",
+        compressor_factory: Callable[[str], Any] | None = None,
+        engine_factory: Callable[[], Any] | None = None,
+        lm_id: str | None = None,
+    ) -> None:
+        self.dataset, self.cache, self.lm_name = dataset, cache, lm_name
+        self._evaluator_factory = evaluator_factory or _default_evaluator
+        self._compressor_factory = compressor_factory or _default_compressor
+        self._engine_factory = engine_factory or (lambda: _default_engine(cache, lm_name))
+        self._evaluator: Evaluator | None = None
+        self._engine: Any = None
+        self._lm_id = lm_id
+        self._compressors: dict[str, Any] = {}
+        self._dataset_id = dataset_digest(dataset)
+        self.hits: dict[str, int] = {}
+
+    # -- lazily built collaborators --------------------------------------------------------
+    def evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            self._evaluator = self._evaluator_factory(self.dataset)
+        return self._evaluator
+
+    def engine(self) -> Any:
+        if self._engine is None:
+            self._engine = self._engine_factory()
+        return self._engine
+
+    def lm_id(self) -> str:
+        """The answering LM's id with its weights hash, known without loading the model."""
+        if self._lm_id is None:
+            from compression.lm import resolve_model_dir
+
+            self._lm_id = resolve_model_dir(self.lm_name)[1]
+        return self._lm_id
+
+    def compressor(self, method: str) -> Any:
+        if method not in self._compressors:
+            self._compressors[method] = self._compressor_factory(method)
+        return self._compressors[method]
+
+    def _count(self, stage: str, hit: bool, questions: int = 1) -> None:
+        """Questions served from the cache, per stage (for the report and the re-run check)."""
+        self.hits[stage] = self.hits.get(stage, 0) + (questions if hit else 0)
+
+    # -- stage 1: retrieval ----------------------------------------------------------------
+    def retrieve(self, config: EvalConfig) -> list[Retrieved]:
+        """Top-k chunks and retrieval scores of every question (one cache entry per config)."""
+        parts = {"dataset": self._dataset_id, "config": config.to_dict(), "code": code_fingerprint("eval.runner", "retrieval.encoder", "retrieval.chunkers")}
+        parts["encoder"] = self.evaluator().encoder.model_id
+        cached = self.cache.get("retrieval", parts)
+        self._count("retrieval", cached is not None, len(self.dataset.questions))
+        if cached is None:
+            cached = self._retrieve(config)
+            self.cache.put("retrieval", parts, cached)
+        return [Retrieved(r["qid"], tuple(Span(*s) for s in r["chunks"]), r["recall"], r["precision"],
+                          r["precision_omega"], r["iou"], r["seconds"]) for r in cached]
+
+    def _retrieve(self, config: EvalConfig) -> list[dict]:
+        started = time.perf_counter()
+        evaluator = self.evaluator()
+        scores = evaluator.evaluate(config).questions
+        tops = evaluator.retrieve(config)
+        per_question = (time.perf_counter() - started) / max(1, len(tops))
+        return [{"qid": s.qid, "chunks": [[c.corpus_id, c.start, c.end] for c in top], "recall": s.recall,
+                 "precision": s.precision, "precision_omega": s.precision_omega, "iou": s.iou, "seconds": per_question}
+                for s, top in zip(scores, tops)]
+
+    # -- stage 2: compression --------------------------------------------------------------
+    def compress(self, question: Question, retrieved: Retrieved, method: str, rate: float) -> Compressed:
+        """The contexts handed to the LM for one question, cached by content."""
+        texts = [self.dataset.corpora[c.corpus_id][c.start:c.end] for c in retrieved.chunks]
+        parts = {"question": question.text, "contexts": text_digest(texts), "method": method, "rate": rate,
+                 "models": self._compressor_models(method), "code": code_fingerprint(_compressor_module(method))}
+        cached = self.cache.get("compression", parts)
+        self._count("compression", cached is not None)
+        if cached is None:
+            cached = self._compress(question, retrieved, texts, method, rate)
+            self.cache.put("compression", parts, cached)
+        return Compressed(tuple(texts), tuple(tuple(span) for span in cached["local"]), tuple(Span(*s) for s in cached["kept"]),
+                          cached["cpu_s"], cached["seconds"])
+
+    def _compressor_models(self, method: str) -> list[str]:
+        """Ids (with weights hashes) of the models a method scores with: MiniLM, and the LM for llmlingua."""
+        if method == "none":
+            return []
+        models = [self.evaluator().encoder.model_id] if "extractive" in method else []
+        if "llmlingua" in method:
+            from compression.lm import DEFAULT_LM, resolve_model_dir
+
+            models.append(self.lm_id() if self.lm_name == DEFAULT_LM else resolve_model_dir(DEFAULT_LM)[1])
+        return models
+
+    def _compress(self, question: Question, retrieved: Retrieved, texts: list[str], method: str, rate: float) -> dict:
+        from compression.base import Budget, KeptSpan
+
+        started, cpu = time.perf_counter(), time.process_time()
+        if method == "none":
+            local = [KeptSpan(i, 0, len(text)) for i, text in enumerate(texts)]
+        else:
+            local = list(self.compressor(method).compress(texts, Budget(rate=rate), question=question.text).kept)
+        cpu_s = time.process_time() - cpu if method != "none" else 0.0
+        return {"local": [[s.context, s.start, s.end] for s in local],
+                "kept": [[s.corpus_id, s.start, s.end] for s in corpus_spans(retrieved.chunks, local)],
+                "cpu_s": cpu_s, "seconds": time.perf_counter() - started}
+
+    # -- stage 3: answer -------------------------------------------------------------------
+    def answer(self, question: Question, kept: Compressed, config: PipelineConfig, kv_mode: str | None = None) -> Answered:
+        """Greedy answer from the kept context; ``kv_mode`` overrides the config's (fidelity uses ``none``)."""
+        mode = kv_mode or config.kv_mode
+        # Everything that fixes the prompt and the decoding, without loading the LM: its id (with
+        # the weights hash), the texts, and the code that tokenises, caches and generates.
+        parts = {"lm": self.lm_id(), "question": question.text, "contexts": text_digest(kept.texts), "kept": kept.local, "kv_mode": mode,
+                 "blend_r": config.blend_r if mode == "blend" else None, "edge_tokens": config.edge_tokens if mode == "edge" else None,
+                 "max_new_tokens": config.max_new_tokens, "code": code_fingerprint("compression.kv.generate", "compression.kv.subset", "compression.kv_modes")}
+        cached = self.cache.get("answer", parts)
+        self._count("answer", cached is not None)
+        if cached is None:
+            engine = self.engine()
+            cached = self._answer(engine, question, kept, mode, config)
+            self.cache.put("answer", parts, cached)
+        return Answered(**cached)
+
+    def _answer(self, engine: Any, question: Question, kept: Compressed, mode: str, config: PipelineConfig) -> dict:
+        from compression.kv.subset import generate_subset, positions_for, subset_prompt
+        from compression.kv_modes import recovery_for
+
+        recovery = recovery_for(mode, config.blend_r, config.edge_tokens)
+        prompt = engine.prompt(kept.texts, question.text)
+        started = time.perf_counter()
+        # Caches of chunks not seen before are computed now but belong to indexing (precompute_flow):
+        # timed apart from the answer so TTFT measures the query path.
+        computed = engine.warm(prompt) if recovery is not None else 0
+        warmed = time.perf_counter()
+        spans = _per_chunk(kept.local, len(kept.texts))
+        if all(_is_whole(chunk, len(text)) for chunk, text in zip(spans, kept.texts)):
+            sent = prompt
+            generation = engine.generate(prompt, recovery, config.max_new_tokens)
+        else:
+            sent = subset_prompt(prompt, positions_for(engine.lm.tokenizer, prompt, kept.texts, spans))
+            generation = generate_subset(engine, kept.texts, spans, question.text, recovery, config.max_new_tokens)
+        return {"answer": generation.text, "retrieved_tokens": len(prompt.context_ids), "tokens_sent": len(sent.context_ids),
+                "ttft_s": generation.ttft_s, "prefilled_tokens": generation.prefilled_tokens,
+                "reused_tokens": generation.reused_tokens, "chunk_cache_s": (warmed - started) if computed else 0.0,
+                "seconds": time.perf_counter() - warmed}
+
+    # -- one configuration, stage by stage -------------------------------------------------
+    def compress_all(self, config: PipelineConfig, retrieved: Sequence[Retrieved]) -> list[Compressed]:
+        return [self.compress(q, r, config.compression, config.rate) for q, r in zip(self.dataset.questions, retrieved)]
+
+    def answer_all(self, config: PipelineConfig, retrieved: Sequence[Retrieved], compressed: Sequence[Compressed]) -> list[QuestionRun]:
+        """Answer every question and score every stage of it."""
+        runs = []
+        for question, got, kept in zip(self.dataset.questions, retrieved, compressed):
+            answered = self.answer(question, kept, config)
+            fidelity = None
+            if config.fidelity:
+                full = answered if config.kv_mode == "none" else self.answer(question, kept, config, "none")
+                fidelity = token_f1(answered.answer, full.answer)
+            runs.append(score_question(question, got, kept, answered, fidelity))
+        return runs
+
+    def result(self, config: PipelineConfig, runs: Sequence[QuestionRun], hits: dict[str, int], seconds: float) -> PipelineResult:
+        return PipelineResult(config, self.dataset.name, summarise_runs(runs), tuple(runs), dict(hits), seconds)
+
+    def run(self, config: PipelineConfig) -> PipelineResult:
+        """Every stage for every question, then the per-stage summary."""
+        started = time.perf_counter()
+        self.hits = {}
+        retrieved = self.retrieve(config.retrieval)
+        runs = self.answer_all(config, retrieved, self.compress_all(config, retrieved))
+        return self.result(config, runs, self.hits, time.perf_counter() - started)
+
+
+def _per_chunk(local: Sequence[Any], n_chunks: int) -> list[list[tuple[int, int]]]:
+    """Kept ``(start, end)`` spans of each chunk, from ``(chunk, start, end)`` triples or ``KeptSpan``s."""
+    spans: list[list[tuple[int, int]]] = [[] for _ in range(n_chunks)]
+    for span in local:
+        chunk, start, end = (span.context, span.start, span.end) if hasattr(span, "context") else span
+        spans[chunk].append((start, end))
+    return spans
+
+
+def _is_whole(spans: Sequence[tuple[int, int]], length: int) -> bool:
+    return sorted(spans) == [(0, length)]
+
+
+def score_question(question: Question, retrieved: Retrieved, compressed: Compressed, answered: Answered,
+                   fidelity: float | None) -> QuestionRun:
+    """The per-stage record of one question; compression is scored on the spans it kept."""
+    references = [(r.start, r.end) for r in question.references]
+    kept = retrieval_scores(references, compressed.kept, question.corpus_id)
+    reference_text = " ".join(r.content for r in question.references)
+    return QuestionRun(
+        qid=question.qid, corpus_id=question.corpus_id,
+        retrieval_recall=retrieved.recall, retrieval_precision=retrieved.precision,
+        retrieval_precision_omega=retrieved.precision_omega, retrieval_iou=retrieved.iou,
+        compression_recall=kept.recall, compression_precision=kept.precision,
+        # PΩ is a property of the chunking, not of what was kept: the retrieval value carries over.
+        compression_precision_omega=retrieved.precision_omega, compression_iou=kept.iou,
+        retrieved_tokens=answered.retrieved_tokens, tokens_sent=answered.tokens_sent, compress_cpu_s=compressed.cpu_s,
+        ttft_s=answered.ttft_s, prefilled_tokens=answered.prefilled_tokens, reused_tokens=answered.reused_tokens,
+        answer=answered.answer, answer_f1=token_f1(answered.answer, reference_text), fidelity_f1=fidelity,
+        wall_s=retrieved.seconds + compressed.seconds + answered.seconds,
+    )
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(statistics.fmean(values)) if values else 0.0
+
+
+def summarise_runs(runs: Sequence[QuestionRun]) -> PipelineSummary:
+    """Means (reference metrics and F1 x100), medians of times; see ``PipelineSummary`` for edge cases."""
+    fidelity = [r.fidelity_f1 for r in runs]
+    return PipelineSummary(
+        n_questions=len(runs),
+        retrieval_recall=mean_percent([r.retrieval_recall for r in runs]),
+        retrieval_precision=mean_percent([r.retrieval_precision for r in runs]),
+        retrieval_precision_omega=mean_percent([r.retrieval_precision_omega for r in runs]),
+        retrieval_iou=mean_percent([r.retrieval_iou for r in runs]),
+        compression_recall=mean_percent([r.compression_recall for r in runs]),
+        compression_precision=mean_percent([r.compression_precision for r in runs]),
+        compression_precision_omega=mean_percent([r.compression_precision_omega for r in runs]),
+        compression_iou=mean_percent([r.compression_iou for r in runs]),
+        retrieved_tokens=_mean([r.retrieved_tokens for r in runs]),
+        tokens_sent=_mean([r.tokens_sent for r in runs]),
+        achieved_rate=_mean([r.achieved_rate for r in runs]),
+        compress_cpu_s=_mean([r.compress_cpu_s for r in runs]),
+        ttft_median_s=_median([r.ttft_s for r in runs]),
+        prefilled_tokens=_mean([r.prefilled_tokens for r in runs]),
+        reused_tokens=_mean([r.reused_tokens for r in runs]),
+        answer_f1=mean_percent([r.answer_f1 for r in runs]),
+        fidelity_f1=mean_percent(fidelity) if runs and all(f is not None for f in fidelity) else None,  # type: ignore[arg-type]
+        wall_median_s=_median([r.wall_s for r in runs]),
+    )
+
+
+def _default_evaluator(dataset: EvalDataset) -> Evaluator:
+    from retrieval.encoder import load_encoder
+
+    return Evaluator(dataset, load_encoder())
+
+
+def _compressor_module(method: str) -> str:
+    """The module implementing ``method`` (whose code, with its imports, decides its output)."""
+    from compression.registry import COMPRESSORS
+
+    return COMPRESSORS[method].split(":")[0] if method != "none" else "eval.pipeline"
+
+
+def _default_compressor(method: str) -> Any:
+    from compression.registry import make_compressor
+
+    return make_compressor(method)
+
+
+def _default_engine(cache: StageCache, lm_name: str) -> Any:
+    from compression.kv.generate import KVReuseEngine
+    from compression.kv.store import DiskStore, MemoryStore, TieredStore
+    from compression.lm import load_causal_lm
+
+    store = TieredStore(MemoryStore(2 * 2**30), DiskStore(cache.root / "kv"))
+    return KVReuseEngine(load_causal_lm(lm_name), store)

@@ -1,0 +1,90 @@
+"""``ragpress pipeline``: retrieve -> compress -> answer with chunk-cache reuse, scored per stage."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DEFAULT_OUT = Path(".ragpress/pipeline")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def print_results(run) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"pipeline on {run.results[0].dataset} ({run.results[0].summary.n_questions} questions)")
+    for column in ("", "configuration", "retr. recall", "kept recall", "tokens sent", "TTFT (s)", "prefilled/reused",
+                   "answer F1", "cache hits"):
+        table.add_column(column, justify="left" if column in ("", "configuration") else "right")
+    for i, result in enumerate(run.results):
+        s = result.summary
+        table.add_row("★" if i == run.recommended else "", result.config.label, f"{s.retrieval_recall:.1f}",
+                      f"{s.compression_recall:.1f}", f"{s.tokens_sent:.0f}", f"{s.ttft_median_s:.2f}",
+                      f"{s.prefilled_tokens:.0f}/{s.reused_tokens:.0f}", f"{s.answer_f1:.1f}",
+                      ",".join(f"{stage[0]}{n}" for stage, n in result.cache_hits.items()))
+    Console().print(table)
+    typer.echo(f"recommended (★): {run.results[run.recommended].config.label}")
+
+
+def pipeline(
+    questions: Optional[Path] = typer.Option(None, "--questions", help="questions: Chroma CSV or JSONL (default: the own pydoc-topics set)"),
+    corpora: Optional[Path] = typer.Option(None, "--corpora", help="directory of <corpus_id>.md/.txt files (needed for a CSV)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="one pipeline configuration, YAML/JSON (default: the recommended one)"),
+    sweep: Optional[Path] = typer.Option(None, "--sweep", help="a grid of configurations, YAML/JSON (see eval/sweep.py)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="run this many questions, evenly spread (overrides the file's 'questions')"),
+    fidelity: bool = typer.Option(False, "--fidelity", help="also answer with a full prefill and score each answer against it"),
+    html_out: Path = typer.Option(DEFAULT_OUT / "dashboard.html", "--html", help="where to write the dashboard"),
+    json_out: Path = typer.Option(DEFAULT_OUT / "results.json", "--json", help="where to write every result"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="stage cache (default $RAGPRESS_CACHE/stages)"),
+    lm: str = typer.Option("smollm2", "--lm", help="'smollm2' or a local Hugging Face Llama-family model dir"),
+) -> None:
+    """Run retrieve -> compress -> answer for each configuration and report every stage on one yardstick."""
+    from dataclasses import replace
+
+    from eval.defaults import RECOMMENDED_PIPELINE
+    from eval.pipeline_sweep import load_pipeline_config, load_pipeline_sweep
+
+    if config is not None and sweep is not None:
+        _fail("pass --config FILE or --sweep FILE, not both")
+    if questions is not None and not questions.is_file():
+        _fail(f"questions file {questions} does not exist")
+    try:
+        if sweep is not None:
+            configs, file_limit = load_pipeline_sweep(sweep)
+        elif config is not None:
+            one, file_limit = load_pipeline_config(config)
+            configs = [one]
+        else:
+            configs, file_limit = [RECOMMENDED_PIPELINE], None
+        if fidelity:
+            configs = [replace(c, fidelity=True) for c in configs]
+        from flows.pipeline import pipeline_flow
+
+        run = pipeline_flow(
+            configs=[c.to_dict() for c in configs],
+            questions=str(questions) if questions else None,
+            corpora=str(corpora) if corpora else None,
+            limit=limit if limit is not None else file_limit,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            html_out=str(html_out),
+            json_out=str(json_out),
+            lm_name=lm,
+            command="ragpress " + shlex.join(sys.argv[1:]),
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    print_results(run)
+    typer.echo(f"wrote {html_out} and {json_out} in {run.seconds:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pipeline")(pipeline)

@@ -1,0 +1,130 @@
+"""The pipeline flow: for every configuration, retrieve -> compress -> answer, scored per stage.
+
+Tasks wrap the stage methods of ``eval.pipeline.Pipeline``; they are not cached by Prefect,
+because the library caches every stage by content on disk (``eval.stage_cache``): a re-run of a
+grid recomputes only stages whose inputs or code changed, and a killed run resumes from the
+entries already written. Configurations run one after another: they share the models, the
+memoised chunkings and the CPU. Each run publishes a progress artifact, a table and a markdown
+summary (the Pareto front and the recommended configuration), and writes the HTML dashboard.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from eval.base import EvalConfig, EvalDataset
+from eval.pipeline import Compressed, Pipeline, Retrieved, spread_sample
+from eval.pipeline_base import PipelineConfig, PipelineResult, QuestionRun
+from eval.stage_cache import StageCache
+from flows.evaluate import artifact_key, load_dataset
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """What a pipeline run returns: every configuration's result and the recommended one."""
+
+    results: tuple[PipelineResult, ...]
+    recommended: int
+    seconds: float
+    html: str | None
+    json: str | None
+
+
+@task(name="select-questions", cache_policy=NO_CACHE)
+def select_questions(dataset: EvalDataset, limit: int | None) -> EvalDataset:
+    return EvalDataset(dataset.name, dataset.corpora, spread_sample(dataset.questions, limit))
+
+
+@task(name="retrieve", cache_policy=NO_CACHE, task_run_name="retrieve {config.label}")
+def retrieve_stage(pipeline: Pipeline, config: EvalConfig) -> list[Retrieved]:
+    return pipeline.retrieve(config)
+
+
+@task(name="compress", cache_policy=NO_CACHE, task_run_name="compress {label}")
+def compress_stage(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Retrieved], label: str) -> list[Compressed]:
+    return pipeline.compress_all(config, retrieved)
+
+
+@task(name="answer", cache_policy=NO_CACHE, task_run_name="answer {label}")
+def answer_stage(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Retrieved], compressed: list[Compressed],
+                 label: str) -> list[QuestionRun]:
+    return pipeline.answer_all(config, retrieved, compressed)
+
+
+@task(name="publish-pipeline-report", cache_policy=NO_CACHE)
+def publish(results: Sequence[PipelineResult], recommended: int, html_out: str | None, json_out: str | None,
+            command: str | None) -> None:
+    from eval.pipeline_report import markdown_pipeline_summary, pipeline_table_rows, write_pipeline_html
+    from eval.report import machine_info
+    from retrieval.atomic import atomic_write_text
+    import json
+
+    key = artifact_key(f"pipeline-{results[0].dataset}")
+    create_table_artifact(table=pipeline_table_rows(results), key=key, description=f"{len(results)} pipeline configuration(s)")
+    create_markdown_artifact(markdown=markdown_pipeline_summary(results, recommended), key=f"{key}-front")
+    if html_out:
+        write_pipeline_html(results, Path(html_out), f"ragpress pipeline: {results[0].dataset}", recommended=recommended,
+                            command=command)
+    if json_out:
+        payload = {"machine": machine_info(), "command": command, "recommended": recommended,
+                   "results": [result.to_dict() for result in results]}
+        atomic_write_text(Path(json_out), json.dumps(payload, indent=1))
+
+
+def run_config(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Retrieved], retrieval_hits: int) -> PipelineResult:
+    """The compression and answer stages of one configuration (retrieval is shared by the caller)."""
+    started = time.perf_counter()
+    before = dict(pipeline.hits)
+    compressed = compress_stage(pipeline, config, retrieved, config.label)
+    runs = answer_stage(pipeline, config, retrieved, compressed, config.label)
+    hits = {"retrieval": retrieval_hits}
+    hits.update({stage: pipeline.hits.get(stage, 0) - before.get(stage, 0) for stage in ("compression", "answer")})
+    return pipeline.result(config, runs, hits, time.perf_counter() - started)
+
+
+@flow(name="ragpress-pipeline", validate_parameters=False)
+def pipeline_flow(
+    configs: list[dict],
+    questions: str | None = None,
+    corpora: str | None = None,
+    limit: int | None = None,
+    cache_dir: str | None = None,
+    html_out: str | None = None,
+    json_out: str | None = None,
+    lm_name: str = "smollm2",
+    command: str | None = None,
+    pipeline_options: dict[str, Any] | None = None,
+) -> PipelineRun:
+    """Run every configuration (flat ``PipelineConfig`` dicts) on the questions (default: the pydoc set).
+
+    ``pipeline_options`` passes factories to ``Pipeline`` (tests use tiny models).
+    """
+    from eval.pareto import recommend
+
+    started = time.perf_counter()
+    parsed = [PipelineConfig.from_dict(config) for config in configs]
+    if not parsed:
+        raise ValueError("no pipeline configuration given; pass --config FILE or --sweep FILE")
+    dataset = select_questions(load_dataset(questions, corpora), limit)
+    pipeline = Pipeline(dataset, StageCache(cache_dir), lm_name=lm_name, **(pipeline_options or {}))
+    progress = create_progress_artifact(progress=0.0, description=f"{len(parsed)} pipeline configuration(s) on {dataset.name}")
+    retrieved: dict[str, tuple[list[Retrieved], int]] = {}
+    results = []
+    for done, config in enumerate(parsed):
+        label = config.retrieval.label
+        if label not in retrieved:
+            before = pipeline.hits.get("retrieval", 0)
+            stage = retrieve_stage(pipeline, config.retrieval)
+            retrieved[label] = (stage, pipeline.hits.get("retrieval", 0) - before)
+        results.append(run_config(pipeline, config, *retrieved[label]))
+        update_progress_artifact(progress, 100.0 * (done + 1) / len(parsed))
+    recommended = recommend(results)
+    publish(results, recommended, html_out, json_out, command)
+    return PipelineRun(tuple(results), recommended, time.perf_counter() - started, html_out, json_out)

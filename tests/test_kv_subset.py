@@ -1,0 +1,68 @@
+"""Chunk-cache reuse for compressed context (``compression.kv.subset``) against full-prefill references."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from compression.kv.generate import KVReuseEngine, full_prefill
+from compression.kv.recovery import make_recovery
+from compression.kv.rope import inv_freq, rerotate
+from compression.kv.store import MemoryStore
+from compression.kv.assemble import chunk_cache
+from compression.kv.subset import OPENING, assemble_subset, generate_subset, kept_positions, positions_for, rerotate_each, subset_prompt
+from eval.testing import ByteTokenizer
+
+
+@pytest.fixture
+def engine(tiny_llama):
+    lm = SimpleNamespace(model=tiny_llama(seed=5, max_position_embeddings=1024), tokenizer=ByteTokenizer(),
+                         model_id="tiny@5", weights_hash="5" * 64, dtype="float32")
+    return KVReuseEngine(lm, MemoryStore(2**26))
+
+
+def test_kept_positions_by_hand():
+    # block "Document:\nab cd\n\n": framing 0..9, text 10..14, trailing 15..16
+    offsets = [(i, i + 1) for i in range(17)]
+    assert kept_positions(offsets, 5, [(3, 5)]) == [*range(OPENING), 13, 14, 15, 16]
+    assert kept_positions(offsets, 5, []) == []
+    # a token straddling the span's edge is kept (never half a word)
+    assert kept_positions([(0, 10), (10, 12), (12, 15), (15, 17)], 5, [(1, 2)]) == [0, 1, 3]
+
+
+def test_rerotate_each_with_one_delta_equals_rerotate(tiny_llama):
+    frequencies = inv_freq(tiny_llama())
+    keys = torch.randn(2, 2, 5, 16)
+    torch.testing.assert_close(rerotate_each(keys, torch.full((5,), 7), frequencies), rerotate(keys, 7, frequencies))
+
+
+def test_kept_prefix_of_one_chunk_is_exactly_the_compressed_prompts_cache(engine):
+    """Kept tokens that are a prefix of the only chunk do not move: their reused KV equals the
+    KV of a full prefill of the compressed prompt (the block's closing newlines, computed after
+    the dropped text, are the only entries that differ)."""
+    text = "alpha beta gamma delta epsilon zeta"
+    prompt = engine.prompt([text], "which letter?")
+    positions = positions_for(engine.lm.tokenizer, prompt, [text], [[(0, 10)]])
+    small = subset_prompt(prompt, positions)
+    prefix = engine.prefix(prompt)
+    chunk, _ = chunk_cache(engine.lm, prefix, prompt.chunk_ids[0], engine.store, "bytes")
+    reused = assemble_subset(engine.lm.model, prefix, [chunk], positions)
+    full, _ = full_prefill(engine.lm.model, small)
+    exact = len(small.prefix_ids) + len(positions[0]) - len("\n\n")
+    for mine, reference in zip(reused.layers, full.layers):
+        torch.testing.assert_close(mine.keys[:, :, :exact], reference.keys[:, :, :exact], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine.values[:, :, :exact], reference.values[:, :, :exact], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(reused.layers[-1].values[:, :, exact:], full.layers[-1].values[:, :, exact:len(small.prefix_ids) + len(positions[0])])
+
+
+def test_full_recompute_of_a_compressed_context_equals_its_full_prefill(engine):
+    texts = ["the cat sat on the mat. it was warm.", "dogs bark at night. owls hoot."]
+    kept = [[(0, 23)], [(20, 30)]]
+    blended = generate_subset(engine, texts, kept, "who hoots?", make_recovery("blend", r=1.0), 6)
+    full = generate_subset(engine, texts, kept, "who hoots?", None, 6)
+    torch.testing.assert_close(blended.first_logits, full.first_logits, atol=1e-4, rtol=1e-4)
+    assert blended.token_ids == full.token_ids
+    naive = generate_subset(engine, texts, kept, "who hoots?", make_recovery("none"), 6)
+    assert naive.reused_tokens == full.prefilled_tokens - len(engine.prompt(texts, "who hoots?").suffix_ids)
