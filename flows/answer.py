@@ -58,14 +58,22 @@ def compress(contexts: list[str], question: str, method: str, rate: float) -> di
 
 @task(name="generate")
 def generate(contexts: list[str], question: str, index: str, kv_reuse: str, cache_dir: str | None, lm_name: str,
-             max_new_tokens: int, blend_r: float, edge_tokens: int) -> dict:
+             max_new_tokens: int, blend_r: float, edge_tokens: int, kept: list[dict] | None = None) -> dict:
+    """Answer from ``contexts``; with ``kept`` (a compressor's spans) only the kept tokens are read,
+    their KV taken from the chunks' caches (``compression.kv.subset``)."""
+    from compression.kv.subset import generate_subset
+
     engine = make_engine(index, cache_dir, lm_name)
     prompt = engine.prompt(contexts, question)
     recovery = recovery_for(kv_reuse, blend_r, edge_tokens)
     started = time.perf_counter()
     computed = engine.warm(prompt) if recovery is not None else 0  # caches missing on disk: computed now, reused later
     warm_s = time.perf_counter() - started
-    result = engine.generate(prompt, recovery, max_new_tokens)
+    if kept is None:
+        result = engine.generate(prompt, recovery, max_new_tokens)
+    else:
+        spans = [[(span["start"], span["end"]) for span in kept if span["context"] == i] for i in range(len(contexts))]
+        result = generate_subset(engine, contexts, spans, question, recovery, max_new_tokens)
     return {"answer": result.text, "ttft_s": result.ttft_s, "prefilled_tokens": result.prefilled_tokens,
             "reused_tokens": result.reused_tokens, "chunk_caches_computed": computed, "chunk_cache_compute_s": warm_s,
             "kv_reuse": kv_reuse}
@@ -79,11 +87,9 @@ def answer_flow(question: str, index: str, k: int = 4, kv_reuse: str = "blend", 
     recovery_for(kv_reuse, blend_r, edge_tokens)  # refuse a bad mode before any model loads
     hits = retrieve(question, index, k)
     contexts = [hit["text"] for hit in hits]
-    compressed = None
-    if compression:
-        compressed = compress(contexts, question, compression, rate)
-        contexts = [compressed["text"]]  # question-dependent text: its cache is computed, not reused
-    output = generate(contexts, question, index, kv_reuse, cache_dir, lm_name, max_new_tokens, blend_r, edge_tokens)
+    compressed = compress(contexts, question, compression, rate) if compression else None
+    output = generate(contexts, question, index, kv_reuse, cache_dir, lm_name, max_new_tokens, blend_r, edge_tokens,
+                      compressed["kept"] if compressed else None)
     return {"question": question, **output, "contexts": hits, "compression": compressed}
 
 

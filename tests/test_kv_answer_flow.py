@@ -65,6 +65,9 @@ def test_answer_flow_end_to_end(prefect_harness, tmp_path, app):
     full = answer_flow(kv_reuse="none", **kwargs)
     exact = answer_flow(kv_reuse="blend", blend_r=1.0, **kwargs)
     assert exact["answer"] == full["answer"] and full["reused_tokens"] == 0
+    # Compressed context still reuses the chunk caches: only the kept tokens are read.
+    squeezed = answer_flow(kv_reuse="naive", compression="extractive", rate=0.5, **kwargs)
+    assert squeezed["chunk_caches_computed"] == 0 and 0 < squeezed["reused_tokens"] < again["reused_tokens"]
     source = (docs / "paris.txt").read_text(encoding="utf-8")
     hit = next(h for h in full["contexts"] if h["source"].endswith("paris.txt"))
     assert source[hit["start"]:hit["end"]] == hit["text"]
