@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.pipeline_base import PipelineConfig
-from eval.sweep import read_sweep_file, sweep_configs
+from eval.sweep import read_config_file, read_sweep_file, sweep_configs
 
 LIMIT_KEY = "questions"
 
@@ -32,20 +32,7 @@ def load_pipeline_sweep(path: Path) -> tuple[list[PipelineConfig], int | None]:
 
 def load_pipeline_config(path: Path) -> tuple[PipelineConfig, int | None]:
     """One configuration: a flat mapping of ``PipelineConfig`` keys (plus ``questions``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    elif path.suffix == ".json":
-        import json
-
-        data = json.loads(text)
-    else:
-        raise ValueError(f"config file {path}: use .yaml, .yml or .json, not '{path.suffix}'")
+    data = read_config_file(path, "config file")
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold one mapping of pipeline keys (use --sweep for grids)")
     limit = _limit(data, path)

@@ -55,20 +55,24 @@ def grid_configs(grid: Mapping[str, object]) -> list[EvalConfig]:
     return expand_grid(grid, EvalConfig.from_dict)
 
 
-def read_sweep_file(path: Path) -> dict[str, Any]:
-    """The mapping in a ``.yaml``/``.yml``/``.json`` sweep file, with clear errors."""
+def read_config_file(path: Path, what: str = "sweep file") -> Any:
+    """The document in a ``.yaml``/``.yml``/``.json`` file, with errors naming ``what`` it is."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"sweep file {path} does not exist")
+        raise ValueError(f"{what} {path} does not exist")
     text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"sweep file {path}: use .yaml, .yml or .json, not '{path.suffix}'")
+        return yaml.safe_load(text)
+    if path.suffix == ".json":
+        return json.loads(text)
+    raise ValueError(f"{what} {path}: use .yaml, .yml or .json, not '{path.suffix}'")
+
+
+def read_sweep_file(path: Path) -> dict[str, Any]:
+    """The mapping in a sweep file, with clear errors."""
+    data = read_config_file(path)
     if not isinstance(data, dict) or not ({"grid", "configs"} & set(data)):
         raise ValueError(f"sweep file {path} needs a 'grid' mapping and/or a 'configs' list (see eval/sweep.py; 'grid' may also be a list of mappings)")
     return data

@@ -144,3 +144,23 @@ def synthetic_pipeline_results(n_questions: int = 2) -> list:
         )
         results.append(PipelineResult(config, "synthetic", summary, questions, {"retrieve": n_questions, "compress": 0, "answer": 0}, 1.0))
     return results
+
+
+def write_chroma_files(dataset: EvalDataset, directory) -> tuple:
+    """Write ``dataset`` in the Chroma format (``questions.csv`` + ``corpora/<id>.md``); returns both paths."""
+    import csv
+    import json
+    from pathlib import Path
+
+    corpora = Path(directory) / "corpora"
+    corpora.mkdir(parents=True, exist_ok=True)
+    for name, text in dataset.corpora.items():
+        (corpora / f"{name}.md").write_text(text, encoding="utf-8")
+    questions = Path(directory) / "questions.csv"
+    with open(questions, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["question", "references", "corpus_id"])
+        for q in dataset.questions:
+            refs = [{"content": r.content, "start_index": r.start, "end_index": r.end} for r in q.references]
+            writer.writerow([q.text, json.dumps(refs), q.corpus_id])
+    return questions, corpora

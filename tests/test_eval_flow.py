@@ -216,20 +216,9 @@ def test_cli_eval_prints_per_corpus_and_overall_scores(prefect_harness, tmp_path
 
     from flows.cli_eval import register
 
-    data = tiny_dataset()
-    corpora = tmp_path / "corpora"
-    corpora.mkdir()
-    for name, text in data.corpora.items():
-        (corpora / f"{name}.md").write_text(text, encoding="utf-8")
-    questions = tmp_path / "questions.csv"
-    with open(questions, "w", encoding="utf-8", newline="") as handle:
-        import csv
+    from eval.testing import write_chroma_files
 
-        writer = csv.writer(handle)
-        writer.writerow(["question", "references", "corpus_id"])
-        for q in data.questions:
-            refs = [{"content": r.content, "start_index": r.start, "end_index": r.end} for r in q.references]
-            writer.writerow([q.text, json.dumps(refs), q.corpus_id])
+    questions, corpora = write_chroma_files(tiny_dataset(), tmp_path)
     app = typer.Typer()
     register(app)
     app.command("noop")(lambda: None)  # two commands: 'eval' stays a sub-command as in ragpress

@@ -228,20 +228,9 @@ def test_spread_sample_keeps_order_and_covers_the_file():
 def test_pipeline_flow_reports_every_config_and_recommends_one(counting, tmp_path):
     from flows.pipeline import pipeline_flow
 
-    dataset = tiny_dataset()
-    corpora = tmp_path / "corpora"
-    corpora.mkdir()
-    for name, text in dataset.corpora.items():
-        (corpora / f"{name}.md").write_text(text, encoding="utf-8")
-    questions = tmp_path / "questions.csv"
-    import csv
+    from eval.testing import write_chroma_files
 
-    with open(questions, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["question", "references", "corpus_id"])
-        for q in dataset.questions:
-            refs = [{"content": r.content, "start_index": r.start, "end_index": r.end} for r in q.references]
-            writer.writerow([q.text, json.dumps(refs), q.corpus_id])
+    questions, corpora = write_chroma_files(tiny_dataset(), tmp_path)
     configs = [config(kv_mode=mode).to_dict() for mode in ("none", "naive")] + [config(compression="extractive").to_dict()]
     html, out = tmp_path / "dash.html", tmp_path / "results.json"
     kwargs = dict(configs=configs, questions=str(questions), corpora=str(corpora), cache_dir=str(tmp_path / "stages"),
