@@ -84,6 +84,24 @@ def markdown(args: argparse.Namespace, first, first_s: float, second, second_s: 
     return "\n".join(rows) + "\n"
 
 
+def render_in_chromium(html: Path, screenshot: Path) -> str:
+    """Render the dashboard in headless Chromium (as a reader's browser would) and screenshot it."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        return "chromium not installed: dashboard not rendered"
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                               "--window-size=1300,2600", f"--screenshot={screenshot}", html.as_uri()],
+                              capture_output=True, text=True, timeout=180, check=False)
+    if done.returncode != 0 or not screenshot.is_file():
+        raise SystemExit(f"chromium failed to render {html}: {done.stderr[-1000:]}")
+    return f"rendered in headless Chromium: {screenshot.name}"
+
+
 def main() -> None:
     args = parse_args()
     configs, limit = load_pipeline_sweep(args.sweep)
@@ -95,14 +113,16 @@ def main() -> None:
     second, second_s = timed_run(configs, limit, args.cache_dir, html, command)
     if [r.summary for r in first.results] != [r.summary for r in second.results]:
         raise SystemExit("the cached run's summaries differ from the first run's: the stage cache is broken")
+    rendered = render_in_chromium(html, RESULTS / f"{args.name}.png")
     payload = {
-        "machine": machine_info(), "command": command, "sweep": str(args.sweep.relative_to(REPO)), "questions": limit,
+        "machine": machine_info(), "dashboard": rendered, "command": command, "sweep": str(args.sweep.relative_to(REPO)), "questions": limit,
         "empty_cache_at_start": empty_at_start, "first_run_s": first_s, "second_run_s": second_s,
         "speedup": first_s / second_s, "first_run_hits": total_hits(first), "second_run_hits": total_hits(second),
         "recommended": second.recommended, "results": [result.to_dict() for result in second.results],
     }
     atomic_write_text(RESULTS / f"{args.name}.json", json.dumps(payload, indent=1))
     atomic_write_text(RESULTS / f"{args.name}.md", markdown(args, first, first_s, second, second_s, command, empty_at_start))
+    print(rendered)
     print(f"first {first_s:.1f}s, second {second_s:.1f}s ({first_s / second_s:.1f}x); recommended: "
           f"{second.results[second.recommended].config.label}; wrote {RESULTS / args.name}.{{json,md,html}}")
 
