@@ -30,11 +30,12 @@ def select_contexts(order: Sequence[int], sizes: Sequence[int], keep_tokens: int
     return kept
 
 
-def allocate(kept: Sequence[int], sizes: Sequence[int], target: int, dynamic: float) -> dict[int, int]:
+def allocate(kept: Sequence[int], sizes: Sequence[int], target: int, dynamic: float, min_weight: float = 1e-6) -> dict[int, int]:
     """Tokens to keep per context (``kept`` is in rank order): rates rise with rank, sum == target.
 
-    Rank j of m gets weight 1 + dynamic * (1 - 2j / (m - 1)); rates are scale * weight capped at
-    1, with the scale found by bisection so the capped allocation meets the target.
+    Rank j of m gets weight max(min_weight, 1 + dynamic * (1 - 2j / (m - 1))); rates are
+    scale * weight capped at 1, with the scale found by bisection so the capped allocation meets
+    the target. ``min_weight`` > 0 guarantees every context a share of the budget.
     """
     m = len(kept)
     n = np.array([sizes[i] for i in kept], dtype=np.float64)
@@ -42,7 +43,7 @@ def allocate(kept: Sequence[int], sizes: Sequence[int], target: int, dynamic: fl
     if m == 0 or target <= 0:
         return {i: 0 for i in kept}
     weights = np.ones(m) if m == 1 else 1.0 + dynamic * (1.0 - 2.0 * np.arange(m) / (m - 1))
-    weights = np.clip(weights, 1e-6, None)
+    weights = np.clip(weights, max(min_weight, 1e-6), None)
     lo, hi = 0.0, 1.0 / weights.min()
     for _ in range(60):
         mid = (lo + hi) / 2

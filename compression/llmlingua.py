@@ -1,14 +1,18 @@
 """LLMLingua-style token pruning scored by a small causal LM (LongLLMLingua when a question is given).
 
 Pipeline, each step its own module:
-  units (word grouping) + protect (tiers) -> lm_scoring (iterative, KV reused, one pass over
-  the input) -> coarse (rank contexts, keep whole ones, rate rising with rank) -> token_select
-  (exact budget) -> reassemble (text + provenance spans).
+  units (word grouping) + protect (tiers) [+ relevance: question evidence] -> lm_scoring
+  (iterative, KV reused, at most one pass over the input; tokens kept anyway get no output-layer
+  work) -> coarse (rank contexts, keep whole ones, rate rising with rank) -> token_select (exact
+  budget) -> reassemble (text + provenance spans).
 
-Scores: surprisal (nats) of each token given the already-compressed prefix. With a question,
-contexts are ranked by the question's surprisal after each context, and token scores are
-contrastive: surprisal without the question minus surprisal with it (second pass, only over
-the contexts the coarse stage kept but must prune).
+Scores: surprisal (nats) of each token given the already-compressed prefix. With a question
+(LongLLMLingua), no context is dropped whole (the retriever ranked them; the coarse stage only
+gives better-ranked ones a higher rate), and a share ``evidence`` of the budget goes to whole
+sentences most relevant to the question (relevance.py); the rest is token-pruned. Options:
+``rank="question"`` orders contexts by the question's surprisal after each context instead of the
+given order, and ``contrastive=True`` adds LongLLMLingua's contrastive token scores (surprisal
+without minus with the question; one more pass over the partly pruned contexts).
 """
 
 from __future__ import annotations
@@ -22,14 +26,19 @@ import numpy as np
 from compression.base import Budget, CompressionResult, KeptSpan
 from compression.coarse import REORDERS, allocate, output_order, rank_contexts, select_contexts
 from compression.lm import DEFAULT_LM, load_causal_lm
-from compression.lm_scoring import IncrementalScorer, max_positions
-from compression.protect import MUST, PROTECTED, check_detectors, unit_tiers
+from compression.lm_scoring import IncrementalScorer, max_positions, prime, score_blocks
+from compression.protect import EVIDENCE, MUST, PROTECTED, check_detectors, unit_tiers
+from compression.relevance import choose_evidence
 from compression.reassemble import merge_spans, reassemble
 from compression.token_select import adjust, running_threshold, select_units, unit_scores
 from compression.units import Unit, count_tokens, split_units, tokenize
 
 # Budget fixes after re-tokenising the output (the joined text can tokenise a little differently).
 MAX_FIX_ROUNDS = 4
+# How contexts are ordered when a question is given: as given (retriever's rank) or by the LM.
+RANKS = ("given", "question")
+# With a question, the worst-ranked context still gets this fraction of the mean rate (never dropped whole).
+MIN_RATE_WEIGHT = 0.25
 
 
 @dataclass
@@ -42,6 +51,9 @@ class _Context:
     tiers: np.ndarray
     token_floor: np.ndarray  # True where the token belongs to a must-keep/protected unit
     masks: list[list[bool]] = field(default_factory=list)
+    windows: list[tuple[int, int]] = field(default_factory=list)
+    scored_upto: int = 0
+    scorer: Any = None
     surprisal: np.ndarray | None = None
     scores: np.ndarray | None = None
     rank_score: float = math.nan
@@ -56,7 +68,13 @@ class LLMLinguaCompressor:
     kept until they hold this many times the budget), ``dynamic`` (how much the keep-rate
     rises with rank, 0 = flat), ``reorder`` (``"original"`` or ``"sort"``: best context first),
     ``protect`` (detectors: numbers, entities, structure), ``force_tokens`` (strings always
-    kept), ``model``/``tokenizer`` (objects to use instead of loading ``lm``).
+    kept), ``model``/``tokenizer`` (objects to use instead of loading ``lm``). With a question:
+    ``evidence`` (share of the budget spent on whole question-relevant sentences, 0 = none),
+    ``rank`` (``"given"``: the input order is the relevance order; ``"question"``: the LM's
+    question surprisal after each context), ``contrastive`` (contrastive token scores). Without a
+    question and with several contexts, ``rank_tokens``: contexts are ranked by the perplexity of
+    their first ``rank_tokens`` tokens and only the contexts the coarse stage keeps are scored to
+    the end (0 = score every context whole first, as LLMLingua does).
     """
 
     name = "llmlingua"
@@ -74,6 +92,10 @@ class LLMLinguaCompressor:
         protect: Sequence[str] = ("numbers", "structure"),
         force_tokens: Sequence[str] = (),
         dtype: str = "float32",
+        evidence: float = 0.9,
+        rank_tokens: int = 0,
+        rank: str = "given",
+        contrastive: bool = False,
         model: Any = None,
         tokenizer: Any = None,
     ) -> None:
@@ -83,6 +105,12 @@ class LLMLinguaCompressor:
             raise ValueError(f"coarse_keep must be >= 1 (multiple of the budget kept as whole contexts), got {coarse_keep}")
         if reorder not in REORDERS:
             raise ValueError(f"unknown reorder '{reorder}'; valid: {', '.join(REORDERS)}")
+        if not 0.0 <= evidence <= 1.0:
+            raise ValueError(f"evidence must be in [0, 1] (share of the budget kept as whole sentences), got {evidence}")
+        if rank_tokens < 0:
+            raise ValueError(f"rank_tokens must be >= 0 (0 = rank by the whole context), got {rank_tokens}")
+        if rank not in RANKS:
+            raise ValueError(f"unknown rank '{rank}'; valid: {', '.join(RANKS)}")
         if (model is None) != (tokenizer is None):
             raise ValueError("pass both model= and tokenizer=, or neither (then lm= is loaded)")
         self.lm, self.window, self.iterative = lm, window, iterative
@@ -90,6 +118,7 @@ class LLMLinguaCompressor:
         self.protect = check_detectors(protect)
         self.force_tokens = tuple(force_tokens)
         self.dtype = dtype
+        self.evidence, self.rank, self.contrastive, self.rank_tokens = evidence, rank, contrastive, rank_tokens
         self._model, self._tokenizer = model, tokenizer
 
     # -- model ---------------------------------------------------------------------------
@@ -132,14 +161,26 @@ class LLMLinguaCompressor:
             return CompressionResult(text, spans, n_original, count_tokens(tokenizer, text), self.name)
         state = [self._prepare(i, c, tokenizer, protected) for i, c in enumerate(contexts)]
         prefix = self._prefix(tokenizer)
-        multi = self.coarse and sum(1 for s in state if s.ids) > 1
+        # With a question every context is kept (the retriever chose them); without, whole ones are dropped.
+        multi = self.coarse and sum(1 for s in state if s.ids) > 1 and not question
         provisional = min(1.0, target / n_original * (self.coarse_keep if multi else 1.0))
-        question_ids = tokenize(tokenizer, f"\n\nQuestion: {question}")[0] if question else None
-        self._score_pass(model, prefix, state, provisional, question_ids)
-        order = self._rank(state, question is not None)
-        kept = select_contexts(order, [len(s.ids) for s in state], math.ceil(target * self.coarse_keep)) if multi else order
-        shares = allocate(kept, [len(s.ids) for s in state], max(0, target - 2 * (len(kept) - 1)), self.dynamic)
-        if question:
+        by_lm = bool(question) and self.rank == "question"
+        held = None
+        if question and not by_lm:
+            # The order is known before scoring: evidence first, so its tokens need no LM scores.
+            held = self._mark_evidence(state, self._rank(state, question, False), target, question)
+        question_ids = tokenize(tokenizer, f"\n\nQuestion: {question}")[0] if by_lm else None
+        # Several contexts, no question: rank by the perplexity of their first rank_tokens, score only the kept ones on.
+        probe = self.rank_tokens if multi and self.rank_tokens else None
+        self._score_pass(model, prefix, state, provisional, question_ids, probe)
+        order = self._rank(state, question, by_lm)
+        kept = select_contexts(order, [len(s.ids) for s in state], math.ceil(target * self.coarse_keep)) if multi else [i for i in order if state[i].ids]
+        for i in kept if probe else ():
+            self._score_windows(state[i], len(state[i].ids), provisional)
+        if question and held is None:
+            held = self._mark_evidence(state, order, target, question)
+        shares = self._shares(state, kept, _inner(target, kept), held)
+        if question and self.contrastive:
             # Contexts kept whole or dropped need no token scores: contrast only the partly pruned ones.
             partial = [i for i in kept if 0 < shares[i] < len(state[i].ids)]
             self._contrast_pass(model, prefix, tokenizer, state, partial, question)
@@ -157,26 +198,51 @@ class LLMLinguaCompressor:
             floor[unit.tok_start : unit.tok_end] = tier <= PROTECTED
         return _Context(text, ids, units, tiers, floor)
 
-    def _score_pass(self, model: Any, prefix: list[int], state: list[_Context], keep_rate: float, question_ids: list[int] | None) -> None:
-        """One pass over every context: iterative surprisal, plus the question's surprisal after it."""
-        seen: list[np.ndarray] = []
+    def _score_pass(self, model: Any, prefix: list[int], state: list[_Context], keep_rate: float, question_ids: list[int] | None, upto: int | None = None) -> None:
+        """Iterative surprisal of every context up to token ``upto`` (all if None), then its rank score:
+        the question's surprisal after it, or the mean surprisal of what was scored."""
+        self._seen: list[np.ndarray] = []
         self._step = min(self.window, max_positions(model) // 2)  # a window must fit the LM's context
+        todo = [ctx for ctx in state if ctx.ids]
+        if upto is None and question_ids is None and all(len(ctx.ids) <= self._step for ctx in todo):
+            return self._score_batched(model, prefix, todo, keep_rate)
+        primed = prime(model, prefix)  # every context starts from the same prefix: run it once
         for ctx in state:
             if not ctx.ids:
                 continue
-            scorer = IncrementalScorer(model, prefix)
-            parts = []
-            for start in range(0, len(ctx.ids), self._step):
-                window = ctx.ids[start : start + self._step]
-                scores = scorer.score(window)
-                seen.append(scores)
-                parts.append(scores)
-                mask = self._window_mask(scores, ctx.token_floor[start : start + len(window)], np.concatenate(seen), keep_rate)
-                ctx.masks.append(mask)
-                scorer.prune(mask)
-            ctx.surprisal = np.concatenate(parts)
-            ctx.scores = ctx.surprisal
-            ctx.rank_score = scorer.continuation_nll(question_ids) if question_ids else float(ctx.surprisal.mean())
+            ctx.scorer = IncrementalScorer(model, prefix, primed)
+            ctx.surprisal = np.full(len(ctx.ids), np.nan, dtype=np.float32)
+            self._score_windows(ctx, len(ctx.ids) if upto is None else min(upto, len(ctx.ids)), keep_rate)
+            scored = ctx.surprisal[~np.isnan(ctx.surprisal)]
+            ctx.rank_score = ctx.scorer.continuation_nll(question_ids) if question_ids else (float(scored.mean()) if scored.size else math.nan)
+
+    def _score_batched(self, model: Any, prefix: list[int], todo: list[_Context], keep_rate: float) -> None:
+        """Every context is one window: score them all in one forward pass (same scores as one by one)."""
+        all_scores = score_blocks(model, prefix, [ctx.ids for ctx in todo], [~ctx.token_floor for ctx in todo])
+        for ctx, scores in zip(todo, all_scores):
+            floor = ctx.token_floor
+            self._seen.append(scores[~floor])
+            ctx.surprisal = ctx.scores = scores
+            ctx.windows.append((0, len(ctx.ids)))
+            ctx.masks.append(self._window_mask(scores, floor, np.concatenate(self._seen), keep_rate))
+            ctx.scored_upto = len(ctx.ids)
+            scored = scores[~np.isnan(scores)]
+            ctx.rank_score = float(scored.mean()) if scored.size else math.nan
+
+    def _score_windows(self, ctx: _Context, upto: int, keep_rate: float) -> None:
+        """Score ``ctx`` window by window from where it stopped up to token ``upto``, pruning the KV cache."""
+        for start in range(ctx.scored_upto, upto, self._step):
+            end = min(start + self._step, upto)
+            floor = ctx.token_floor[start:end]
+            scores = ctx.scorer.score(ctx.ids[start:end], need=~floor)  # kept-anyway tokens need no score (NaN)
+            self._seen.append(scores[~floor])
+            ctx.surprisal[start:end] = scores
+            mask = self._window_mask(scores, floor, np.concatenate(self._seen), keep_rate)
+            ctx.windows.append((start, end))
+            ctx.masks.append(mask)
+            ctx.scorer.prune(mask)
+        ctx.scored_upto = max(ctx.scored_upto, upto)
+        ctx.scores = ctx.surprisal
 
     def _window_mask(self, scores: np.ndarray, floor: np.ndarray, seen: np.ndarray, keep_rate: float) -> list[bool]:
         """Which window tokens stay in the conditioning prefix: protected ones and those above the running threshold."""
@@ -185,21 +251,48 @@ class LLMLinguaCompressor:
         threshold = running_threshold(seen, keep_rate)
         return [bool(f or s >= threshold) for s, f in zip(scores, floor)]
 
-    def _rank(self, state: list[_Context], by_question: bool) -> list[int]:
-        """Contexts most worth keeping first: lowest question surprisal, or highest perplexity."""
-        values = [s.rank_score if s.ids else math.nan for s in state]
-        order = rank_contexts(values, higher_is_better=not by_question)
+    def _rank(self, state: list[_Context], question: str | None, by_lm: bool) -> list[int]:
+        """Contexts most worth keeping first: as given (question, rank="given"), lowest question surprisal, or highest perplexity."""
+        if question and not by_lm:
+            order = list(range(len(state)))
+        else:
+            values = [s.rank_score if s.ids else math.nan for s in state]
+            order = rank_contexts(values, higher_is_better=not by_lm)
         return [i for i in order if state[i].ids] + [i for i in order if not state[i].ids]
+
+    def _mark_evidence(self, state: list[_Context], order: list[int], target: int, question: str) -> list[int]:
+        """Raise the question's evidence sentences to the EVIDENCE tier; evidence tokens per context."""
+        held = [0] * len(state)
+        if self.evidence <= 0:
+            return held
+        kept = [i for i in order if state[i].ids]
+        budget = int(self.evidence * _inner(target, kept))
+        for sentence in choose_evidence(question, [s.text for s in state], [s.units for s in state], kept, budget):
+            ctx = state[sentence.context]
+            tiers = ctx.tiers[sentence.first : sentence.last + 1]
+            tiers[tiers > EVIDENCE] = EVIDENCE  # in place: select_units keeps these first
+            ctx.token_floor[ctx.units[sentence.first].tok_start : ctx.units[sentence.last].tok_end] = True
+            held[sentence.context] += sentence.n_tokens
+        return held
+
+    def _shares(self, state: list[_Context], kept: list[int], target: int, held: list[int] | None) -> dict[int, int]:
+        """Tokens per kept context: evidence (``held``, with a question) first, then rates rising with rank."""
+        sizes = [len(s.ids) for s in state]
+        if held is None:
+            return allocate(kept, sizes, target, self.dynamic)
+        rest = allocate(kept, [n - h for n, h in zip(sizes, held)], target - sum(held[i] for i in kept), self.dynamic, MIN_RATE_WEIGHT)
+        return {i: held[i] + rest[i] for i in kept}
 
     def _contrast_pass(self, model: Any, prefix: list[int], tokenizer: Any, state: list[_Context], kept: list[int], question: str) -> None:
         """Contrastive scores for the kept contexts: surprisal without minus with the question."""
         q_prefix = prefix + tokenize(tokenizer, f"Question: {question}\n\n")[0]
+        primed = prime(model, q_prefix) if kept else None
         for i in kept:
             ctx = state[i]
-            scorer = IncrementalScorer(model, q_prefix)
+            scorer = IncrementalScorer(model, q_prefix, primed)
             parts = []
-            for k, start in enumerate(range(0, len(ctx.ids), self._step)):
-                parts.append(scorer.score(ctx.ids[start : start + self._step]))
+            for k, (start, end) in enumerate(ctx.windows):
+                parts.append(scorer.score(ctx.ids[start:end], need=~ctx.token_floor[start:end]))
                 scorer.prune(ctx.masks[k])  # same compressed prefix as the first pass
             ctx.scores = ctx.surprisal - np.concatenate(parts)
 
@@ -254,6 +347,11 @@ class _Flat:
         for i, s in enumerate(self.state):
             result[i] = merge_spans(i, s.units, mask[self.owner == i])
         return result
+
+
+def _inner(target: int, kept: Sequence[int]) -> int:
+    """The budget left for context tokens once the blank lines between kept contexts are paid."""
+    return max(0, target - 2 * (len(kept) - 1))
 
 
 def _check_contexts(contexts: Sequence[str]) -> list[str]:

@@ -5,16 +5,24 @@ everything still in the cache, then ``prune`` drops the cache entries of the win
 discarded tokens, so the next window is conditioned on the *compressed* prefix (LLMLingua's
 iterative compression) without recomputing anything. Tokens keep their original position ids,
 so with nothing pruned the windowed scores equal one full pass.
+
+``score_blocks`` scores several short sequences (contexts that fit one window, where pruning
+changes no score) in one forward pass. Both skip the output layer for tokens whose score is not
+needed (``need``), and ``prime`` runs a shared prefix once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 # Inputs longer than the LM window restart the cache from the prefix plus this many kept tokens.
 REPRIME_TOKENS = 32
+# Models whose logits are exactly ``lm_head(model(...).last_hidden_state)``: for these the
+# 49k-wide output layer (a fifth of SmolLM2's compute) runs only on the rows whose scores are used.
+SPLIT_HEAD_MODELS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
 def _surprisal(logits: Any, targets: Any) -> Any:
@@ -44,15 +52,44 @@ def full_pass_surprisal(model: Any, prefix: Sequence[int], ids: Sequence[int], p
     return _surprisal(logits[start - 1 : -1], torch.tensor(seq[start:])).numpy()
 
 
-class IncrementalScorer:
-    """Scores one token sequence window by window, conditioned on the kept prefix in the KV cache."""
+@dataclass(frozen=True)
+class Primed:
+    """The KV cache and last logits of a prefix, computed once and shared by every scorer that starts from it."""
 
-    def __init__(self, model: Any, prefix: Sequence[int]) -> None:
+    prefix: tuple[int, ...]
+    layers: tuple[tuple[Any, Any], ...]
+    last_logits: Any
+
+
+def prime(model: Any, prefix: Sequence[int]) -> Primed:
+    """Run ``prefix`` once (a forward pass costs ~0.1 s even for one token: per-layer overhead)."""
+    import torch
+    from transformers import DynamicCache
+
+    if not prefix:
+        raise ValueError("prime needs a non-empty prefix (e.g. the BOS / <|im_start|> token)")
+    cache = DynamicCache()
+    with torch.inference_mode():
+        out = model(torch.tensor([list(prefix)]), past_key_values=cache, use_cache=True)
+    layers = tuple((layer.keys, layer.values) for layer in cache.layers)
+    return Primed(tuple(prefix), layers, out.logits[0, -1])
+
+
+class IncrementalScorer:
+    """Scores one token sequence window by window, conditioned on the kept prefix in the KV cache.
+
+    ``primed`` (from ``prime(model, prefix)``) skips the prefix's forward pass.
+    """
+
+    def __init__(self, model: Any, prefix: Sequence[int], primed: Primed | None = None) -> None:
         if not prefix:
             raise ValueError("IncrementalScorer needs a non-empty prefix (e.g. the BOS / <|im_start|> token)")
+        if primed is not None and primed.prefix != tuple(prefix):
+            raise ValueError("primed cache was built for another prefix; call prime(model, prefix) with this one")
         self.model = model
         self.prefix = list(prefix)
         self.limit = max_positions(model)
+        self._primed = primed
         self._start(self.prefix)
 
     def _start(self, ids: list[int]) -> None:
@@ -60,22 +97,32 @@ class IncrementalScorer:
         import torch
         from transformers import DynamicCache
 
-        self.cache = DynamicCache()
-        self.next_pos = 0
-        self.kept_ids: list[int] = []
         self._last_window: list[int] = []
-        with torch.inference_mode():
-            out = self.model(torch.tensor([ids]), past_key_values=self.cache, use_cache=True)
+        self._window_rows = None
+        if self._primed is not None and tuple(ids) == self._primed.prefix:
+            # Clones: the shared tensors must never be touched by this scorer's cache updates.
+            self.cache = DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in self._primed.layers])
+            last_logits = self._primed.last_logits
+        else:
+            self.cache = DynamicCache()
+            with torch.inference_mode():
+                last_logits = self.model(torch.tensor([ids]), past_key_values=self.cache, use_cache=True).logits[0, -1]
         self.next_pos = len(ids)
         self.kept_ids = list(ids)
-        self._last_logits = out.logits[0, -1]
-        self._window_logits = None
+        self._last_logits = last_logits
 
-    def score(self, ids: Sequence[int]) -> np.ndarray:
-        """Surprisal (nats) of each token of ``ids``, appended to the cached prefix."""
+    def score(self, ids: Sequence[int], need: Sequence[bool] | None = None) -> np.ndarray:
+        """Surprisal (nats) of each token of ``ids``, appended to the cached prefix.
+
+        ``need``: which tokens' scores are wanted (default all); the others come back as NaN and,
+        on split-head models, cost no output-layer work. Every token still enters the cache.
+        """
         import torch
 
         ids = list(ids)
+        need = [True] * len(ids) if need is None else [bool(x) for x in need]
+        if len(need) != len(ids):
+            raise ValueError(f"need mask has {len(need)} entries for a window of {len(ids)} tokens")
         if not ids:
             return np.zeros(0, dtype=np.float32)
         if len(ids) + len(self.prefix) + REPRIME_TOKENS >= self.limit:
@@ -85,18 +132,36 @@ class IncrementalScorer:
             tail = self.kept_ids[len(self.prefix) :][-REPRIME_TOKENS:]
             self._start(self.prefix + tail)
         positions = torch.arange(self.next_pos, self.next_pos + len(ids)).unsqueeze(0)
+        result = np.full(len(ids), np.nan, dtype=np.float32)
         with torch.inference_mode():
-            out = self.model(torch.tensor([ids]), past_key_values=self.cache, position_ids=positions, use_cache=True)
-            logits = out.logits[0]
-            # Token 0 is predicted by the last kept token's logits; the rest by this window.
-            preds = torch.cat([self._last_logits.unsqueeze(0), logits[:-1]], dim=0)
-            result = _surprisal(preds, torch.tensor(ids)).numpy()
+            self._forward(torch.tensor([ids]), positions)
+            # Token 0 is predicted by the last kept token's logits; token k by window row k - 1.
+            if need[0]:
+                result[0] = float(_surprisal(self._last_logits.unsqueeze(0), torch.tensor(ids[:1]))[0])
+            wanted = [k for k in range(1, len(ids)) if need[k]]
+            if wanted:
+                preds = self._logits_at([k - 1 for k in wanted])
+                result[wanted] = _surprisal(preds, torch.tensor([ids[k] for k in wanted])).numpy()
+            self._last_logits = self._logits_at([len(ids) - 1])[0]
         self.next_pos += len(ids)
         self._last_window = ids
-        self._window_logits = logits
-        self._last_logits = logits[-1]
         self.kept_ids.extend(ids)
         return result
+
+    def _forward(self, ids: Any, positions: Any) -> None:
+        """Run a window through the LM; keep its final hidden states (split head) or its logits."""
+        body = getattr(self.model, "model", None)
+        self._split = type(self.model).__name__ in SPLIT_HEAD_MODELS and body is not None
+        if self._split:
+            out = body(input_ids=ids, past_key_values=self.cache, position_ids=positions, use_cache=True)
+            self._window_rows = out.last_hidden_state[0]
+        else:
+            self._window_rows = self.model(ids, past_key_values=self.cache, position_ids=positions, use_cache=True).logits[0]
+
+    def _logits_at(self, rows: list[int]) -> Any:
+        """Logits of the given rows of the last window."""
+        picked = self._window_rows[rows]
+        return self.model.lm_head(picked) if self._split else picked
 
     def prune(self, keep: Sequence[bool]) -> None:
         """Drop the cache entries of the last window's tokens where ``keep`` is False."""
@@ -119,7 +184,8 @@ class IncrementalScorer:
         kept_rows = [i for i, k in enumerate(keep) if k]
         # The next token is predicted from the last kept token (its logits saw the whole window);
         # if nothing was kept, the window's last logits are the closest estimate available.
-        self._last_logits = self._window_logits[kept_rows[-1] if kept_rows else -1]
+        with torch.inference_mode():
+            self._last_logits = self._logits_at([kept_rows[-1] if kept_rows else len(window) - 1])[0]
 
     def continuation_nll(self, ids: Sequence[int]) -> float:
         """Mean surprisal of ``ids`` appended after the cache, leaving the cache unchanged."""
@@ -146,3 +212,63 @@ class IncrementalScorer:
         for layer in self.cache.layers:
             layer.keys = layer.keys[..., :length, :]
             layer.values = layer.values[..., :length, :]
+
+
+# Tokens per batched forward in ``score_blocks`` (the block-diagonal mask is this squared).
+BLOCK_BATCH_TOKENS = 2048
+
+
+def score_blocks(model: Any, prefix: Sequence[int], blocks: Sequence[Sequence[int]], needs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Surprisal of independent sequences, each after ``prefix``, in as few forward passes as fit.
+
+    On CPU a forward pass streams every weight from memory (~0.1 s for SmolLM2 even for one
+    token), so scoring five short contexts in five passes costs far more than one pass over all
+    of them. The blocks are concatenated after one copy of the prefix with a block-diagonal
+    mask (each block sees the prefix and itself) and positions restarting after the prefix, so
+    every score equals ``IncrementalScorer`` on that block alone. NaN where ``needs`` is False.
+    """
+    results: list[np.ndarray] = []
+    group: list[int] = []
+    for b in range(len(blocks)):
+        if group and sum(len(blocks[g]) for g in group) + len(blocks[b]) > BLOCK_BATCH_TOKENS:
+            results.extend(_score_group(model, prefix, [blocks[g] for g in group], [needs[g] for g in group]))
+            group = []
+        group.append(b)
+    if group:
+        results.extend(_score_group(model, prefix, [blocks[g] for g in group], [needs[g] for g in group]))
+    return results
+
+
+def _score_group(model: Any, prefix: Sequence[int], blocks: Sequence[Sequence[int]], needs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    n_prefix = len(prefix)
+    owner = np.array([-1] * n_prefix + [b for b, ids in enumerate(blocks) for _ in ids])
+    positions = list(range(n_prefix)) + [n_prefix + k for ids in blocks for k in range(len(ids))]
+    seq = list(prefix) + [t for ids in blocks for t in ids]
+    causal = np.tril(np.ones((len(seq), len(seq)), dtype=bool))
+    allowed = causal & ((owner[None, :] == -1) | (owner[None, :] == owner[:, None]))
+    mask = torch.zeros(allowed.shape, dtype=torch.float32)
+    mask.masked_fill_(torch.from_numpy(~allowed), torch.finfo(torch.float32).min)
+    # Row r predicts token r + 1 of its block; a block's first token is predicted by the prefix's last row.
+    rows, targets, where = [], [], []
+    start = n_prefix
+    for b, (ids, need) in enumerate(zip(blocks, needs)):
+        for k in np.flatnonzero(need):
+            rows.append(n_prefix - 1 if k == 0 else start + k - 1)
+            targets.append(ids[k])
+            where.append((b, int(k)))
+        start += len(ids)
+    out = [np.full(len(ids), np.nan, dtype=np.float32) for ids in blocks]
+    with torch.inference_mode():
+        kwargs = dict(attention_mask=mask[None, None], position_ids=torch.tensor([positions]), use_cache=False)
+        if type(model).__name__ in SPLIT_HEAD_MODELS and getattr(model, "model", None) is not None:
+            hidden = model.model(input_ids=torch.tensor([seq]), **kwargs).last_hidden_state[0]
+            logits = model.lm_head(hidden[rows]) if rows else None
+        else:
+            logits = model(torch.tensor([seq]), **kwargs).logits[0][rows] if rows else None
+        if rows:
+            values = _surprisal(logits, torch.tensor(targets)).numpy()
+            for (b, k), v in zip(where, values):
+                out[b][k] = v
+    return out

@@ -1,8 +1,9 @@
 """What must survive pruning: forced strings, user-marked spans and cheaply detected spans.
 
-Units get a tier: 0 = must be kept (user-marked spans, forced strings), 1 = protected (numbers,
-named entities, structure such as newlines and list markers; kept before any scored unit while
-the budget allows), 2 = pruned by score.
+Units get a tier: 0 = must be kept (user-marked spans, forced strings), 1 = evidence (sentences
+most relevant to the question, chosen per call by compression/relevance.py), 2 = protected
+(numbers, named entities, structure such as newlines and list markers), 3 = pruned by score.
+Lower tiers are kept first while the budget allows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from compression.units import Unit
 
-MUST, PROTECTED, SCORED = 0, 1, 2
+MUST, EVIDENCE, PROTECTED, SCORED = 0, 1, 2, 3
 
 _NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*%?")
 # Capitalised words not right after a sentence end, acronyms, and runs of capitalised words.

@@ -11,8 +11,16 @@ from compression.units import Unit
 
 
 def unit_scores(units: Sequence[Unit], token_scores: np.ndarray) -> np.ndarray:
-    """Mean token score of each unit: the value per budget token of keeping it."""
-    return np.array([float(token_scores[u.tok_start : u.tok_end].mean()) for u in units], dtype=np.float64)
+    """Mean token score of each unit: the value per budget token of keeping it.
+
+    Units whose tokens were not scored (NaN: protected or evidence units, kept by tier) get 0.
+    """
+    means = []
+    for u in units:
+        values = token_scores[u.tok_start : u.tok_end]
+        values = values[~np.isnan(values)]
+        means.append(float(values.mean()) if values.size else 0.0)
+    return np.array(means, dtype=np.float64)
 
 
 def running_threshold(seen: np.ndarray, keep_rate: float) -> float:
