@@ -8,6 +8,7 @@ kept in memory; that cost is reported separately.
 
     .venv/bin/python benchmarks/kv_reuse.py            # full run -> benchmarks/results/kv_reuse.{json,md}
     .venv/bin/python benchmarks/kv_reuse.py --questions 6 --ks 8 --name kv_reuse_dev
+    .venv/bin/python benchmarks/kv_reuse.py --workers 2 --cache-dir ~/.cache/ragpress/kv-bench  # precompute once
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ import platform
 import random
 import re
 import statistics
-import string
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,25 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from eval.metrics import token_f1  # noqa: E402  (SQuAD-style answer F1)
 from retrieval.atomic import atomic_write_text  # noqa: E402
 DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data")) / "chroma"
-
-
-def normalise(text: str) -> list[str]:
-    """SQuAD-style: lower case, no punctuation or articles, whitespace tokens."""
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return re.sub(r"\b(a|an|the)\b", " ", text).split()
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    pred, ref = normalise(prediction), normalise(reference)
-    if not pred and not ref:
-        return 1.0
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 def load_chunks(tokenizer, chunk_tokens: int) -> list[str]:
@@ -100,11 +83,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--name", default="kv_reuse")
     parser.add_argument("--workers", type=int, default=1, help="question shards run in parallel processes")
     parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--summarise-only", action="store_true", help="rebuild the reports from the rows already measured")
+    parser.add_argument("--cache-dir", default=None,
+                        help="keep chunk caches on disk here too (e.g. ~/.cache/ragpress/kv-bench) so a rerun skips the precompute")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="rebuild the reports from the rows already measured (pass the run's --workers and --name)")
     return parser.parse_args()
 
 
-DEFAULT_MODES = ("naive=none", "edge=edge:n_tokens=16", "blend=blend:r=0.15", "blend-q=blend:r=0.15,score=attention")
+DEFAULT_MODES = ("naive=none", "edge=edge:n_tokens=16", "blend=blend:r=0.15", "blend-q=blend:r=0.15,score=attention",
+                 "cascade=cascade:r=0.0,r_first=0.4")
 
 
 def mode_names(args: argparse.Namespace) -> list[str]:
@@ -131,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from compression.kv.generate import KVReuseEngine
-    from compression.kv.store import MemoryStore
+    from compression.kv.store import DiskStore, MemoryStore, TieredStore
     from compression.lm import load_causal_lm
 
     torch.set_num_threads(args.threads)
@@ -139,7 +126,10 @@ def run(args: argparse.Namespace) -> dict:
     chunks = load_chunks(lm.tokenizer, args.chunk_tokens)
     questions = load_questions(args.questions, args.seed)
     ranked = retrieve(chunks, questions, max(args.ks))
-    engine = KVReuseEngine(lm, MemoryStore(12 * 2**30))
+    store = MemoryStore(12 * 2**30)
+    if args.cache_dir:  # disk hits are loaded in warm(), before the timed part, like memory hits
+        store = TieredStore(store, DiskStore(Path(args.cache_dir).expanduser()))
+    engine = KVReuseEngine(lm, store)
     modes = recoveries(args)
     shard, n_shards = map(int, (args.shard or "0/1").split("/"))
     rows_file = rows_path(args, shard)
@@ -219,8 +209,12 @@ def write(result: dict, summary: dict, args: argparse.Namespace, elapsed: float)
              f"{len({r['q'] for r in result['rows']})} of {args.questions} questions measured (seed {args.seed}), {args.new_tokens} greedy tokens, "
              f"{args.workers} worker process(es) of {args.threads} torch thread(s); full prefill and reuse of a prompt are timed back to back in the same process.",
              "Modes: " + "; ".join(args.modes) + " (none = no recovery; edge = recompute first n tokens per chunk; "
-             "blend = recompute fraction r by layer-1 value deviation, score=attention: by the question's attention on the reused cache).",
-             f"Chunk-cache precompute (indexing step, not in TTFT): {payload['chunks_computed']} chunks in {payload['precompute_s']:.1f} s. Run took {elapsed/60:.1f} min.", "",
+             "blend = recompute fraction r by layer-1 value deviation, score=attention: by the question's attention on the reused cache; "
+             "both skip the first chunk, whose cache is exact; cascade = CacheBlend's gradual filtering: the fraction r_first of "
+             "the context with the most question attention is recomputed at layer 0, shrinking linearly to r at the last layer, "
+             "each layer keeping the tokens whose values deviated most; its 'prefilled' counts token-layers / layers).",
+             f"Chunk-cache precompute (indexing step, not in TTFT): {payload['chunks_computed']} chunks computed in {payload['precompute_s']:.1f} s"
+             + (f" (the others loaded from the disk cache {args.cache_dir})" if args.cache_dir else "") + f". Run took {elapsed/60:.1f} min.", "",
              "| k | mode | TTFT median (ms) | speed-up (ratio of medians) | median of per-question ratios | first-token agreement | output F1 vs full | answer F1 | prefilled / reused tokens (median) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for k, modes in summary.items():
@@ -268,8 +262,9 @@ def main() -> None:
         return
     result = collect(args) if args.summarise_only else run_sharded(args)
     write(result, summarise(result, args), args, time.perf_counter() - start)
-    for shard in range(args.workers):  # the JSON holds every row now
-        rows_path(args, shard).unlink(missing_ok=True)
+    if not args.summarise_only:  # the JSON holds every row now; a summary of a running run keeps them
+        for shard in range(args.workers):
+            rows_path(args, shard).unlink(missing_ok=True)
     print((REPO / "benchmarks" / "results" / f"{args.name}.md").read_text())
 
 

@@ -104,7 +104,10 @@ class KVReuseEngine:
         cache = assemble(self.lm.model, prefix, chunks)
         selected = recovery.select(self.lm.model, cache, prompt)
         logits = recompute(self.lm.model, cache, prompt, selected)
-        prefilled = len(selected) + len(prompt.suffix_ids)
+        # A recovery that refreshes the cache itself (cascade) says how much it recomputed.
+        counted = getattr(recovery, "recomputed_tokens", None)
+        extra = counted(prompt, len(self.lm.model.model.layers)) if counted else 0
+        prefilled = len(selected) + extra + len(prompt.suffix_ids)
         return cache, logits, prefilled, len(prompt.all_ids) - prefilled
 
     @torch.inference_mode()

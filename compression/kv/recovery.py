@@ -9,6 +9,9 @@
   ``score="attention"`` instead ranks tokens by the attention the question pays them on the
   reused cache (one throw-away question prefill, no early-layer pass); ``"deviation*attention"``
   weighs the deviation by that attention (the error a token adds to the question's attention output).
+  The first chunk is never picked: it sits where it was computed, so its cache is exact.
+- cascade (CacheBlend's gradual filtering): a shrinking set of tokens is recomputed layer by
+  layer, the set at each layer being the tokens whose values deviated most at the layer before.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def fresh_early_layers(model: Any, cache: Any, prompt: Prompt, n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fresh_early_layers(model: Any, cache: Any, prompt: Prompt, n_layers: int, with_hidden: bool = False) -> tuple[torch.Tensor, ...]:
     """Fresh K/V of the first ``n_layers`` layers for all context tokens, attending over the real prompt."""
     from transformers import DynamicCache
 
@@ -90,7 +93,7 @@ def fresh_early_layers(model: Any, cache: Any, prompt: Prompt, n_layers: int) ->
         hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions, past_key_values=early, use_cache=True)
     keys = torch.stack([layer.keys[0, :, prefix_len:] for layer in early.layers])
     values = torch.stack([layer.values[0, :, prefix_len:] for layer in early.layers])
-    return keys, values
+    return (keys, values, hidden) if with_hidden else (keys, values)
 
 
 @torch.inference_mode()
@@ -150,22 +153,134 @@ class BlendRecovery:
             return []
         if n_pick == n_context:
             return list(range(prefix_len, prefix_len + n_context))
+        scores = self._scores(model, cache, prompt).float()
+        # The first chunk sits where it was computed, right after the prefix: its cache is exact,
+        # so no budget goes there (the question's attention would otherwise pick its sink-like start).
+        first = len(prompt.chunk_ids[0])
+        scores[:first] = float("-inf")
+        chosen = torch.topk(scores, min(n_pick, n_context - first)).indices
+        return (chosen.sort().values + prefix_len).tolist()
+
+    def _scores(self, model: Any, cache: Any, prompt: Prompt) -> torch.Tensor:
+        prefix_len = len(prompt.prefix_ids)
         if self.score == "attention":
-            scores = question_attention(model, cache, prompt)
-        else:
-            keys, values = fresh_early_layers(model, cache, prompt, self.check_layer + 1)
-            stale = cache.layers[self.check_layer].values[0, :, prefix_len:]
-            scores = (values[self.check_layer] - stale).pow(2).sum(dim=(0, 2))
-            if self.score == "deviation*attention":
-                scores = scores.sqrt() * question_attention(model, cache, prompt)
-            for index, layer in enumerate(cache.layers[: self.check_layer + 1]):
-                layer.keys[0, :, prefix_len:] = keys[index]
-                layer.values[0, :, prefix_len:] = values[index]
-        chosen = torch.topk(scores, n_pick).indices.sort().values
-        return (chosen + prefix_len).tolist()
+            return question_attention(model, cache, prompt)
+        keys, values = fresh_early_layers(model, cache, prompt, self.check_layer + 1)
+        stale = cache.layers[self.check_layer].values[0, :, prefix_len:]
+        scores = (values[self.check_layer] - stale).pow(2).sum(dim=(0, 2))
+        for index, layer in enumerate(cache.layers[: self.check_layer + 1]):
+            layer.keys[0, :, prefix_len:] = keys[index]
+            layer.values[0, :, prefix_len:] = values[index]
+        if self.score == "deviation*attention":
+            scores = scores.sqrt() * question_attention(model, cache, prompt)
+        return scores
 
 
-RECOVERIES: dict[str, type] = {"none": NoRecovery, "edge": EdgeRecovery, "blend": BlendRecovery}
+@torch.inference_mode()
+def refresh_layer(layer: Any, cache: Any, hidden: torch.Tensor, positions: torch.Tensor, context_end: int,
+                  rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run one decoder layer for the tokens at ``positions`` (their hidden states ``hidden``).
+
+    They attend to the layer's cached KV with their own stale entries masked, and to each
+    other's fresh KV; the fresh KV then replaces the stale one in place. Returns the layer's
+    output hidden states and the squared value deviation (fresh vs stale) of every token.
+    """
+    layer_cache = cache.layers[layer.self_attn.layer_idx]
+    stale_values = layer_cache.values[0, :, positions].clone()
+    is_stale = torch.zeros(context_end, dtype=torch.bool)
+    is_stale[positions] = True
+    old_allowed = (torch.arange(context_end)[None, :] <= positions[:, None]) & ~is_stale[None, :]
+    mask = additive(torch.cat([old_allowed, positions[None, :] <= positions[:, None]], dim=1), hidden.dtype)
+    embeddings = rotary(hidden, position_ids=positions[None])
+    hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions[None],
+                   past_key_values=cache, use_cache=True)
+    for name in ("keys", "values"):
+        tensor = getattr(layer_cache, name)
+        tensor[:, :, positions] = tensor[:, :, context_end:]
+        setattr(layer_cache, name, tensor[:, :, :context_end])
+    deviation = (layer_cache.values[0, :, positions] - stale_values).pow(2).sum(dim=(0, 2))
+    return hidden, deviation
+
+
+@dataclass(frozen=True)
+class CascadeRecovery:
+    """CacheBlend's gradual filtering. The first ``exact_layers`` layers are recomputed for every
+    context token (exact); from there a shrinking set of tokens goes on layer by layer, a fraction
+    ``r_first`` of the context at the first such layer down to ``r`` at the last, each layer
+    keeping the tokens whose values deviated most at the layer before. The first set is ranked
+    by the question's attention on the reused cache (``score="attention"``, which needs no exact
+    layers) or by the value deviation at the last exact layer (``"deviation"``, needs
+    ``exact_layers >= 2``: layer 0 never deviates). The cache is refreshed in place, so ``select``
+    returns no positions. Cost ~ (exact_layers + mean fraction * other layers) / layers of a full
+    prefill, plus one question prefill for ``"attention"``.
+    """
+
+    r: float = 0.0
+    r_first: float = 0.4
+    exact_layers: int = 0
+    score: str = "attention"
+    name: str = "cascade"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.r <= self.r_first <= 1.0:
+            raise ValueError(f"cascade recovery needs 0 <= r <= r_first <= 1, got r={self.r}, r_first={self.r_first}")
+        if self.score not in ("attention", "deviation"):
+            raise ValueError(f"unknown cascade score '{self.score}'; valid: attention, deviation")
+        if self.exact_layers < (2 if self.score == "deviation" else 0):
+            raise ValueError(f"exact_layers must be >= 0, and >= 2 for score=deviation, got {self.exact_layers}")
+
+    def fraction(self, layer: int, n_layers: int) -> float:
+        """Fraction of the context recomputed at ``layer`` (after the exact early layers)."""
+        first, last = self.exact_layers, n_layers - 1
+        if last <= first:
+            return self.r_first
+        return self.r_first + (self.r - self.r_first) * (layer - first) / (last - first)
+
+    def recomputed_tokens(self, prompt: Prompt, n_layers: int) -> int:
+        """Tokens a full-depth recompute of the same cost would cover: token-layers / layers."""
+        n_context, first = len(prompt.context_ids), len(prompt.chunk_ids[0]) if prompt.chunk_ids else 0
+        early = min(self.exact_layers, n_layers)
+        kept = [min(n_context - first, round(self.fraction(layer, n_layers) * n_context)) for layer in range(early, n_layers)]
+        return round((early * n_context + sum(kept)) / n_layers)
+
+    @torch.inference_mode()
+    def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
+        inner, prefix_len = model.model, len(prompt.prefix_ids)
+        n_context, n_layers = len(prompt.context_ids), len(inner.layers)
+        context_end, first = prefix_len + n_context, len(prompt.chunk_ids[0])
+        if n_context == 0:
+            return []
+        attention = question_attention(model, cache, prompt) if self.score == "attention" else None
+        hidden, early, deviation = self._exact_layers(model, cache, prompt)
+        scores = attention if attention is not None else deviation
+        scores[:first] = float("-inf")  # the first chunk's cache is exact already
+        chosen = torch.arange(n_context)
+        for index in range(early, n_layers):
+            n_keep = min(len(chosen), n_context - first, round(self.fraction(index, n_layers) * n_context))
+            if n_keep == 0:
+                break
+            order = torch.topk(scores[chosen], n_keep).indices.sort().values
+            chosen, hidden = chosen[order], hidden[:, order]
+            hidden, deviation = refresh_layer(inner.layers[index], cache, hidden, chosen + prefix_len, context_end, inner.rotary_emb)
+            scores = torch.full((n_context,), float("-inf"))
+            scores[chosen] = deviation
+        return []
+
+    def _exact_layers(self, model: Any, cache: Any, prompt: Prompt) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """Hidden states of all context tokens after the exact layers (their KV written into
+        ``cache``), how many layers that is, and the value deviation at the last of them."""
+        prefix_len, early = len(prompt.prefix_ids), min(self.exact_layers, len(model.model.layers))
+        if early == 0:
+            return model.model.embed_tokens(torch.tensor([prompt.context_ids])), 0, None
+        keys, values, hidden = fresh_early_layers(model, cache, prompt, early, with_hidden=True)
+        deviation = (values[-1] - cache.layers[early - 1].values[0, :, prefix_len:]).pow(2).sum(dim=(0, 2))
+        for index, layer in enumerate(cache.layers[:early]):
+            layer.keys[0, :, prefix_len:] = keys[index]
+            layer.values[0, :, prefix_len:] = values[index]
+        return hidden, early, deviation
+
+
+RECOVERIES: dict[str, type] = {"none": NoRecovery, "edge": EdgeRecovery, "blend": BlendRecovery, "cascade": CascadeRecovery}
 
 
 def make_recovery(name: str, **options: Any) -> Recovery:
