@@ -273,3 +273,12 @@ def test_a_run_that_dies_midway_resumes_from_what_it_stored(counting, tmp_path):
     resumed = make_pipeline(counting, cache_dir).run(config(compression="extractive"))
     assert resumed.cache_hits["compression"] == 2  # the two questions compressed before the kill
     assert counting.compressor.calls == len(resumed.questions) - 2
+
+
+def test_the_default_pipeline_is_the_one_the_grid_recommends():
+    from eval.defaults import RECOMMENDED_PIPELINE
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks/results/pipeline_grid.json"
+    saved = json.loads(results.read_text(encoding="utf-8"))
+    recommended = saved["results"][saved["recommended"]]["config"]
+    assert PipelineConfig.from_dict(recommended) == replace(RECOMMENDED_PIPELINE, max_new_tokens=recommended["max_new_tokens"])
