@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from eval.base import EvalConfig, EvalDataset, Question, Span
-from eval.metrics import mean_percent, precision_omega, retrieval_scores, token_f1
+from eval.metrics import mean_percent, retrieval_scores, token_f1
 from eval.pipeline_base import PipelineConfig, PipelineResult, PipelineSummary, QuestionRun
 from eval.runner import Evaluator
 from eval.stage_cache import StageCache, code_fingerprint, digest, text_digest

@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from compression.kv_modes import KV_REUSE_MODES, recovery_for
+from compression.kv_modes import recovery_for
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 

@@ -29,7 +29,7 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Answer QUESTION: retrieve, optionally compress, generate with reused chunk caches."""
-    from flows.answer import KV_REUSE_MODES
+    from compression.kv_modes import KV_REUSE_MODES
 
     if kv_reuse not in KV_REUSE_MODES:
         _fail(f"unknown --kv-reuse '{kv_reuse}'; valid: {', '.join(KV_REUSE_MODES)}")

@@ -22,7 +22,12 @@ def random_ids(generator: torch.Generator, n: int) -> tuple[int, ...]:
 
 @pytest.fixture
 def setup(tiny_llama):
-    """A 4-layer tiny Llama (so blend's early layers do not cover the whole model) and a 3-chunk prompt."""
+    return three_chunk_setup(tiny_llama)
+
+
+def three_chunk_setup(tiny_llama):
+    """A 4-layer tiny Llama (so blend's early layers do not cover the whole model) and a 3-chunk prompt
+    (chunk lengths 9, 11, 7 after a 6-token prefix): model, prompt, prefix KV, chunk KVs."""
     model = tiny_llama(num_hidden_layers=4)
     generator = torch.Generator().manual_seed(7)
     prompt = Prompt(

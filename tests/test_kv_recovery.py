@@ -6,25 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compression.kv.assemble import assemble, cache_tensors, encode_prefix
+from compression.kv.assemble import assemble, cache_tensors
 from compression.kv.base import Prompt
 from compression.kv.generate import full_prefill, greedy_continue, recompute
 from compression.kv.recovery import CascadeRecovery, make_recovery
-from tests.test_kv_mechanics import ATOL, chunk_kv, random_ids
+from tests.test_kv_mechanics import ATOL, three_chunk_setup
 
 
 @pytest.fixture
 def setup(tiny_llama):
-    """A 4-layer tiny Llama and a 3-chunk prompt (chunk lengths 9, 11, 7 after a 6-token prefix)."""
-    model = tiny_llama(num_hidden_layers=4)
-    generator = torch.Generator().manual_seed(7)
-    prompt = Prompt(
-        prefix_ids=random_ids(generator, 6),
-        chunk_ids=(random_ids(generator, 9), random_ids(generator, 11), random_ids(generator, 7)),
-        suffix_ids=random_ids(generator, 5),
-    )
-    prefix = encode_prefix(model, prompt.prefix_ids)
-    chunks = [chunk_kv(model, prefix, ids) for ids in prompt.chunk_ids]
+    """``three_chunk_setup`` plus the full prefill of its prompt (cache and last logits)."""
+    model, prompt, prefix, chunks = three_chunk_setup(tiny_llama)
     reference_cache, reference = full_prefill(model, prompt)
     return model, prompt, prefix, chunks, reference_cache, reference
 
