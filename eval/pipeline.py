@@ -225,7 +225,7 @@ class Pipeline:
         return Answered(**cached)
 
     def _answer(self, engine: Any, question: Question, kept: Compressed, mode: str, config: PipelineConfig) -> dict:
-        from compression.kv.subset import generate_subset, positions_for, subset_prompt
+        from compression.kv.subset import kept_tokens
         from compression.kv_modes import recovery_for
 
         recovery = recovery_for(mode, config.blend_r, config.edge_tokens)
@@ -235,13 +235,9 @@ class Pipeline:
         # timed apart from the answer so TTFT measures the query path.
         computed = engine.warm(prompt) if recovery is not None else 0
         warmed = time.perf_counter()
-        spans = _per_chunk(kept.local, len(kept.texts))
-        if all(_is_whole(chunk, len(text)) for chunk, text in zip(spans, kept.texts)):
-            sent = prompt
-            generation = engine.generate(prompt, recovery, config.max_new_tokens)
-        else:
-            sent = subset_prompt(prompt, positions_for(engine.lm.tokenizer, prompt, kept.texts, spans))
-            generation = generate_subset(engine, kept.texts, spans, question.text, recovery, config.max_new_tokens)
+        keep = kept_tokens(engine.lm.tokenizer, prompt, kept.texts, kept.local)
+        generation = engine.generate(prompt, recovery, config.max_new_tokens, keep=keep)
+        sent = prompt if keep is None else prompt.keep(keep)
         return {"answer": generation.text, "retrieved_tokens": len(prompt.context_ids), "tokens_sent": len(sent.context_ids),
                 "ttft_s": generation.ttft_s, "prefilled_tokens": generation.prefilled_tokens,
                 "reused_tokens": generation.reused_tokens, "chunk_cache_s": (warmed - started) if computed else 0.0,
@@ -273,19 +269,6 @@ class Pipeline:
         retrieved = self.retrieve(config.retrieval)
         runs = self.answer_all(config, retrieved, self.compress_all(config, retrieved))
         return self.result(config, runs, self.hits, time.perf_counter() - started)
-
-
-def _per_chunk(local: Sequence[Any], n_chunks: int) -> list[list[tuple[int, int]]]:
-    """Kept ``(start, end)`` spans of each chunk, from ``(chunk, start, end)`` triples or ``KeptSpan``s."""
-    spans: list[list[tuple[int, int]]] = [[] for _ in range(n_chunks)]
-    for span in local:
-        chunk, start, end = (span.context, span.start, span.end) if hasattr(span, "context") else span
-        spans[chunk].append((start, end))
-    return spans
-
-
-def _is_whole(spans: Sequence[tuple[int, int]], length: int) -> bool:
-    return sorted(spans) == [(0, length)]
 
 
 def score_question(question: Question, retrieved: Retrieved, compressed: Compressed, answered: Answered,

@@ -61,7 +61,7 @@ def generate(contexts: list[str], question: str, index: str, kv_reuse: str, cach
              max_new_tokens: int, blend_r: float, edge_tokens: int, kept: list[dict] | None = None) -> dict:
     """Answer from ``contexts``; with ``kept`` (a compressor's spans) only the kept tokens are read,
     their KV taken from the chunks' caches (``compression.kv.subset``)."""
-    from compression.kv.subset import generate_subset
+    from compression.kv.subset import kept_tokens
 
     engine = make_engine(index, cache_dir, lm_name)
     prompt = engine.prompt(contexts, question)
@@ -69,11 +69,8 @@ def generate(contexts: list[str], question: str, index: str, kv_reuse: str, cach
     started = time.perf_counter()
     computed = engine.warm(prompt) if recovery is not None else 0  # caches missing on disk: computed now, reused later
     warm_s = time.perf_counter() - started
-    if kept is None:
-        result = engine.generate(prompt, recovery, max_new_tokens)
-    else:
-        spans = [[(span["start"], span["end"]) for span in kept if span["context"] == i] for i in range(len(contexts))]
-        result = generate_subset(engine, contexts, spans, question, recovery, max_new_tokens)
+    keep = None if kept is None else kept_tokens(engine.lm.tokenizer, prompt, contexts, [(s["context"], s["start"], s["end"]) for s in kept])
+    result = engine.generate(prompt, recovery, max_new_tokens, keep=keep)
     return {"answer": result.text, "ttft_s": result.ttft_s, "prefilled_tokens": result.prefilled_tokens,
             "reused_tokens": result.reused_tokens, "chunk_caches_computed": computed, "chunk_cache_compute_s": warm_s,
             "kv_reuse": kv_reuse}

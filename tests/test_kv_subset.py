@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from compression.kv.assemble import assemble, chunk_cache
 from compression.kv.generate import KVReuseEngine, full_prefill
 from compression.kv.recovery import make_recovery
 from compression.kv.rope import inv_freq, rerotate
 from compression.kv.store import MemoryStore
-from compression.kv.assemble import chunk_cache
-from compression.kv.subset import OPENING, assemble_subset, generate_subset, kept_positions, positions_for, rerotate_each, subset_prompt
+from compression.kv.subset import OPENING, kept_positions, kept_tokens, positions_for
 from eval.testing import ByteTokenizer
 
 
@@ -32,10 +32,10 @@ def test_kept_positions_by_hand():
     assert kept_positions([(0, 10), (10, 12), (12, 15), (15, 17)], 5, [(1, 2)]) == [0, 1, 3]
 
 
-def test_rerotate_each_with_one_delta_equals_rerotate(tiny_llama):
+def test_per_token_deltas_that_are_all_equal_equal_one_delta(tiny_llama):
     frequencies = inv_freq(tiny_llama())
     keys = torch.randn(2, 2, 5, 16)
-    torch.testing.assert_close(rerotate_each(keys, torch.full((5,), 7), frequencies), rerotate(keys, 7, frequencies))
+    torch.testing.assert_close(rerotate(keys, torch.full((5,), 7), frequencies), rerotate(keys, 7, frequencies))
 
 
 def test_kept_prefix_of_one_chunk_is_exactly_the_compressed_prompts_cache(engine):
@@ -45,10 +45,10 @@ def test_kept_prefix_of_one_chunk_is_exactly_the_compressed_prompts_cache(engine
     text = "alpha beta gamma delta epsilon zeta"
     prompt = engine.prompt([text], "which letter?")
     positions = positions_for(engine.lm.tokenizer, prompt, [text], [[(0, 10)]])
-    small = subset_prompt(prompt, positions)
+    small = prompt.keep(positions)
     prefix = engine.prefix(prompt)
     chunk, _ = chunk_cache(engine.lm, prefix, prompt.chunk_ids[0], engine.store, "bytes")
-    reused = assemble_subset(engine.lm.model, prefix, [chunk], positions)
+    reused = assemble(engine.lm.model, prefix, [chunk], positions)
     full, _ = full_prefill(engine.lm.model, small)
     exact = len(small.prefix_ids) + len(positions[0]) - len("\n\n")
     for mine, reference in zip(reused.layers, full.layers):
@@ -60,9 +60,11 @@ def test_kept_prefix_of_one_chunk_is_exactly_the_compressed_prompts_cache(engine
 def test_full_recompute_of_a_compressed_context_equals_its_full_prefill(engine):
     texts = ["the cat sat on the mat. it was warm.", "dogs bark at night. owls hoot."]
     kept = [[(0, 23)], [(20, 30)]]
-    blended = generate_subset(engine, texts, kept, "who hoots?", make_recovery("blend", r=1.0), 6)
-    full = generate_subset(engine, texts, kept, "who hoots?", None, 6)
+    prompt = engine.prompt(texts, "who hoots?")
+    keep = kept_tokens(engine.lm.tokenizer, prompt, texts, [(i, start, end) for i, spans in enumerate(kept) for start, end in spans])
+    blended = engine.generate(prompt, make_recovery("blend", r=1.0), 6, keep=keep)
+    full = engine.generate(prompt, None, 6, keep=keep)
     torch.testing.assert_close(blended.first_logits, full.first_logits, atol=1e-4, rtol=1e-4)
     assert blended.token_ids == full.token_ids
-    naive = generate_subset(engine, texts, kept, "who hoots?", make_recovery("none"), 6)
-    assert naive.reused_tokens == full.prefilled_tokens - len(engine.prompt(texts, "who hoots?").suffix_ids)
+    naive = engine.generate(prompt, make_recovery("none"), 6, keep=keep)
+    assert naive.reused_tokens == full.prefilled_tokens - len(prompt.suffix_ids)

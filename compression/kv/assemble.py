@@ -83,17 +83,26 @@ def chunk_cache(lm: Any, prefix: PrefixKV, token_ids: Sequence[int], store: KVSt
 
 
 @torch.inference_mode()
-def assemble(model: Any, prefix: PrefixKV, chunks: Sequence[ChunkKV]) -> Any:
-    """Prefix + chunks laid end to end, each chunk's keys re-rotated to its new start position."""
+def assemble(model: Any, prefix: PrefixKV, chunks: Sequence[ChunkKV], keep: Sequence[Sequence[int]] | None = None) -> Any:
+    """Prefix + chunks laid end to end, each chunk's keys re-rotated to its new start position.
+
+    ``keep[i]``: indices of the tokens of ``chunks[i]`` to lay down (all when ``keep`` is None);
+    each kept key moves from its cached position to its new contiguous one.
+    """
     frequencies = inv_freq(model)
     n_layers, n_heads, position, head_dim = prefix.keys.shape
-    total = position + sum(chunk.n_tokens for chunk in chunks)
+    total = position + sum(chunk.n_tokens if keep is None else len(keep[i]) for i, chunk in enumerate(chunks))
     keys = prefix.keys.new_empty((n_layers, n_heads, total, head_dim))
     values = torch.empty_like(keys)
     keys[:, :, :position], values[:, :, :position] = prefix.keys, prefix.values
-    for chunk in chunks:  # written in place: one copy of every cached tensor, no concatenation
-        end = position + chunk.n_tokens
-        keys[:, :, position:end] = rerotate(chunk.keys.to(keys.dtype), position - chunk.key.start, frequencies)
-        values[:, :, position:end] = chunk.values
+    for i, chunk in enumerate(chunks):  # written in place: one copy of every cached tensor, no concatenation
+        chunk_keys, chunk_values, delta = chunk.keys, chunk.values, position - chunk.key.start
+        if keep is not None:
+            index = torch.tensor(list(keep[i]), dtype=torch.long)
+            chunk_keys, chunk_values = chunk_keys[:, :, index], chunk_values[:, :, index]
+            delta = torch.arange(position, position + len(index)) - (chunk.key.start + index)
+        end = position + chunk_keys.shape[2]
+        keys[:, :, position:end] = rerotate(chunk_keys.to(keys.dtype), delta, frequencies)
+        values[:, :, position:end] = chunk_values
         position = end
     return cache_from_tensors(keys, values)

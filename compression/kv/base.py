@@ -8,7 +8,7 @@ at the positions the record says. Everything that decides whether a cache may be
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import torch
 
@@ -80,6 +80,12 @@ class Prompt:
     @property
     def all_ids(self) -> list[int]:
         return [*self.prefix_ids, *self.context_ids, *self.suffix_ids]
+
+    def keep(self, positions: Sequence[Sequence[int]]) -> "Prompt":
+        """The prompt made of the kept tokens only (``positions[i]``: indices into chunk i); chunks
+        that keep nothing are left out. This is what the LM reads from compressed context."""
+        chunks = tuple(tuple(ids[i] for i in keep) for ids, keep in zip(self.chunk_ids, positions))
+        return Prompt(self.prefix_ids, tuple(c for c in chunks if c), self.suffix_ids)
 
 
 @dataclass(frozen=True)

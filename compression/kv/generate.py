@@ -97,28 +97,37 @@ class KVReuseEngine:
         return sum(not chunk_cache(self.lm, prefix, ids, self.store, self._tokenizer_sig)[1] for ids in prompt.chunk_ids)
 
     @torch.inference_mode()
-    def prefill(self, prompt: Prompt, recovery: Recovery) -> tuple[Any, torch.Tensor, int, int]:
-        """Cache ready for decoding, first-token logits, tokens prefilled, tokens reused."""
+    def prefill(self, prompt: Prompt, recovery: Recovery, keep: Sequence[Sequence[int]] | None = None) -> tuple[Any, torch.Tensor, int, int]:
+        """Cache ready for decoding, first-token logits, tokens prefilled, tokens reused.
+
+        ``keep[i]``: the tokens of chunk i the LM reads (compressed context: their entries are
+        taken from the chunk's cache, see ``compression.kv.subset``); all when None.
+        """
         prefix = self.prefix(prompt)
-        chunks = [chunk_cache(self.lm, prefix, ids, self.store, self._tokenizer_sig)[0] for ids in prompt.chunk_ids]
-        cache = assemble(self.lm.model, prefix, chunks)
-        selected = recovery.select(self.lm.model, cache, prompt)
-        logits = recompute(self.lm.model, cache, prompt, selected)
+        used = [i for i in range(len(prompt.chunk_ids)) if keep is None or keep[i]]
+        chunks = [chunk_cache(self.lm, prefix, prompt.chunk_ids[i], self.store, self._tokenizer_sig)[0] for i in used]
+        cache = assemble(self.lm.model, prefix, chunks, None if keep is None else [keep[i] for i in used])
+        read = prompt if keep is None else prompt.keep(keep)
+        selected = recovery.select(self.lm.model, cache, read)
+        logits = recompute(self.lm.model, cache, read, selected)
         # A recovery that refreshes the cache itself (cascade) says how much it recomputed.
         counted = getattr(recovery, "recomputed_tokens", None)
-        extra = counted(prompt, len(self.lm.model.model.layers)) if counted else 0
-        prefilled = len(selected) + extra + len(prompt.suffix_ids)
-        return cache, logits, prefilled, len(prompt.all_ids) - prefilled
+        extra = counted(read, len(self.lm.model.model.layers)) if counted else 0
+        prefilled = len(selected) + extra + len(read.suffix_ids)
+        return cache, logits, prefilled, len(read.all_ids) - prefilled
 
     @torch.inference_mode()
-    def generate(self, prompt: Prompt, recovery: Recovery | None, max_new_tokens: int = 64) -> Generation:
-        """Answer ``prompt``; ``recovery=None`` means a plain full prefill (no reuse)."""
+    def generate(self, prompt: Prompt, recovery: Recovery | None, max_new_tokens: int = 64,
+                 keep: Sequence[Sequence[int]] | None = None) -> Generation:
+        """Answer ``prompt`` (only its ``keep`` tokens when given); ``recovery=None`` means a plain
+        full prefill of what is read (no reuse)."""
         start = time.perf_counter()
         if recovery is None:
-            cache, logits = full_prefill(self.lm.model, prompt)
-            prefilled, reused, mode = len(prompt.all_ids), 0, "full"
+            read = prompt if keep is None else prompt.keep(keep)
+            cache, logits = full_prefill(self.lm.model, read)
+            prefilled, reused, mode = len(read.all_ids), 0, "full"
         else:
-            cache, logits, prefilled, reused = self.prefill(prompt, recovery)
+            cache, logits, prefilled, reused = self.prefill(prompt, recovery, keep)
             mode = recovery.name
         ttft = time.perf_counter() - start
         tokens = greedy_continue(self.lm.model, cache, logits, max_new_tokens, self.eos_ids)

@@ -49,11 +49,18 @@ def inv_freq(model: Any) -> torch.Tensor:
     return model.model.rotary_emb.inv_freq.detach().to(torch.float64)
 
 
-def rerotate(keys: torch.Tensor, delta: int, frequencies: torch.Tensor) -> torch.Tensor:
-    """Keys ``[..., T, head_dim]`` rotated from positions p to p + ``delta`` (rotate-half layout)."""
-    if delta == 0:
-        return keys
-    angles = delta * frequencies  # float64: exact angle before the cast
+def rerotate(keys: torch.Tensor, delta: int | torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+    """Keys ``[..., T, head_dim]`` rotated from positions p to p + ``delta`` (rotate-half layout).
+
+    ``delta`` is one shift for every token, or a ``[T]`` tensor of per-token shifts (tokens kept
+    from a cache whose neighbours were dropped each move by a different amount).
+    """
+    if isinstance(delta, int):
+        if delta == 0:
+            return keys
+        angles = delta * frequencies  # float64: exact angle before the cast
+    else:
+        angles = delta.to(torch.float64)[:, None] * frequencies[None, :]
     emb = torch.cat((angles, angles), dim=-1)
     cos, sin = emb.cos().to(keys.dtype), emb.sin().to(keys.dtype)
     half = keys.shape[-1] // 2
