@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -131,11 +132,7 @@ class Pipeline:
 
     def lm_id(self) -> str:
         """The answering LM's id with its weights hash, known without loading the model."""
-        if self._lm_id is None:
-            from compression.lm import resolve_model_dir
-
-            self._lm_id = resolve_model_dir(self.lm_name)[1]
-        return self._lm_id
+        return self._lm_id or lm_model_id(self.lm_name)
 
     def compressor(self, method: str) -> Any:
         if method not in self._compressors:
@@ -189,9 +186,9 @@ class Pipeline:
             return []
         models = [self.evaluator().encoder.model_id] if "extractive" in method else []
         if "llmlingua" in method:
-            from compression.lm import DEFAULT_LM, resolve_model_dir
+            from compression.lm import DEFAULT_LM
 
-            models.append(self.lm_id() if self.lm_name == DEFAULT_LM else resolve_model_dir(DEFAULT_LM)[1])
+            models.append(lm_model_id(DEFAULT_LM))  # the compressor scores with the default LM
         return models
 
     def _compress(self, question: Question, retrieved: Retrieved, texts: list[str], method: str, rate: float) -> dict:
@@ -329,6 +326,14 @@ def _default_evaluator(dataset: EvalDataset) -> Evaluator:
     from retrieval.encoder import load_encoder
 
     return Evaluator(dataset, load_encoder())
+
+
+@lru_cache(maxsize=None)
+def lm_model_id(name: str) -> str:
+    """A causal LM's id with its weights hash (hashing the weights file once per process)."""
+    from compression.lm import resolve_model_dir
+
+    return resolve_model_dir(name)[1]
 
 
 def _compressor_module(method: str) -> str:
