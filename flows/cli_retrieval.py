@@ -85,7 +85,7 @@ def index(
         return
     typer.echo(
         f"index {summary.index_dir} v{summary.version}: +{summary.added} new, {summary.updated} changed, "
-        f"-{summary.deleted} deleted, {summary.unchanged} unchanged docs; {summary.chunks_total} chunks "
+        f"-{summary.deleted} deleted, {summary.relocated} moved, {summary.unchanged} unchanged docs; {summary.chunks_total} chunks "
         f"({summary.chunks_added} embedded) in {summary.timings['total']:.1f}s"
     )
     for skipped in summary.skipped:
@@ -151,7 +151,7 @@ def demo(
     except _user_errors() as exc:
         _fail(str(exc))
     summary = result.index
-    typer.echo(f"indexed {summary.added + summary.updated + summary.unchanged} topics into {summary.chunks_total} chunks "
+    typer.echo(f"indexed {summary.added + summary.updated + summary.relocated + summary.unchanged} topics into {summary.chunks_total} chunks "
                f"({summary.chunks_added} embedded now) in {summary.timings['total']:.1f}s\n")
     for answered in result.answers:
         print_hits(answered)

@@ -103,7 +103,7 @@ def _summary_rows(summary: IndexSummary) -> list[dict[str, Any]]:
         {"metric": name, "value": value}
         for name, value in (
             ("index", summary.index_dir), ("version", summary.version), ("added docs", summary.added),
-            ("updated docs", summary.updated), ("deleted docs", summary.deleted),
+            ("updated docs", summary.updated), ("relocated docs", summary.relocated), ("deleted docs", summary.deleted),
             ("unchanged docs", summary.unchanged), ("chunks added", summary.chunks_added),
             ("chunks in index", summary.chunks_total), ("commits", summary.commits),
             ("skipped files", len(summary.skipped)), ("seconds", round(summary.timings.get("total", 0.0), 2)),
@@ -148,7 +148,7 @@ def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name
     update_progress_artifact(progress_id, 100.0)
     summary = IndexSummary(str(index_dir), store.version, len(plan.new), len(plan.changed), len(plan.deleted),
                            len(plan.unchanged), chunks_added, store.ntotal, commits, tuple(skipped),
-                           {"total": time.perf_counter() - started})
+                           {"total": time.perf_counter() - started}, relocated=len(plan.relocated))
     create_table_artifact(table=_summary_rows(summary), key="ragpress-index-summary",
                           description=f"ragpress index of {', '.join(map(str, paths))}")
     if kv_cache is not None:

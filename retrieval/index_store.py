@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping, Sequence
@@ -465,6 +465,16 @@ class IndexStore:
         self._staged_vectors.append(vectors)
         self._dirty = True
         return ids
+
+    def relocate_document(self, doc_id: str, source: str) -> None:
+        """Stage a new source path for ``doc_id`` (same content): its chunks and vectors are kept."""
+        record = self._docs[doc_id]
+        if record.source == source:
+            return
+        self._docs[doc_id] = replace(record, source=source)
+        for chunk_id in record.chunk_ids:
+            self._chunks[chunk_id] = replace(self._chunks[chunk_id], source=source)
+        self._dirty = True
 
     def remove_document(self, doc_id: str) -> None:
         """Stage the removal of ``doc_id`` and its chunks (unknown ids raise KeyError)."""

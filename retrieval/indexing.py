@@ -7,6 +7,8 @@ one atomic commit of whole documents, so a run killed at any moment leaves the l
 version intact; the next run plans against it and only does the rest. A document is unchanged
 when both its content hash and the fingerprint of the chunker configuration match, so a new
 chunker configuration re-chunks everything (and a kill half-way through that resumes too).
+A document whose only change is its path on disk (the corpus folder moved) is *relocated*: its
+recorded source is updated and nothing is re-chunked or re-embedded.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class IndexPlan:
     deleted: tuple[str, ...]
     unchanged: tuple[str, ...]
     chunker_config: Mapping[str, Any] = field(default_factory=dict)
+    relocated: tuple[Document, ...] = ()  # same id, content and chunker; only the source path moved
 
     @property
     def to_embed(self) -> tuple[Document, ...]:
@@ -42,17 +45,18 @@ class IndexPlan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.new or self.changed or self.deleted)
+        return not (self.new or self.changed or self.deleted or self.relocated)
 
     def batches(self, size: int) -> Iterator["IndexPlan"]:
-        """Sub-plans of at most ``size`` documents to embed; the first one also carries the deletions."""
+        """Sub-plans of at most ``size`` documents to embed; the first one also carries the deletions
+        and relocations (metadata only, so they never wait behind embedding work)."""
         if size <= 0:
             raise ValueError(f"commit_every must be a positive number of documents, got {size}")
         new_ids = {d.doc_id for d in self.new}
         docs = self.to_embed
         for number, start in enumerate(range(0, max(len(docs), 1), size)):
             part = docs[start:start + size]
-            if not part and not self.deleted:
+            if not part and not (self.deleted or self.relocated):
                 return
             yield IndexPlan(
                 new=tuple(d for d in part if d.doc_id in new_ids),
@@ -60,6 +64,7 @@ class IndexPlan:
                 deleted=self.deleted if number == 0 else (),
                 unchanged=(),
                 chunker_config=self.chunker_config,
+                relocated=self.relocated if number == 0 else (),
             )
 
 
@@ -84,6 +89,7 @@ class IndexSummary:
     commits: int
     skipped: tuple[SkippedFile, ...]
     timings: Mapping[str, float]
+    relocated: int = 0
 
 
 def describe_chunker(chunker: Chunker) -> dict[str, Any]:
@@ -111,17 +117,19 @@ def plan_update(store: IndexStore | None, documents: Sequence[Document], chunker
     indexed = dict(store.documents) if store is not None else {}
     fingerprint = config_fingerprint(chunker_config)
     new = tuple(d for d in documents if d.doc_id not in indexed)
-    changed, unchanged = [], []
+    changed, unchanged, relocated = [], [], []
     for doc in documents:
         record = indexed.get(doc.doc_id)
         if record is None:
             continue
-        if record.content_hash == doc.content_hash and record.chunker == fingerprint and record.source == doc.source:
-            unchanged.append(doc.doc_id)
-        else:
+        if record.content_hash != doc.content_hash or record.chunker != fingerprint:
             changed.append(doc)
+        elif record.source != doc.source:
+            relocated.append(doc)
+        else:
+            unchanged.append(doc.doc_id)
     deleted = tuple(sorted(set(indexed) - seen))
-    return IndexPlan(new, tuple(changed), deleted, tuple(unchanged), dict(chunker_config))
+    return IndexPlan(new, tuple(changed), deleted, tuple(unchanged), dict(chunker_config), tuple(relocated))
 
 
 def chunk_documents(docs: Iterable[Document], chunker: Chunker) -> list[tuple[Document, list[Chunk]]]:
@@ -166,6 +174,8 @@ def apply_update(store: IndexStore, plan: IndexPlan, chunked: Sequence[tuple[Doc
         raise ValueError(f"got {len(vectors)} vectors for {total} chunks; embed exactly the chunks of `chunked`")
     for doc_id in plan.deleted:
         store.remove_document(doc_id)
+    for doc in plan.relocated:
+        store.relocate_document(doc.doc_id, doc.source)
     store.set_chunker_config(plan.chunker_config)
     offset = 0
     for doc, chunks in chunked:
@@ -208,8 +218,8 @@ def index_paths(paths: Sequence[str | Path], index_dir: str | Path, chunker: Chu
                 rebuild: bool = False, show_progress: bool = False, context_chunks: int = 0) -> IndexSummary:
     """Bring the index in ``index_dir`` up to date with the files under ``paths``.
 
-    Files that disappeared are removed, changed ones re-chunked and re-embedded, and new
-    ones added, committing every ``commit_every`` documents so a killed run resumes.
+    Files that disappeared are removed, changed ones re-chunked and re-embedded, moved ones
+    relocated (source updated, vectors kept), and new ones added, committing every ``commit_every`` documents so a killed run resumes.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -231,7 +241,8 @@ def index_paths(paths: Sequence[str | Path], index_dir: str | Path, chunker: Chu
         commits, chunks_added = commits + 1, chunks_added + len(vectors)
     timings["total"] = time.perf_counter() - started
     return IndexSummary(str(index_dir), store.version, len(plan.new), len(plan.changed), len(plan.deleted),
-                        len(plan.unchanged), chunks_added, store.ntotal, commits, tuple(skipped), timings)
+                        len(plan.unchanged), chunks_added, store.ntotal, commits, tuple(skipped), timings,
+                        relocated=len(plan.relocated))
 
 
 def search_texts(store: IndexStore, encoder: Encoder, queries: Sequence[str], k: int,

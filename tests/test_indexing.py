@@ -100,6 +100,27 @@ def test_plan_update_classifies_documents(tmp_path: Path) -> None:
     assert all(plan.changed[0].text[c.start:c.end] == c.text for c in chunked[0][1])
 
 
+def test_moved_corpus_is_relocated_without_re_embedding(tmp_path: Path) -> None:
+    corpus, encoder, chunker = make_corpus(tmp_path / "old" / "corpus", 6), FakeEncoder(), small_chunker()
+    index_paths([corpus], tmp_path / "idx", chunker, encoder, commit_every=2)
+    before = IndexStore.open(tmp_path / "idx")
+    moved = tmp_path / "new" / "corpus"
+    moved.parent.mkdir()
+    corpus.rename(moved)
+    write_doc(moved / "part0" / "doc000.txt", seed=77)  # one document also changed while moving
+    encoder.calls = 0
+    summary = index_paths([moved], tmp_path / "idx", chunker, encoder, commit_every=2)
+    assert (summary.relocated, summary.updated, summary.added, summary.unchanged) == (5, 1, 0, 0)
+    assert (encoder.calls, summary.commits) == (1, 1)  # only the changed document was embedded
+    after = IndexStore.open(tmp_path / "idx")
+    assert {c.source for c in after.chunks()} == {str(p.resolve()) for p in moved.rglob("*.txt")}
+    kept = [c.id for c in before.chunks() if c.doc_id != "part0/doc000.txt"]
+    assert np.array_equal(after.vectors_of(kept), before.vectors_of(kept))  # the very same vectors, not re-embedded
+    full = index_paths([moved], tmp_path / "full", chunker, FakeEncoder())
+    assert_same_index(tmp_path / "idx", tmp_path / "full", encoder)
+    assert index_paths([moved], tmp_path / "idx", chunker, encoder).commits == 0
+
+
 def test_sigkill_mid_run_then_resume_equals_clean_build(tmp_path: Path) -> None:
     corpus, index_dir = make_corpus(tmp_path / "corpus", 40), tmp_path / "idx"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
