@@ -5,6 +5,7 @@ fingerprint of the code that computes it), so a re-run of a grid recomputes only
 and a code change can never serve a stale result. Each entry stores its key parts next to the
 value and is checked on read; an unreadable or mismatched entry counts as a miss and is
 overwritten. Writes are atomic, so a killed run leaves only whole entries and resumes from them.
+A hit refreshes the entry's modification time, so ``prune`` can evict the least recently used.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -89,6 +91,14 @@ def code_fingerprint(*modules: str, root: Path = REPO) -> str:
     return sha.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class PruneSummary:
+    removed: int
+    kept: int
+    freed_bytes: int
+    kept_bytes: int
+
+
 class StageCache:
     """``get``/``put`` of JSON values by stage name and key parts."""
 
@@ -108,9 +118,34 @@ class StageCache:
             return None
         if not isinstance(entry, dict) or entry.get("key") != json.loads(json.dumps(parts, sort_keys=True)):
             return None
+        try:
+            os.utime(path)  # last use, for prune()
+        except OSError:
+            pass  # a read-only cache still serves
         return entry.get("value")
 
     def put(self, stage: str, parts: Mapping[str, Any], value: Any) -> None:
         path = self._path(stage, parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"key": parts, "value": value}, sort_keys=True, ensure_ascii=False))
+
+    def prune(self, max_bytes: int) -> PruneSummary:
+        """Delete the least recently used entries until the cache holds at most ``max_bytes``."""
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        entries = []
+        for path in self.root.glob("*/*/*.json"):
+            try:
+                info = path.stat()
+            except OSError:
+                continue  # removed by a concurrent prune
+            entries.append((info.st_mtime, info.st_size, path))
+        entries.sort(key=lambda entry: entry[0], reverse=True)  # most recently used first
+        kept_bytes = freed = removed = 0
+        for _, size, path in entries:
+            if kept_bytes + size <= max_bytes:
+                kept_bytes += size
+                continue
+            path.unlink(missing_ok=True)
+            freed, removed = freed + size, removed + 1
+        return PruneSummary(removed, len(entries) - removed, freed, kept_bytes)

@@ -46,6 +46,7 @@ def pipeline(
     json_out: Path = typer.Option(DEFAULT_OUT / "results.json", "--json", help="where to write every result"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="stage cache (default $RAGPRESS_CACHE/stages)"),
     lm: str = typer.Option("smollm2", "--lm", help="'smollm2' or a local Hugging Face Llama-family model dir"),
+    cache_max_mb: Optional[float] = typer.Option(None, "--cache-max-mb", help="afterwards, evict the least recently used stage results beyond this size"),
 ) -> None:
     """Run retrieve -> compress -> answer for each configuration and report every stage on one yardstick."""
     from dataclasses import replace
@@ -57,6 +58,8 @@ def pipeline(
         _fail("pass --config FILE or --sweep FILE, not both")
     if questions is not None and not questions.is_file():
         _fail(f"questions file {questions} does not exist")
+    if cache_max_mb is not None and cache_max_mb < 0:
+        _fail(f"--cache-max-mb must be >= 0, got {cache_max_mb}")
     try:
         if sweep is not None:
             configs, file_limit = load_pipeline_sweep(sweep)
@@ -84,6 +87,12 @@ def pipeline(
         _fail(str(exc))
     print_results(run)
     typer.echo(f"wrote {html_out} and {json_out} in {run.seconds:.1f} s")
+    if cache_max_mb is not None:
+        from eval.stage_cache import StageCache
+
+        pruned = StageCache(cache_dir).prune(int(cache_max_mb * 1e6))
+        typer.echo(f"stage cache: {pruned.kept} results kept ({pruned.kept_bytes / 1e6:.1f} MB), "
+                   f"{pruned.removed} least recently used removed ({pruned.freed_bytes / 1e6:.1f} MB)")
 
 
 def register(app: typer.Typer) -> None:

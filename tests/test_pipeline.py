@@ -175,6 +175,23 @@ def test_compressed_context_blend_r1_reproduces_its_full_prefill(counting, tmp_p
     assert [r.tokens_sent for r in blend.questions] == [r.tokens_sent for r in full.questions]
 
 
+def test_prune_evicts_the_least_recently_used_stage_results(tmp_path):
+    import os
+
+    cache = StageCache(tmp_path)
+    for i in range(5):
+        cache.put("answer", {"q": i}, {"text": "x" * 100})
+        os.utime(cache._path("answer", {"q": i}), (1000 + i, 1000 + i))  # q4 newest, q0 oldest
+    assert cache.get("answer", {"q": 0}) == {"text": "x" * 100}  # a hit makes q0 the most recently used
+    size = cache._path("answer", {"q": 0}).stat().st_size
+    summary = cache.prune(3 * size)
+    assert (summary.removed, summary.kept, summary.freed_bytes, summary.kept_bytes) == (2, 3, 2 * size, 3 * size)
+    assert [i for i in range(5) if cache.get("answer", {"q": i}) is not None] == [0, 3, 4]
+    assert cache.prune(0).removed == 3 and cache.get("answer", {"q": 4}) is None
+    with pytest.raises(ValueError, match="max_bytes"):
+        cache.prune(-1)
+
+
 def test_code_fingerprint_follows_imports(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
@@ -257,6 +274,8 @@ def test_cli_refuses_config_and_sweep_together(tmp_path):
     (tmp_path / "bad.yaml").write_text("kv_mode: turbo\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["pipeline", "--config", str(tmp_path / "bad.yaml")])
     assert result.exit_code == 2 and "unknown kv_mode 'turbo'" in result.output
+    result = CliRunner().invoke(app, ["pipeline", "--cache-max-mb", "-1"])
+    assert result.exit_code == 2 and "--cache-max-mb must be >= 0" in result.output
 
 
 def test_a_run_that_dies_midway_resumes_from_what_it_stored(counting, tmp_path):
