@@ -9,7 +9,8 @@ Pipeline, each step its own module:
 Scores: surprisal (nats) of each token given the already-compressed prefix. With a question
 (LongLLMLingua), no context is dropped whole (the retriever ranked them; the coarse stage only
 gives better-ranked ones a higher rate), and a share ``evidence`` of the budget goes to whole
-sentences most relevant to the question (relevance.py); the rest is token-pruned. Options:
+sentences most relevant to the question (relevance.py: MiniLM cosine fused with BM25 and the
+context's rank); the rest is token-pruned. Options:
 ``rank="question"`` orders contexts by the question's surprisal after each context instead of the
 given order, and ``contrastive=True`` adds LongLLMLingua's contrastive token scores (surprisal
 without minus with the question; one more pass over the partly pruned contexts).
@@ -28,7 +29,7 @@ from compression.coarse import REORDERS, allocate, output_order, rank_contexts, 
 from compression.lm import DEFAULT_LM, load_causal_lm
 from compression.lm_scoring import IncrementalScorer, max_positions, prime, score_blocks
 from compression.protect import EVIDENCE, MUST, PROTECTED, check_detectors, unit_tiers
-from compression.relevance import choose_evidence
+from compression.relevance import SCORINGS, choose_evidence
 from compression.reassemble import merge_spans, reassemble
 from compression.token_select import adjust, running_threshold, select_units, unit_scores
 from compression.units import Unit, count_tokens, split_units, tokenize
@@ -70,6 +71,9 @@ class LLMLinguaCompressor:
     ``protect`` (detectors: numbers, entities, structure), ``force_tokens`` (strings always
     kept), ``model``/``tokenizer`` (objects to use instead of loading ``lm``). With a question:
     ``evidence`` (share of the budget spent on whole question-relevant sentences, 0 = none),
+    ``relevance`` (how those sentences are scored: ``"fused"`` MiniLM cosine + BM25 + rank prior,
+    or ``"bm25"``; see relevance.py), ``encoder`` (sentence encoder for ``"fused"``; default the
+    extractive compressor's, loaded on first use),
     ``rank`` (``"given"``: the input order is the relevance order; ``"question"``: the LM's
     question surprisal after each context), ``contrastive`` (contrastive token scores). Without a
     question and with several contexts, ``rank_tokens``: contexts are ranked by the perplexity of
@@ -96,8 +100,10 @@ class LLMLinguaCompressor:
         rank_tokens: int = 0,
         rank: str = "given",
         contrastive: bool = False,
+        relevance: str = "fused",
         model: Any = None,
         tokenizer: Any = None,
+        encoder: Any = None,
     ) -> None:
         if window < 8:
             raise ValueError(f"window must be >= 8 tokens, got {window}")
@@ -109,6 +115,8 @@ class LLMLinguaCompressor:
             raise ValueError(f"evidence must be in [0, 1] (share of the budget kept as whole sentences), got {evidence}")
         if rank_tokens < 0:
             raise ValueError(f"rank_tokens must be >= 0 (0 = rank by the whole context), got {rank_tokens}")
+        if relevance not in SCORINGS:
+            raise ValueError(f"unknown relevance '{relevance}'; valid: {', '.join(SCORINGS)}")
         if rank not in RANKS:
             raise ValueError(f"unknown rank '{rank}'; valid: {', '.join(RANKS)}")
         if (model is None) != (tokenizer is None):
@@ -119,7 +127,8 @@ class LLMLinguaCompressor:
         self.force_tokens = tuple(force_tokens)
         self.dtype = dtype
         self.evidence, self.rank, self.contrastive, self.rank_tokens = evidence, rank, contrastive, rank_tokens
-        self._model, self._tokenizer = model, tokenizer
+        self.relevance = relevance
+        self._model, self._tokenizer, self._encoder = model, tokenizer, encoder
 
     # -- model ---------------------------------------------------------------------------
     def _load(self) -> tuple[Any, Any]:
@@ -128,6 +137,16 @@ class LLMLinguaCompressor:
             loaded = load_causal_lm(self.lm, self.dtype)
             self._model, self._tokenizer = loaded.model, loaded.tokenizer
         return self._model, self._tokenizer
+
+    def _sentence_encoder(self) -> Any:
+        """The encoder of fused relevance: the extractive compressor's (one memoised loader), on first use."""
+        if self.relevance != "fused":
+            return None
+        if self._encoder is None:
+            from compression.extractive_models import default_encoder
+
+            self._encoder = default_encoder()
+        return self._encoder
 
     def _prefix(self, tokenizer: Any) -> list[int]:
         """The attention-sink token every sequence starts from (SmolLM2: ``<|im_start|>``)."""
@@ -267,7 +286,8 @@ class LLMLinguaCompressor:
             return held
         kept = [i for i in order if state[i].ids]
         budget = int(self.evidence * _inner(target, kept))
-        for sentence in choose_evidence(question, [s.text for s in state], [s.units for s in state], kept, budget):
+        texts, units = [s.text for s in state], [s.units for s in state]
+        for sentence in choose_evidence(question, texts, units, kept, budget, self._sentence_encoder()):
             ctx = state[sentence.context]
             tiers = ctx.tiers[sentence.first : sentence.last + 1]
             tiers[tiers > EVIDENCE] = EVIDENCE  # in place: select_units keeps these first

@@ -181,10 +181,11 @@ class Pipeline:
                           cached["cpu_s"], cached["seconds"])
 
     def _compressor_models(self, method: str) -> list[str]:
-        """Ids (with weights hashes) of the models a method scores with: MiniLM, and the LM for llmlingua."""
+        """Ids (with weights hashes) of the models a method scores with: MiniLM (extractive sentences,
+        and llmlingua's question-relevant evidence sentences), and the LM for llmlingua."""
         if method == "none":
             return []
-        models = [self.evaluator().encoder.model_id] if "extractive" in method else []
+        models = [self.evaluator().encoder.model_id]
         if "llmlingua" in method:
             from compression.lm import DEFAULT_LM
 
