@@ -12,6 +12,10 @@
   The first chunk is never picked: it sits where it was computed, so its cache is exact.
 - cascade (CacheBlend's gradual filtering): a shrinking set of tokens is recomputed layer by
   layer, the set at each layer being the tokens whose values deviated most at the layer before.
+- scaled (APE-style attention temperature): another recovery, then the keys of the reused
+  (not recomputed) tokens of every chunk but the first are divided by ``temperature`` in every
+  layer. RoPE is linear, so q·(k/T) = (q·k)/T: every later query (recomputed tokens, question,
+  generated tokens) sees those tokens' attention logits at temperature T, at no run-time cost.
 """
 
 from __future__ import annotations
@@ -280,7 +284,41 @@ class CascadeRecovery:
         return hidden, early, deviation
 
 
-RECOVERIES: dict[str, type] = {"none": NoRecovery, "edge": EdgeRecovery, "blend": BlendRecovery, "cascade": CascadeRecovery}
+@dataclass(frozen=True)
+class ScaledRecovery:
+    """``base`` selects (and may refresh early layers); the still-stale chunk keys get temperature T."""
+
+    base: Any
+    temperature: float = 1.0
+    name: str = "scaled"
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"scaled recovery needs temperature > 0, got {self.temperature}; e.g. temperature=0.9")
+        if isinstance(self.base, CascadeRecovery):
+            raise ValueError("scaled recovery cannot wrap cascade (it refreshes tokens in place unseen); use none, edge or blend")
+
+    @torch.inference_mode()
+    def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
+        selected = self.base.select(model, cache, prompt)
+        if self.temperature != 1.0 and len(prompt.chunk_ids) > 1:
+            stale = torch.zeros(len(prompt.prefix_ids) + len(prompt.context_ids), dtype=torch.bool)
+            stale[chunk_starts(prompt)[1]:] = True  # the first chunk sits where it was computed: exact
+            stale[list(selected)] = False  # recomputed tokens get fresh keys anyway
+            for layer in cache.layers:
+                layer.keys[:, :, stale] /= self.temperature
+        return selected
+
+
+def make_scaled(temperature: float = 1.0, base: str = "none", **options: Any) -> ScaledRecovery:
+    """``make_recovery("scaled", temperature=0.9, base="blend", r=0.15)``: options go to the base."""
+    if base == "scaled":
+        raise ValueError("scaled recovery cannot wrap itself; base: none, edge or blend")
+    return ScaledRecovery(make_recovery(base, **options), temperature)
+
+
+RECOVERIES: dict[str, Any] = {"none": NoRecovery, "edge": EdgeRecovery, "blend": BlendRecovery, "cascade": CascadeRecovery,
+                              "scaled": make_scaled}
 
 
 def make_recovery(name: str, **options: Any) -> Recovery:
