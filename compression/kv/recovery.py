@@ -80,8 +80,9 @@ def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def fresh_early_layers(model: Any, cache: Any, prompt: Prompt, n_layers: int, with_hidden: bool = False) -> tuple[torch.Tensor, ...]:
-    """Fresh K/V of the first ``n_layers`` layers for all context tokens, attending over the real prompt."""
+def fresh_early_layers(model: Any, cache: Any, prompt: Prompt, n_layers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fresh K/V of the first ``n_layers`` layers for all context tokens, attending over the real
+    prompt, and the context's hidden states after them."""
     from transformers import DynamicCache
 
     inner, prefix_len = model.model, len(prompt.prefix_ids)
@@ -97,7 +98,23 @@ def fresh_early_layers(model: Any, cache: Any, prompt: Prompt, n_layers: int, wi
         hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions, past_key_values=early, use_cache=True)
     keys = torch.stack([layer.keys[0, :, prefix_len:] for layer in early.layers])
     values = torch.stack([layer.values[0, :, prefix_len:] for layer in early.layers])
-    return (keys, values, hidden) if with_hidden else (keys, values)
+    return keys, values, hidden
+
+
+@torch.inference_mode()
+def refresh_early_layers(model: Any, cache: Any, prompt: Prompt, n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace the first ``n_layers`` layers' context KV in ``cache`` by fresh (exact) KV.
+
+    Returns the context's hidden states after those layers and each token's squared value
+    deviation (fresh vs reused) at the last of them.
+    """
+    prefix_len = len(prompt.prefix_ids)
+    keys, values, hidden = fresh_early_layers(model, cache, prompt, n_layers)
+    deviation = (values[-1] - cache.layers[n_layers - 1].values[0, :, prefix_len:]).pow(2).sum(dim=(0, 2))
+    for index, layer in enumerate(cache.layers[:n_layers]):
+        layer.keys[0, :, prefix_len:] = keys[index]
+        layer.values[0, :, prefix_len:] = values[index]
+    return hidden, deviation
 
 
 @torch.inference_mode()
@@ -166,15 +183,9 @@ class BlendRecovery:
         return (chosen.sort().values + prefix_len).tolist()
 
     def _scores(self, model: Any, cache: Any, prompt: Prompt) -> torch.Tensor:
-        prefix_len = len(prompt.prefix_ids)
         if self.score == "attention":
             return question_attention(model, cache, prompt)
-        keys, values = fresh_early_layers(model, cache, prompt, self.check_layer + 1)
-        stale = cache.layers[self.check_layer].values[0, :, prefix_len:]
-        scores = (values[self.check_layer] - stale).pow(2).sum(dim=(0, 2))
-        for index, layer in enumerate(cache.layers[: self.check_layer + 1]):
-            layer.keys[0, :, prefix_len:] = keys[index]
-            layer.values[0, :, prefix_len:] = values[index]
+        _, scores = refresh_early_layers(model, cache, prompt, self.check_layer + 1)
         if self.score == "deviation*attention":
             scores = scores.sqrt() * question_attention(model, cache, prompt)
         return scores
@@ -273,14 +284,10 @@ class CascadeRecovery:
     def _exact_layers(self, model: Any, cache: Any, prompt: Prompt) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         """Hidden states of all context tokens after the exact layers (their KV written into
         ``cache``), how many layers that is, and the value deviation at the last of them."""
-        prefix_len, early = len(prompt.prefix_ids), min(self.exact_layers, len(model.model.layers))
+        early = min(self.exact_layers, len(model.model.layers))
         if early == 0:
             return model.model.embed_tokens(torch.tensor([prompt.context_ids])), 0, None
-        keys, values, hidden = fresh_early_layers(model, cache, prompt, early, with_hidden=True)
-        deviation = (values[-1] - cache.layers[early - 1].values[0, :, prefix_len:]).pow(2).sum(dim=(0, 2))
-        for index, layer in enumerate(cache.layers[:early]):
-            layer.keys[0, :, prefix_len:] = keys[index]
-            layer.values[0, :, prefix_len:] = values[index]
+        hidden, deviation = refresh_early_layers(model, cache, prompt, early)
         return hidden, early, deviation
 
 
