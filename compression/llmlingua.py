@@ -232,8 +232,7 @@ class LLMLinguaCompressor:
             ctx.scorer = IncrementalScorer(model, prefix, primed)
             ctx.surprisal = np.full(len(ctx.ids), np.nan, dtype=np.float32)
             self._score_windows(ctx, len(ctx.ids) if upto is None else min(upto, len(ctx.ids)), keep_rate)
-            scored = ctx.surprisal[~np.isnan(ctx.surprisal)]
-            ctx.rank_score = ctx.scorer.continuation_nll(question_ids) if question_ids else (float(scored.mean()) if scored.size else math.nan)
+            ctx.rank_score = ctx.scorer.continuation_nll(question_ids) if question_ids else _scored_mean(ctx.surprisal)
 
     def _score_batched(self, model: Any, prefix: list[int], todo: list[_Context], keep_rate: float) -> None:
         """Every context is one window: score them all in one forward pass (same scores as one by one)."""
@@ -245,8 +244,7 @@ class LLMLinguaCompressor:
             ctx.windows.append((0, len(ctx.ids)))
             ctx.masks.append(self._window_mask(scores, floor, np.concatenate(self._seen), keep_rate))
             ctx.scored_upto = len(ctx.ids)
-            scored = scores[~np.isnan(scores)]
-            ctx.rank_score = float(scored.mean()) if scored.size else math.nan
+            ctx.rank_score = _scored_mean(scores)
 
     def _score_windows(self, ctx: _Context, upto: int, keep_rate: float) -> None:
         """Score ``ctx`` window by window from where it stopped up to token ``upto``, pruning the KV cache."""
@@ -367,6 +365,12 @@ class _Flat:
         for i, s in enumerate(self.state):
             result[i] = merge_spans(i, s.units, mask[self.owner == i])
         return result
+
+
+def _scored_mean(surprisal: np.ndarray) -> float:
+    """Mean surprisal of the scored tokens (NaN = not scored); NaN when none was scored."""
+    scored = surprisal[~np.isnan(surprisal)]
+    return float(scored.mean()) if scored.size else math.nan
 
 
 def _inner(target: int, kept: Sequence[int]) -> int:

@@ -27,6 +27,11 @@ REPRIME_TOKENS = 32
 SPLIT_HEAD_MODELS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
+def splits_head(model: Any) -> bool:
+    """Whether the output layer can be run on chosen rows only (see ``SPLIT_HEAD_MODELS``)."""
+    return type(model).__name__ in SPLIT_HEAD_MODELS and getattr(model, "model", None) is not None
+
+
 def _surprisal(logits: Any, targets: Any) -> Any:
     """-log p(target) per row, in nats (cross-entropy: one fused pass, ~20% faster than logsumexp - gather)."""
     import torch
@@ -153,10 +158,9 @@ class IncrementalScorer:
 
     def _forward(self, ids: Any, positions: Any) -> None:
         """Run a window through the LM; keep its final hidden states (split head) or its logits."""
-        body = getattr(self.model, "model", None)
-        self._split = type(self.model).__name__ in SPLIT_HEAD_MODELS and body is not None
+        self._split = splits_head(self.model)
         if self._split:
-            out = body(input_ids=ids, past_key_values=self.cache, position_ids=positions, use_cache=True)
+            out = self.model.model(input_ids=ids, past_key_values=self.cache, position_ids=positions, use_cache=True)
             self._window_rows = out.last_hidden_state[0]
         else:
             self._window_rows = self.model(ids, past_key_values=self.cache, position_ids=positions, use_cache=True).logits[0]
@@ -277,7 +281,7 @@ def _score_group(model: Any, prefix: Sequence[int], blocks: Sequence[Sequence[in
 
 def _packed_logits(model: Any, ids: Any, rows: list[int], **kwargs: Any) -> Any:
     """Logits of ``rows`` only (split-head models run the output layer on those rows alone)."""
-    if type(model).__name__ in SPLIT_HEAD_MODELS and getattr(model, "model", None) is not None:
+    if splits_head(model):
         return model.lm_head(model.model(input_ids=ids, **kwargs).last_hidden_state[0][rows])
     return model(ids, **kwargs).logits[0][rows]
 
