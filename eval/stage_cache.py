@@ -15,11 +15,11 @@ import hashlib
 import json
 import os
 from functools import lru_cache
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from retrieval.atomic import atomic_write_text
+from retrieval.lru_files import PruneSummary, prune_least_recent, touch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,14 +91,6 @@ def code_fingerprint(*modules: str, root: Path = REPO) -> str:
     return sha.hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class PruneSummary:
-    removed: int
-    kept: int
-    freed_bytes: int
-    kept_bytes: int
-
-
 class StageCache:
     """``get``/``put`` of JSON values by stage name and key parts."""
 
@@ -118,10 +110,7 @@ class StageCache:
             return None
         if not isinstance(entry, dict) or entry.get("key") != json.loads(json.dumps(parts, sort_keys=True)):
             return None
-        try:
-            os.utime(path)  # last use, for prune()
-        except OSError:
-            pass  # a read-only cache still serves
+        touch(path)  # last use, for prune()
         return entry.get("value")
 
     def put(self, stage: str, parts: Mapping[str, Any], value: Any) -> None:
@@ -131,21 +120,4 @@ class StageCache:
 
     def prune(self, max_bytes: int) -> PruneSummary:
         """Delete the least recently used entries until the cache holds at most ``max_bytes``."""
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        entries = []
-        for path in self.root.glob("*/*/*.json"):
-            try:
-                info = path.stat()
-            except OSError:
-                continue  # removed by a concurrent prune
-            entries.append((info.st_mtime, info.st_size, path))
-        entries.sort(key=lambda entry: entry[0], reverse=True)  # most recently used first
-        kept_bytes = freed = removed = 0
-        for _, size, path in entries:
-            if kept_bytes + size <= max_bytes:
-                kept_bytes += size
-                continue
-            path.unlink(missing_ok=True)
-            freed, removed = freed + size, removed + 1
-        return PruneSummary(removed, len(entries) - removed, freed, kept_bytes)
+        return prune_least_recent(self.root.glob("*/*/*.json"), max_bytes)

@@ -76,18 +76,30 @@ def generate(contexts: list[str], question: str, index: str, kv_reuse: str, cach
             "kv_reuse": kv_reuse}
 
 
+@task(name="prune-kv-cache")
+def prune_kv_cache(index: str, cache_dir: str | None, max_mb: float) -> dict:
+    """Evict the least recently used chunk caches beyond ``max_mb`` (the ones just used are the most recent)."""
+    from compression.kv.store import DiskStore
+
+    return asdict(DiskStore(kv_cache_dir(index, cache_dir)).prune(int(max_mb * 1e6)))
+
+
 @flow(name="ragpress-answer", validate_parameters=False)
 def answer_flow(question: str, index: str, k: int = 4, kv_reuse: str = "blend", compression: str | None = None,
                 rate: float = 0.5, cache_dir: str | None = None, lm_name: str = "smollm2", max_new_tokens: int = 64,
-                blend_r: float = 0.15, edge_tokens: int = 16) -> dict:
-    """Answer ``question`` from the index in ``index``; returns the answer, contexts with spans and costs."""
+                blend_r: float = 0.15, edge_tokens: int = 16, kv_cache_max_mb: float | None = None) -> dict:
+    """Answer ``question`` from the index in ``index``; returns the answer, contexts with spans and costs.
+    ``kv_cache_max_mb``: afterwards, keep at most this many MB of chunk caches on disk (LRU)."""
     recovery_for(kv_reuse, blend_r, edge_tokens)  # refuse a bad mode before any model loads
+    if kv_cache_max_mb is not None and kv_cache_max_mb < 0:
+        raise ValueError(f"kv_cache_max_mb must be >= 0 (or None for no limit), got {kv_cache_max_mb}")
     hits = retrieve(question, index, k)
     contexts = [hit["text"] for hit in hits]
     compressed = compress(contexts, question, compression, rate) if compression else None
     output = generate(contexts, question, index, kv_reuse, cache_dir, lm_name, max_new_tokens, blend_r, edge_tokens,
                       compressed["kept"] if compressed else None)
-    return {"question": question, **output, "contexts": hits, "compression": compressed}
+    pruned = prune_kv_cache(index, cache_dir, kv_cache_max_mb) if kv_cache_max_mb is not None and kv_reuse != "none" else None
+    return {"question": question, **output, "contexts": hits, "compression": compressed, "kv_cache_pruned": pruned}
 
 
 @flow(name="ragpress-kv-precompute", validate_parameters=False)

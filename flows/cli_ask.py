@@ -24,6 +24,8 @@ def ask(
     blend_r: float = typer.Option(0.15, "--blend-r", help="fraction of context tokens blend recomputes"),
     edge_tokens: int = typer.Option(16, "--edge-tokens", help="first tokens of each chunk edge recomputes"),
     kv_cache: Optional[Path] = typer.Option(None, "--kv-cache", help="chunk-cache directory (default INDEX/kv-cache)"),
+    kv_cache_max_mb: Optional[float] = typer.Option(None, "--kv-cache-max-mb",
+                                                    help="afterwards, evict the least recently used chunk caches beyond this size"),
     lm: str = typer.Option("smollm2", "--lm", help="'smollm2' or a local Hugging Face Llama-family model dir"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens to generate at most"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
@@ -35,6 +37,8 @@ def ask(
         _fail(f"unknown --kv-reuse '{kv_reuse}'; valid: {', '.join(KV_REUSE_MODES)}")
     if k <= 0:
         _fail(f"-k must be a positive integer, got {k}")
+    if kv_cache_max_mb is not None and kv_cache_max_mb < 0:
+        _fail(f"--kv-cache-max-mb must be >= 0, got {kv_cache_max_mb}")
     from retrieval.index_store import IndexStore
 
     if not IndexStore.exists(index):
@@ -44,7 +48,7 @@ def ask(
     try:
         result = answer_flow(question=question, index=str(index), k=k, kv_reuse=kv_reuse, compression=compression, rate=rate,
                              cache_dir=str(kv_cache) if kv_cache else None, lm_name=lm, max_new_tokens=max_new_tokens,
-                             blend_r=blend_r, edge_tokens=edge_tokens)
+                             blend_r=blend_r, edge_tokens=edge_tokens, kv_cache_max_mb=kv_cache_max_mb)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     if as_json:
@@ -63,6 +67,10 @@ def _print(result: dict) -> None:
     typer.echo(f"\nkv-reuse {result['kv_reuse']}: time to first token {result['ttft_s'] * 1000:.0f} ms; "
                f"tokens prefilled {result['prefilled_tokens']} / reused {result['reused_tokens']} of {total}"
                + (f"; {result['chunk_caches_computed']} chunk caches computed first" if result["chunk_caches_computed"] else ""))
+    pruned = result.get("kv_cache_pruned")
+    if pruned:
+        typer.echo(f"chunk-cache: {pruned['kept']} kept ({pruned['kept_bytes'] / 1e6:.1f} MB), "
+                   f"{pruned['removed']} least recently used removed ({pruned['freed_bytes'] / 1e6:.1f} MB)")
 
 
 def register(app: typer.Typer) -> None:

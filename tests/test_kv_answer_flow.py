@@ -31,6 +31,12 @@ def test_ask_refuses_a_missing_index(app, tmp_path):
     assert "holds no index" in result.output
 
 
+def test_ask_refuses_a_negative_cache_size(app, tmp_path):
+    result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path), "--kv-cache-max-mb", "-1"])
+    assert result.exit_code == 2
+    assert "--kv-cache-max-mb must be >= 0" in result.output
+
+
 def test_recovery_for_maps_modes():
     from flows.answer import recovery_for
 
@@ -75,3 +81,5 @@ def test_answer_flow_end_to_end(prefect_harness, tmp_path, app):
     assert printed.exit_code == 0, printed.output
     payload = json.loads(printed.output[printed.output.index("{"):])
     assert payload["kv_reuse"] == "blend" and len(payload["contexts"]) == 2
+    emptied = answer_flow(kv_reuse="naive", kv_cache_max_mb=0, **kwargs)
+    assert emptied["kv_cache_pruned"]["removed"] == 2 and not list((index / "kv-cache").glob("*.safetensors"))

@@ -138,3 +138,22 @@ def test_tiered_store_keeps_disk_hits_in_memory(tmp_path):
     other = fake_kv(5, seed=9)
     tiered.put(other)
     assert DiskStore(tmp_path).get(other.key) is not None and tiered.memory.get(other.key) is other
+
+
+def test_disk_prune_evicts_the_least_recently_read_caches(tmp_path):
+    import os
+
+    store = DiskStore(tmp_path)
+    kvs = [fake_kv(6, seed) for seed in range(4)]
+    for age, kv in enumerate(kvs):  # written oldest first: kvs[0] is the least recently used...
+        store.put(kv)
+        os.utime(store.path_for(kv.key), (1_000 + age, 1_000 + age))
+    assert store.get(kvs[0].key) is not None  # ...until this read makes it the most recent
+    size = store.path_for(kvs[0].key).stat().st_size
+    summary = store.prune(2 * size)
+    assert (summary.removed, summary.kept, summary.kept_bytes, summary.freed_bytes) == (2, 2, 2 * size, 2 * size)
+    assert [store.get(kv.key) is not None for kv in kvs] == [True, False, False, True]
+    assert not list(tmp_path.glob("*.tmp"))
+    assert store.prune(0).removed == 2 and not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="max_bytes must be >= 0"):
+        store.prune(-1)

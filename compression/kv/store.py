@@ -1,7 +1,8 @@
 """Chunk-cache stores: an in-memory LRU under a byte budget, and safetensors files on disk.
 
 Disk files are ``<sha256 of the key>.safetensors`` holding ``keys`` and ``values`` plus a JSON
-header (the full key and a checksum of the tensor bytes). Never pickle. Writes are atomic.
+header (the full key and a checksum of the tensor bytes). Never pickle. Writes are atomic. A disk
+hit refreshes the file's modification time, so ``DiskStore.prune`` can evict the least recently used.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from compression.kv.base import CacheCorrupted, CacheKey, ChunkKV
 from compression.kv.keys import key_digest, key_from_json, require_match
+from retrieval.lru_files import PruneSummary, prune_least_recent, touch
 
 FORMAT = "ragpress-kv/1"
 
@@ -97,7 +99,16 @@ class DiskStore:
             raise CacheCorrupted(f"{path}: tensor shapes {tuple(keys.shape)}/{tuple(values.shape)} do not fit {expected_tokens} tokens; delete it")
         if _checksum(keys, values) != header.get("sha256"):
             raise CacheCorrupted(f"{path}: tensor bytes do not match the header checksum (corrupted file); delete it")
+        touch(path)  # last use, for prune()
         return ChunkKV(key=key, keys=keys, values=values)
+
+    def prune(self, max_bytes: int) -> PruneSummary:
+        """Delete the least recently used chunk caches until the rest hold at most ``max_bytes``.
+
+        A cache deleted while another process is about to read it is simply recomputed there
+        (a vanished file reads as absent or corrupted, and both lead to a recompute).
+        """
+        return prune_least_recent(self.root.glob("*.safetensors"), max_bytes)
 
 
 def _read(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, str]]:
