@@ -9,6 +9,12 @@ Cheap rules are run too (timed, with a profile of where their time goes).
 
     .venv/bin/python benchmarks/kv_oracle.py --cache-dir ~/.cache/ragpress/kv-bench
     -> benchmarks/results/kv_oracle.{json,md}
+
+``--set bench`` runs on kv_reuse.py's own 30 questions (seed 0) instead, e.g. the ceiling there:
+
+    .venv/bin/python benchmarks/kv_oracle.py --set bench --cache-dir ~/.cache/ragpress/kv-bench \
+        --name kv_oracle_bench --rs 0.15 0.3 0.5 --oracles all qa --modes naive=none \
+        blend-q=blend:r=0.15,score=attention --choices blend-q
 """
 
 from __future__ import annotations
@@ -51,7 +57,12 @@ def dev_questions(n: int, bench_n: int, bench_seed: int, seed: int) -> list[dict
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--questions", type=int, default=10)
+    parser.add_argument("--questions", type=int, default=None, help="default: 10 (dev), 30 (bench)")
+    parser.add_argument("--set", choices=("dev", "bench"), default="dev",
+                        help="dev: questions disjoint from kv_reuse.py's; bench: kv_reuse.py's own questions (seed 0)")
+    parser.add_argument("--oracles", nargs="+", choices=("all", "last", "qa"), default=["all", "last"],
+                        help="oracle rankings: deviation over all layers, over the last --last-layers layers, "
+                             "qa: sqrt(deviation over all layers) x the question's attention in the full prefill")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--rs", type=float, nargs="*", default=[0.1, 0.15, 0.2, 0.3], help="oracle fractions (none: no oracle)")
     parser.add_argument("--modes", nargs="+", default=list(RULES), help="cheap rules, as in kv_reuse.py: name=recovery:key=value,...")
@@ -64,7 +75,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="dev-set seed (the benchmark's 30 use seed 0 and are excluded)")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--name", default="kv_oracle")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.questions is None:
+        args.questions = 30 if args.set == "bench" else 10
+    return args
+
+
+def pick_questions(args: argparse.Namespace) -> list[dict]:
+    """The benchmark's own questions (``load_questions(n, 0)``, as kv_reuse.py) or the disjoint dev set."""
+    if args.set == "bench":
+        return load_questions(args.questions, 0)
+    return dev_questions(args.questions, 30, 0, args.seed)
 
 
 def fidelity(engine, cache, logits, full_text, full_logits, new_tokens) -> dict:
@@ -103,7 +124,28 @@ def naive_cache(engine, prompt):
     return assemble(engine.lm.model, prefix, chunks)
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def qa_scores(engine, truth, prompt):
+    """Oracle ranking by the error each token adds to the question's attention output: sqrt of its
+    true key+value deviation (all layers) times the attention the question pays it in the FULL prefill."""
+    from compression.kv.assemble import cache_from_tensors
+    from compression.kv.oracle import true_deviation
+    from compression.kv.recovery import question_attention
+
+    end = len(prompt.prefix_ids) + len(prompt.context_ids)
+    exact = cache_from_tensors(truth[0][:, :, :end].clone(), truth[1][:, :, :end].clone())
+    attention = question_attention(engine.lm.model, exact, prompt)
+    deviation = true_deviation(naive_cache(engine, prompt), truth, prompt, range(truth[0].shape[0]))
+    return deviation.sqrt() * attention
+
+
+def top_positions(scores, prompt, r: float) -> tuple[int, ...]:
+    import torch
+
+    n_pick = min(len(scores), round(r * len(scores)))
+    return tuple((torch.topk(scores, n_pick).indices.sort().values + len(prompt.prefix_ids)).tolist())
+
+
+def run(args: argparse.Namespace, started: float) -> list[dict]:
     import torch
 
     from compression.kv.assemble import cache_tensors
@@ -115,7 +157,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     lm = load_causal_lm()
     chunks = load_chunks(lm.tokenizer, args.chunk_tokens)
-    questions = dev_questions(args.questions, 30, 0, args.seed)
+    questions = pick_questions(args)
     ranked = retrieve(chunks, questions, args.k)
     store = MemoryStore(4 * 2**30)
     if args.cache_dir:
@@ -124,6 +166,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     rules = recoveries(args)
     n_layers = len(lm.model.model.layers)
     oracles = {"oracle-all": None, f"oracle-last{args.last_layers}": tuple(range(n_layers - args.last_layers, n_layers))}
+    oracles = {name: layers for name, layers in oracles.items() if name.removeprefix("oracle-").rstrip("0123456789") in args.oracles}
     rows = []
     for qi, question in enumerate(questions):
         prompt = engine.prompt([chunks[i] for i in ranked[qi][: args.k]], question["question"])
@@ -142,8 +185,11 @@ def run(args: argparse.Namespace) -> list[dict]:
             row[name]["answer_f1"] = token_f1(row[name]["text"], question["reference"])
         choices = {f"oracle-{name}-choice": rules[name].select(lm.model, naive_cache(engine, prompt), prompt)
                    for name in args.choices if args.rs}
+        qa = qa_scores(engine, truth, prompt) if "qa" in args.oracles and args.rs else None
         for r in args.rs:
             variants = {name: OracleRecovery(truth, r=r, layers=layers) for name, layers in oracles.items()}
+            if qa is not None:
+                variants["oracle-qa"] = OracleRecovery(truth, positions=top_positions(qa, prompt, r))
             if r == 0.15:  # the rules' default fraction
                 variants.update({name: OracleRecovery(truth, positions=tuple(chosen)) for name, chosen in choices.items()})
             for name, oracle in variants.items():
@@ -152,6 +198,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 logits = recompute(lm.model, cache, prompt, [])
                 row[f"{name}@{r}"] = fidelity(engine, cache, logits, full_text, full_logits, args.new_tokens)
         rows.append(row)
+        write(rows, summarise(rows), args, time.perf_counter() - started)  # checkpoint: a cut-off run keeps its rows
         print(f"q{qi:02d} T={row['prompt_tokens']} full={full_ttft:.1f}s " + " ".join(
             f"{m}:{v['out_f1']:.2f}" for m, v in row.items() if isinstance(v, dict) and "out_f1" in v), flush=True)
     return rows
@@ -183,11 +230,13 @@ def write(rows: list[dict], summary: dict, args: argparse.Namespace, elapsed: fl
     atomic_write_text(out / f"{args.name}.json", json.dumps({"machine": machine, "args": vars(args), "summary": summary, "rows": rows}, indent=1))
     lines = [f"# KV-reuse recovery ceiling (oracle) at k={args.k}", "",
              f"Machine: {machine['platform']}, {machine['cpus']} CPUs (shared), torch {machine['torch']}, {args.threads} thread. "
-             f"Dev set: {len(rows)} questions from {DATA}/questions.csv (seed {args.seed}), disjoint from kv_reuse.py's 30 (seed 0); "
-             f"{args.new_tokens} greedy tokens. Run took {elapsed / 60:.1f} min. Command: `.venv/bin/python benchmarks/kv_oracle.py"
-             + (f" --cache-dir {args.cache_dir}" if args.cache_dir else "") + "`.", "",
+             + (f"Benchmark set: kv_reuse.py's own questions ({len(rows)} of {args.questions} measured) from {DATA}/questions.csv (seed 0); " if args.set == "bench" else
+                f"Dev set: {len(rows)} questions from {DATA}/questions.csv (seed {args.seed}), disjoint from kv_reuse.py's 30 (seed 0); ")
+             + f"{args.new_tokens} greedy tokens. Run took {elapsed / 60:.1f} min. Command: `.venv/bin/python benchmarks/kv_oracle.py "
+             + " ".join(sys.argv[1:]) + "`.", "",
              "oracle-all@r: TRUE full-prefill KV (all layers) put back for the fraction r of context tokens with the largest "
              "true key+value deviation summed over all layers; oracle-lastN: deviation over the last N layers only; "
+             "oracle-qa: true KV for the top r by sqrt(true deviation, all layers) x the question's attention in the full prefill; "
              "oracle-RULE-choice: true KV for exactly the tokens RULE picks (its choice without its recompute error). "
              "Cheap rules (timed; TTFT = load + assemble + select + recompute of the question): " + "; ".join(args.modes) + ".", "",
              "| mode | first-token agreement | output F1 vs full | speed-up (median of ratios) | answer F1 | TTFT / select / recompute (median ms) |",
@@ -205,7 +254,7 @@ def write(rows: list[dict], summary: dict, args: argparse.Namespace, elapsed: fl
 def main() -> None:
     args = parse_args()
     start = time.perf_counter()
-    rows = run(args)
+    rows = run(args, start)
     summary = summarise(rows)
     write(rows, summary, args, time.perf_counter() - start)
     print((REPO / "benchmarks" / "results" / f"{args.name}.md").read_text())

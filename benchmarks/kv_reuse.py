@@ -99,7 +99,7 @@ def mode_names(args: argparse.Namespace) -> list[str]:
 
 
 def recoveries(args: argparse.Namespace) -> dict:
-    """``name=recovery:key=value,...`` -> recovery objects (numbers parsed, other values kept as text)."""
+    """``name=recovery:key=value,...`` -> recovery objects (numbers and true/false parsed, other values kept as text)."""
     from compression.kv.recovery import make_recovery
 
     table = {}
@@ -109,7 +109,10 @@ def recoveries(args: argparse.Namespace) -> dict:
         parsed = {}
         for item in filter(None, options.split(",")):
             key, _, value = item.partition("=")
-            parsed[key] = value if not re.fullmatch(r"[-0-9.e]+", value) else (float(value) if "." in value or "e" in value else int(value))
+            if value in ("true", "false"):
+                parsed[key] = value == "true"
+            else:
+                parsed[key] = value if not re.fullmatch(r"[-0-9.e]+", value) else (float(value) if "." in value or "e" in value else int(value))
         table[name] = make_recovery(recovery, **parsed)
     return table
 

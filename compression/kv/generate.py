@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from compression.kv.assemble import assemble, chunk_cache, encode_prefix
+from compression.kv.blockwise import DEFAULT_BLOCK, grow_cache, run_in_place, supported
 from compression.kv.base import Generation, KVStore, PrefixKV, Prompt
 from compression.kv.keys import tokenizer_signature
 from compression.kv.prompt import DEFAULT_SYSTEM, build_prompt
@@ -15,13 +16,29 @@ from compression.kv.recovery import Recovery, additive
 
 
 @torch.inference_mode()
-def recompute(model: Any, cache: Any, prompt: Prompt, selected: Sequence[int]) -> torch.Tensor:
+def recompute(model: Any, cache: Any, prompt: Prompt, selected: Sequence[int], block: int = DEFAULT_BLOCK) -> torch.Tensor:
     """Recompute ``selected`` context positions and prefill the question in one pass.
 
     The selected tokens attend to the reused KV of unselected tokens and to each other's fresh
-    KV (their stale entries are masked). Their fresh KV then replaces the stale one in place, so
-    the cache again covers positions 0..T-1. Returns the last position's logits.
+    KV; their fresh KV replaces the stale one in place, layer by layer, so the cache ends up
+    covering positions 0..T-1. Runs in causal blocks (``compression.kv.blockwise``); equal to
+    ``recompute_dense``. Returns the last position's logits.
     """
+    if not supported(model):
+        return recompute_dense(model, cache, prompt, selected)
+    all_ids = prompt.all_ids
+    context_end = len(prompt.prefix_ids) + len(prompt.context_ids)
+    positions = [*sorted(set(selected)), *range(context_end, len(all_ids))]
+    grow_cache(cache, len(all_ids))
+    hidden = run_in_place(model, cache, [all_ids[p] for p in positions], positions, block=block)
+    return model.lm_head(model.model.norm(hidden[:, -1:]))[0, -1].float()
+
+
+@torch.inference_mode()
+def recompute_dense(model: Any, cache: Any, prompt: Prompt, selected: Sequence[int]) -> torch.Tensor:
+    """The reference recompute: one model call, fresh KV appended after the context and stale
+    entries hidden by a dense mask, then moved into place. Slower (every query attends over the
+    whole context through the mask); kept as the trusted reference for ``recompute``."""
     all_ids = prompt.all_ids
     context_end = len(prompt.prefix_ids) + len(prompt.context_ids)
     positions = torch.tensor([*selected, *range(context_end, len(all_ids))])

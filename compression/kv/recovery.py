@@ -8,8 +8,12 @@
   first layer where deviation shows is layer 1. The fresh early-layer KV is kept (it is exact).
   ``score="attention"`` instead ranks tokens by the attention the question pays them on the
   reused cache (one throw-away question prefill, no early-layer pass); ``"deviation*attention"``
-  weighs the deviation by that attention (the error a token adds to the question's attention output).
+  weighs the deviation by that attention (the error a token adds to the question's attention output);
+  ``"deviation*early_attention"`` takes that attention in layers 0..check_layer only, which the
+  deviation pass has just made exact (no throw-away prefill through the whole model).
   The first chunk is never picked: it sits where it was computed, so its cache is exact.
+  ``resume=True`` recomputes the picked tokens from the layer after the check layer on (their
+  early layers were just computed exactly), inside ``select``.
 - cascade (CacheBlend's gradual filtering): a shrinking set of tokens is recomputed layer by
   layer, the set at each layer being the tokens whose values deviated most at the layer before.
 - scaled (APE-style attention temperature): another recovery, then the keys of the reused
@@ -26,6 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from compression.kv.base import Prompt
+from compression.kv.blockwise import run_in_place, supported
 
 
 class Recovery(Protocol):
@@ -109,6 +114,12 @@ def refresh_early_layers(model: Any, cache: Any, prompt: Prompt, n_layers: int) 
     deviation (fresh vs reused) at the last of them.
     """
     prefix_len = len(prompt.prefix_ids)
+    if supported(model):  # in place, causal blocks: no dense mask, no second copy of the early KV
+        context_end = prefix_len + len(prompt.context_ids)
+        stale = cache.layers[n_layers - 1].values[0, :, prefix_len:context_end].clone()
+        hidden = run_in_place(model, cache, prompt.context_ids, range(prefix_len, context_end), layers=range(n_layers))
+        deviation = (cache.layers[n_layers - 1].values[0, :, prefix_len:context_end] - stale).pow(2).sum(dim=(0, 2))
+        return hidden, deviation
     keys, values, hidden = fresh_early_layers(model, cache, prompt, n_layers)
     deviation = (values[-1] - cache.layers[n_layers - 1].values[0, :, prefix_len:]).pow(2).sum(dim=(0, 2))
     for index, layer in enumerate(cache.layers[:n_layers]):
@@ -118,9 +129,11 @@ def refresh_early_layers(model: Any, cache: Any, prompt: Prompt, n_layers: int) 
 
 
 @torch.inference_mode()
-def question_attention(model: Any, cache: Any, prompt: Prompt) -> torch.Tensor:
+def question_attention(model: Any, cache: Any, prompt: Prompt, n_layers: int | None = None) -> torch.Tensor:
     """Attention mass the question puts on every context token (summed over layers of per-layer
-    distributions), measured with a throw-away prefill of the question on the reused cache."""
+    distributions), measured with a throw-away prefill of the question on the reused cache.
+    ``n_layers``: only the first n layers (the question runs through those alone: cheap; after
+    ``refresh_early_layers`` the cache is exact there)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     prefix_len, context_end = len(prompt.prefix_ids), len(prompt.prefix_ids) + len(prompt.context_ids)
@@ -137,9 +150,13 @@ def question_attention(model: Any, cache: Any, prompt: Prompt) -> torch.Tensor:
         per_token = probs[0, :, :, prefix_len:].sum(dim=(0, 1))
         mass.add_(per_token / per_token.sum().clamp_min(1e-12))
 
-    handles = [layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True) for layer in model.model.layers]
+    layers = model.model.layers if n_layers is None else model.model.layers[:n_layers]
+    handles = [layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
     try:
-        model(input_ids=torch.tensor([list(prompt.suffix_ids)]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if n_layers is None:
+            model(input_ids=torch.tensor([list(prompt.suffix_ids)]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        else:
+            _early_question_pass(model, cache, prompt, n_layers)
     finally:
         for handle in handles:
             handle.remove()
@@ -148,14 +165,32 @@ def question_attention(model: Any, cache: Any, prompt: Prompt) -> torch.Tensor:
     return mass
 
 
-BLEND_SCORES = ("deviation", "attention", "deviation*attention")
+def _early_question_pass(model: Any, cache: Any, prompt: Prompt, n_layers: int) -> None:
+    """The question through the first ``n_layers`` decoder layers only, on ``cache``."""
+    inner, context_end = model.model, len(prompt.prefix_ids) + len(prompt.context_ids)
+    ids = torch.tensor([list(prompt.suffix_ids)])
+    positions = torch.arange(context_end, context_end + ids.shape[1]).unsqueeze(0)
+    hidden = inner.embed_tokens(ids)
+    embeddings = inner.rotary_emb(hidden, position_ids=positions)
+    mask = causal_mask(ids.shape[1], context_end, context_end + ids.shape[1], hidden.dtype)
+    for layer in inner.layers[:n_layers]:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions, past_key_values=cache, use_cache=True)
+
+
+BLEND_SCORES = ("deviation", "attention", "deviation*attention", "deviation*early_attention")
 
 
 @dataclass(frozen=True)
 class BlendRecovery:
+    """``resume``: the deviation scores already ran every context token exactly through layers
+    0..check_layer, so the chosen tokens are recomputed from layer check_layer + 1 on, starting
+    from those hidden states (the same result as recomputing them from layer 0, for less work);
+    the cache is then refreshed in place and ``select`` returns no positions."""
+
     r: float = 0.15
     check_layer: int = 1
     score: str = "deviation"
+    resume: bool = False
     name: str = "blend"
 
     def __post_init__(self) -> None:
@@ -165,30 +200,51 @@ class BlendRecovery:
             raise ValueError(f"check_layer must be >= 1 (layer 0 never deviates), got {self.check_layer}")
         if self.score not in BLEND_SCORES:
             raise ValueError(f"unknown blend score '{self.score}'; valid: {', '.join(BLEND_SCORES)}")
+        if self.resume and self.score == "attention":
+            raise ValueError("resume needs the early-layer pass of score=deviation or deviation*attention, not score=attention")
+
+    def n_picked(self, prompt: Prompt) -> int:
+        """How many context tokens ``select`` recomputes (never the first chunk's unless all are)."""
+        n_context = len(prompt.context_ids)
+        n_pick = min(n_context, round(self.r * n_context))
+        return n_pick if n_pick in (0, n_context) else min(n_pick, n_context - len(prompt.chunk_ids[0]))
+
+    def recomputed_tokens(self, prompt: Prompt, n_layers: int) -> int:
+        """Tokens recomputed inside ``select`` (resume), which it does not return."""
+        n_pick = self.n_picked(prompt)
+        return n_pick if self.resume and n_pick not in (0, len(prompt.context_ids)) else 0
 
     @torch.inference_mode()
     def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
         n_context, prefix_len = len(prompt.context_ids), len(prompt.prefix_ids)
-        n_pick = min(n_context, round(self.r * n_context))
+        n_pick = self.n_picked(prompt)
         if n_pick == 0:
             return []
         if n_pick == n_context:
             return list(range(prefix_len, prefix_len + n_context))
-        scores = self._scores(model, cache, prompt).float()
+        scores, hidden = self._scores(model, cache, prompt)
+        scores = scores.float()
         # The first chunk sits where it was computed, right after the prefix: its cache is exact,
         # so no budget goes there (the question's attention would otherwise pick its sink-like start).
-        first = len(prompt.chunk_ids[0])
-        scores[:first] = float("-inf")
-        chosen = torch.topk(scores, min(n_pick, n_context - first)).indices
-        return (chosen.sort().values + prefix_len).tolist()
+        scores[: len(prompt.chunk_ids[0])] = float("-inf")
+        chosen = torch.topk(scores, n_pick).indices.sort().values
+        positions = (chosen + prefix_len).tolist()
+        if not self.resume:
+            return positions
+        run_in_place(model, cache, [prompt.context_ids[i] for i in chosen.tolist()], positions,
+                     layers=range(self.check_layer + 1, len(model.model.layers)), hidden=hidden[:, chosen])
+        return []
 
-    def _scores(self, model: Any, cache: Any, prompt: Prompt) -> torch.Tensor:
+    def _scores(self, model: Any, cache: Any, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token scores, and the context's hidden states after the exact early layers (if run)."""
         if self.score == "attention":
-            return question_attention(model, cache, prompt)
-        _, scores = refresh_early_layers(model, cache, prompt, self.check_layer + 1)
+            return question_attention(model, cache, prompt), None
+        hidden, scores = refresh_early_layers(model, cache, prompt, self.check_layer + 1)
         if self.score == "deviation*attention":
             scores = scores.sqrt() * question_attention(model, cache, prompt)
-        return scores
+        elif self.score == "deviation*early_attention":  # the question's attention in the exact early layers only
+            scores = scores.sqrt() * question_attention(model, cache, prompt, self.check_layer + 1)
+        return scores, hidden
 
 
 @torch.inference_mode()
