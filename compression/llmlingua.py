@@ -60,6 +60,15 @@ class _Context:
     rank_score: float = math.nan
 
 
+@dataclass
+class _Scoring:
+    """One call's scoring state, kept off the compressor so one instance can serve several threads:
+    the window size and the token scores seen so far (the running threshold's distribution)."""
+
+    step: int
+    seen: list[np.ndarray] = field(default_factory=list)
+
+
 class LLMLinguaCompressor:
     """Token-pruning compressor: ``compress(contexts, Budget(rate=0.33), question=...)``.
 
@@ -191,11 +200,11 @@ class LLMLinguaCompressor:
         question_ids = tokenize(tokenizer, f"\n\nQuestion: {question}")[0] if by_lm else None
         # Several contexts, no question: rank by the perplexity of their first rank_tokens, score only the kept ones on.
         probe = self.rank_tokens if multi and self.rank_tokens else None
-        self._score_pass(model, prefix, state, provisional, question_ids, probe)
+        run = self._score_pass(model, prefix, state, provisional, question_ids, probe)
         order = self._rank(state, question, by_lm)
         kept = select_contexts(order, [len(s.ids) for s in state], math.ceil(target * self.coarse_keep)) if multi else [i for i in order if state[i].ids]
         for i in kept if probe else ():
-            self._score_windows(state[i], len(state[i].ids), provisional)
+            self._score_windows(run, state[i], len(state[i].ids), provisional)
         if question and held is None:
             held = self._mark_evidence(state, order, target, question)
         shares = self._shares(state, kept, _inner(target, kept), held)
@@ -217,44 +226,47 @@ class LLMLinguaCompressor:
             floor[unit.tok_start : unit.tok_end] = tier <= PROTECTED
         return _Context(text, ids, units, tiers, floor)
 
-    def _score_pass(self, model: Any, prefix: list[int], state: list[_Context], keep_rate: float, question_ids: list[int] | None, upto: int | None = None) -> None:
+    def _score_pass(
+        self, model: Any, prefix: list[int], state: list[_Context], keep_rate: float, question_ids: list[int] | None, upto: int | None = None
+    ) -> _Scoring:
         """Iterative surprisal of every context up to token ``upto`` (all if None), then its rank score:
         the question's surprisal after it, or the mean surprisal of what was scored."""
-        self._seen: list[np.ndarray] = []
-        self._step = min(self.window, max_positions(model) // 2)  # a window must fit the LM's context
+        run = _Scoring(step=min(self.window, max_positions(model) // 2))  # a window must fit the LM's context
         todo = [ctx for ctx in state if ctx.ids]
-        if upto is None and question_ids is None and all(len(ctx.ids) <= self._step for ctx in todo):
-            return self._score_batched(model, prefix, todo, keep_rate)
+        if upto is None and question_ids is None and all(len(ctx.ids) <= run.step for ctx in todo):
+            self._score_batched(run, model, prefix, todo, keep_rate)
+            return run
         primed = prime(model, prefix)  # every context starts from the same prefix: run it once
         for ctx in state:
             if not ctx.ids:
                 continue
             ctx.scorer = IncrementalScorer(model, prefix, primed)
             ctx.surprisal = np.full(len(ctx.ids), np.nan, dtype=np.float32)
-            self._score_windows(ctx, len(ctx.ids) if upto is None else min(upto, len(ctx.ids)), keep_rate)
+            self._score_windows(run, ctx, len(ctx.ids) if upto is None else min(upto, len(ctx.ids)), keep_rate)
             ctx.rank_score = ctx.scorer.continuation_nll(question_ids) if question_ids else _scored_mean(ctx.surprisal)
+        return run
 
-    def _score_batched(self, model: Any, prefix: list[int], todo: list[_Context], keep_rate: float) -> None:
+    def _score_batched(self, run: _Scoring, model: Any, prefix: list[int], todo: list[_Context], keep_rate: float) -> None:
         """Every context is one window: score them all in one forward pass (same scores as one by one)."""
         all_scores = score_blocks(model, prefix, [ctx.ids for ctx in todo], [~ctx.token_floor for ctx in todo])
         for ctx, scores in zip(todo, all_scores):
             floor = ctx.token_floor
-            self._seen.append(scores[~floor])
+            run.seen.append(scores[~floor])
             ctx.surprisal = ctx.scores = scores
             ctx.windows.append((0, len(ctx.ids)))
-            ctx.masks.append(self._window_mask(scores, floor, np.concatenate(self._seen), keep_rate))
+            ctx.masks.append(self._window_mask(scores, floor, np.concatenate(run.seen), keep_rate))
             ctx.scored_upto = len(ctx.ids)
             ctx.rank_score = _scored_mean(scores)
 
-    def _score_windows(self, ctx: _Context, upto: int, keep_rate: float) -> None:
+    def _score_windows(self, run: _Scoring, ctx: _Context, upto: int, keep_rate: float) -> None:
         """Score ``ctx`` window by window from where it stopped up to token ``upto``, pruning the KV cache."""
-        for start in range(ctx.scored_upto, upto, self._step):
-            end = min(start + self._step, upto)
+        for start in range(ctx.scored_upto, upto, run.step):
+            end = min(start + run.step, upto)
             floor = ctx.token_floor[start:end]
             scores = ctx.scorer.score(ctx.ids[start:end], need=~floor)  # kept-anyway tokens need no score (NaN)
-            self._seen.append(scores[~floor])
+            run.seen.append(scores[~floor])
             ctx.surprisal[start:end] = scores
-            mask = self._window_mask(scores, floor, np.concatenate(self._seen), keep_rate)
+            mask = self._window_mask(scores, floor, np.concatenate(run.seen), keep_rate)
             ctx.windows.append((start, end))
             ctx.masks.append(mask)
             ctx.scorer.prune(mask)

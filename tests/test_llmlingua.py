@@ -265,3 +265,18 @@ def test_bad_options_and_inputs(compressor):
         LLMLinguaCompressor(reorder="random")
     with pytest.raises(ValueError, match=r"pass \[text\]"):
         compressor.compress("one string", Budget(rate=0.5))
+
+
+def test_one_compressor_shared_by_two_threads(tiny_model, tiny_tokenizer):
+    """Scoring state is per call: two threads compressing through one instance get the serial results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    comp = LLMLinguaCompressor(model=tiny_model, tokenizer=tiny_tokenizer, window=32, relevance="bm25")
+    jobs = [
+        ([_text(300 + k, 90), _text(310 + k, 70)], Budget(rate=0.3 + 0.1 * (k % 2)), "when was the fox measured in Japan?" if k % 2 else None)
+        for k in range(3)
+    ]
+    serial = [comp.compress(*job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        threaded = list(pool.map(lambda job: comp.compress(*job), jobs * 2))  # windowed scoring interleaves
+    assert threaded == serial * 2
