@@ -481,7 +481,7 @@ TRIED = (
     "0.867 / 0.929 but 0.822 / 0.876 at 0.2/0.3/0.5); question-term coverage (a covered term's BM25 weight x0.8 after "
     "each chosen sentence, with stems) 0.877 / 0.893 (x0.5 / x0.7 without stems at rate 0.33: 0.874 / 0.886, 0.877 / "
     "0.917); skipping near-duplicates (cosine >= 0.9 / 0.95 to a chosen sentence) changed nothing on these sets. "
-    "These stay available as constants of `compression/relevance.py` (`COVERAGE`, `STRONG`, `DUPLICATE`), off."
+    "Their code is in commit 90d332a (switches of `compression/relevance.py`), removed afterwards since none was adopted."
 )
 
 

@@ -7,8 +7,7 @@ the budget is token-pruned as usual. Two scorings (``SCORINGS``):
 
 * ``"fused"`` (default): the z-score of the sentence's MiniLM cosine to the question (the
   extractive compressor's scorer and encoder, ``compression.extractive_scoring``) plus
-  ``LEXICAL`` times the z-score of its Okapi BM25 score (``rank_bm25`` over ``retrieval.lexical``'s
-  words; ``STEM`` can add Snowball stems), plus
+  ``LEXICAL`` times the z-score of its Okapi BM25 score (``retrieval.lexical``), plus
   ``NEIGHBOUR`` times the better adjacent sentence's fused score in the same context (evidence
   spans consecutive sentences), plus ``PRIOR / (1 + rank)`` of its context (the retriever already
   ranked the contexts: on development questions 72% of the reference characters sit in the top
@@ -27,17 +26,15 @@ token-pruned share stays); with sentences also cut at record boundaries (``}, {`
 messages) 0.904 / 0.939 for evidence alone (0.898 / 0.914 without). The LM's attention (q.k pooled per sentence) kept 0.20 on rows[3::6].
 
 Session 4 (same development sets, evidence alone; mean share over rates 0.25/0.33/0.4, then over
-0.2/0.3/0.5): session 3's scoring 0.854 / 0.925, 0.812 / 0.902; BM25 over stems only 0.866 / 0.887;
-words + stems (``STEM = 2``) 0.850 / 0.925, 0.828 / 0.915 — but the whole compressor with it kept
-0.882 / 0.941 at rate 0.33 (0.914 / 0.942 with words), so words stay. Also tried, kept as constants
-and off by default because they were not better on the development sets: a covered question term's
-BM25 weight discounted after each chosen sentence (``COVERAGE`` 0.8 with stems 0.877 / 0.893; 0.5
-and 0.7 without stems, rate 0.33 only: 0.874 / 0.886, 0.877 / 0.917 vs 0.904 / 0.939), strong
-evidence exempt from the rank prior (``STRONG`` 2 / 2.5 / 3: 0.842 / 0.879, 0.849 / 0.897,
-0.852 / 0.918; with stems and 2: 0.867 / 0.929 but 0.822 / 0.876 over 0.2/0.3/0.5), a weaker prior
-(2.5: 0.851 / 0.921; at rate 0.33, 2 and 1.5: 0.868 / 0.939, 0.843 / 0.939), and skipping
-near-duplicates (``DUPLICATE`` 0.9 or 0.95: no change). The selection is then a re-scoring greedy
-(``_covering_greedy``), identical to a plain greedy over the fused scores while those are off.
+0.2/0.3/0.5; code of these variants: commit 90d332a, removed afterwards as none was adopted):
+session 3's scoring 0.854 / 0.925, 0.812 / 0.902; BM25 over Snowball stems only 0.866 / 0.887;
+words + stems 0.850 / 0.925, 0.828 / 0.915, but the whole compressor with them kept 0.882 / 0.941 at
+rate 0.33 (0.914 / 0.942 with words), so words stay. Not better either: discounting a question
+term's BM25 weight once a chosen sentence covers it (x0.8 with stems 0.877 / 0.893; x0.5 / x0.7
+without, rate 0.33 only: 0.874 / 0.886, 0.877 / 0.917 vs 0.904 / 0.939), exempting strong evidence
+(own fused z >= 2 / 2.5 / 3) from the rank prior (0.842 / 0.879, 0.849 / 0.897, 0.852 / 0.918), a
+weaker prior (2.5: 0.851 / 0.921; at rate 0.33, 2 and 1.5: 0.868 / 0.939, 0.843 / 0.939), skipping
+near-duplicates (cosine >= 0.9 / 0.95 to a chosen sentence: no change).
 """
 
 from __future__ import annotations
@@ -60,18 +57,6 @@ NEIGHBOUR = 0.5
 # Fused scoring: weight of BM25's z-score next to the cosine's, and of the context-rank prior.
 LEXICAL = 1.0
 PRIOR = 3.0
-# BM25's terms: 0 = words; 1 = Snowball English stems ("recording" finds "recorded"); 2 = both (a
-# variant still matches, an exact match counts twice). Words: stems did not hold up on the whole
-# compressor (module docstring).
-STEM = 0
-# Once a chosen sentence contains a question term, that term's BM25 weight is multiplied by this for
-# the sentences still to choose (1 = off), so sentences covering the other question terms rise.
-COVERAGE = 1.0
-# A sentence whose own fused score (z cosine + LEXICAL z BM25) is at least this gets the best
-# context's prior: the rank prior cannot bury strong evidence in a later context (inf = off).
-STRONG = float("inf")
-# A sentence whose MiniLM cosine to a chosen one is at least this is a near-duplicate and skipped.
-DUPLICATE = 2.0
 
 
 @dataclass(frozen=True)
@@ -132,93 +117,37 @@ def choose_evidence(
     ``retrieval.base.Encoder``): fused MiniLM + BM25 scores; None: BM25 alone. Sentences that do
     not fit are skipped, so smaller relevant ones can still fill the budget.
     """
+    from retrieval.lexical import BM25Index
+
     pool = [s for i in order for s in sentences(i, texts[i], units[i])]
     if budget <= 0 or not pool:
         return []
     rank_of = {c: r for r, c in enumerate(order)}
     ranks = np.array([rank_of[s.context] for s in pool], dtype=np.float64)
     pieces = [texts[s.context][units[s.context][s.first].start : units[s.context][s.last].end] for s in pool]
-    terms = term_scores(pieces, question)
+    lexical = BM25Index(pieces).scores(question)
     if encoder is None:
-        lexical = terms.sum(axis=1)
         scores = (lexical + NEIGHBOUR * best_neighbour(pool, lexical)) / (1.0 + ranks)
         return _greedy(pool, scores, budget, positive_only=True)  # no question term: token scores decide
-    vectors = np.asarray(encoder.encode(list(pieces)), dtype=np.float64)
-    query = np.asarray(encoder.encode([question])[0], dtype=np.float64)
-    return _covering_greedy(pool, terms, vectors, vectors @ query, ranks, budget)
+    scores = fused_scores(lexical, semantic_scores(question, pool, pieces, encoder), pool, ranks)
+    return _greedy(pool, scores, budget, positive_only=False)
 
 
-def bm25_terms(text: str) -> list[str]:
-    """BM25's terms of ``text``: ``retrieval.lexical.lexical_tokens``'s words, their Snowball stems, or both (``STEM``)."""
-    from retrieval.lexical import lexical_tokens
+def semantic_scores(question: str, pool: Sequence[Sentence], pieces: Sequence[str], encoder: Any) -> np.ndarray:
+    """Cosine of each sentence to the question, by the extractive compressor's scorer (sentence view only)."""
+    from compression.extractive_scoring import ScoreWeights, embedding_scores
+    from compression.sentence_units import Unit as SentenceUnit
 
-    tokens = lexical_tokens(text)
-    if not STEM or not tokens:
-        return tokens
-    import snowballstemmer
-
-    # A fresh stemmer per call: stemmer objects keep state while stemming (not thread-safe).
-    stems = snowballstemmer.stemmer("english").stemWords(tokens)
-    return stems if STEM == 1 else tokens + [f"{stem}~" for stem in stems]
-
-
-def term_scores(pieces: Sequence[str], question: str) -> np.ndarray:
-    """Okapi BM25 of each piece split by question term: ``[piece, term]``; rows sum to the BM25 score.
-
-    A term repeated in the question counts once per occurrence, as in ``BM25Okapi.get_scores``.
-    """
-    from rank_bm25 import BM25Okapi
-
-    # rank_bm25 divides by the mean document length: an all-empty corpus would divide by 0.
-    bm25 = BM25Okapi([bm25_terms(p) or ["\0"] for p in pieces])
-    query = bm25_terms(question)
-    distinct = sorted(set(query))
-    if not distinct:
-        return np.zeros((len(pieces), 1))
-    columns = [query.count(t) * np.asarray(bm25.get_scores([t]), dtype=np.float64) for t in distinct]
-    return np.stack(columns, axis=1)
+    # Only the sentence view is used, so passages, spans and token counts are placeholders.
+    units = [SentenceUnit(s.context, 0, 0, piece, s.context, s.n_tokens) for s, piece in zip(pool, pieces)]
+    passages = [""] * (max(s.context for s in pool) + 1)
+    return np.asarray(embedding_scores(units, passages, question, encoder, ScoreWeights(1.0, 0.0, 0.0)), dtype=np.float64)
 
 
 def fused_scores(lexical: np.ndarray, semantic: np.ndarray, pool: Sequence[Sentence], ranks: np.ndarray) -> np.ndarray:
     """z(cosine) + LEXICAL z(BM25), plus NEIGHBOUR x the better neighbour's, plus PRIOR / (1 + context rank)."""
-    return _fused(zscore(semantic), zscore(lexical), pool, ranks)
-
-
-def _fused(z_semantic: np.ndarray, z_lexical: np.ndarray, pool: Sequence[Sentence], ranks: np.ndarray) -> np.ndarray:
-    fused = z_semantic + LEXICAL * z_lexical
-    prior = np.where(fused >= STRONG, PRIOR, PRIOR / (1.0 + ranks))
-    return fused + NEIGHBOUR * best_neighbour(pool, fused) + prior
-
-
-def _covering_greedy(
-    pool: Sequence[Sentence], terms: np.ndarray, vectors: np.ndarray, semantic: np.ndarray, ranks: np.ndarray, budget: int
-) -> list[Sentence]:
-    """Fused-score greedy that re-scores after each choice: covered question terms weigh ``COVERAGE``
-    times less, and near-duplicates (cosine >= ``DUPLICATE``) of a chosen sentence are skipped.
-
-    BM25 stays on the scale of the first round (its initial mean and spread), so discounting a term
-    lowers the sentences that have it instead of re-normalising everyone.
-    """
-    z_semantic = zscore(semantic)
-    initial = terms.sum(axis=1)
-    mean, spread = float(initial.mean()), float(initial.std())
-    weights = np.ones(terms.shape[1])
-    open_ = np.ones(len(pool), dtype=bool)
-    chosen: list[int] = []
-    total = 0
-    while open_.any() and total < budget:
-        lexical = terms @ weights
-        z_lexical = (lexical - mean) / spread if spread > 0 else np.zeros_like(lexical)
-        k = int(np.argmax(np.where(open_, _fused(z_semantic, z_lexical, pool, ranks), -np.inf)))
-        open_[k] = False
-        if total + pool[k].n_tokens > budget:
-            continue
-        if chosen and float(np.max(vectors[chosen] @ vectors[k])) >= DUPLICATE:
-            continue
-        chosen.append(k)
-        total += pool[k].n_tokens
-        weights[terms[k] > 0] *= COVERAGE
-    return [pool[k] for k in chosen]
+    fused = zscore(semantic) + LEXICAL * zscore(lexical)
+    return fused + NEIGHBOUR * best_neighbour(pool, fused) + PRIOR / (1.0 + ranks)
 
 
 def zscore(values: np.ndarray) -> np.ndarray:

@@ -9,10 +9,11 @@ it). Two modes:
 * ``full`` (minutes): the whole ``LLMLinguaCompressor`` at rate 0.33 with the question.
 
 Variants are module constants of ``compression.relevance`` set for the run
-(``--variant PRIOR=2,STEM=0 --variant COVERAGE=0.5``). Tuning uses the development sets only; the other
+(``--variant PRIOR=2,NEIGHBOUR=0.3 --variant LEXICAL=0.5``; the STEM / COVERAGE / STRONG / DUPLICATE
+switches of session 4 exist only at commit 90d332a). Tuning uses the development sets only; the other
 sets print their mean alone (no per-question lines), so they cannot be studied by accident.
 
-Run: ``.venv/bin/python benchmarks/sweeps/evidence_dev.py --sets dev1 dev3 --rates 0.25 0.33 0.4 --variant STEM=0 --variant STEM=2``
+Run: ``.venv/bin/python benchmarks/sweeps/evidence_dev.py --sets dev1 dev3 --rates 0.25 0.33 0.4 --variant PRIOR=3 --variant PRIOR=2``
 (``--detail``: the development questions that lose reference characters).
 """
 
