@@ -188,9 +188,11 @@ def test_index_flow_precomputes_kv_caches_once(prefect_harness, tmp_path: Path) 
     cached = sorted(cache_dir.rglob("*.safetensors"))
     # One cache file per chunk (the shared system prefix may add one more).
     assert summary.chunks_total <= len(cached) <= summary.chunks_total + 1
-    stamps = {path: path.stat().st_mtime_ns for path in cached}
+    # Same files, never rewritten: a rewrite is atomic (temp file + rename), so it would change the
+    # inode. Modification times are no witness: a cache hit refreshes them (LRU pruning).
+    stamps = {path: (path.stat().st_ino, path.read_bytes()) for path in cached}
     index_flow([str(folder)], str(index_dir), chunk_size=40, kv_cache=str(cache_dir))
-    assert {path: path.stat().st_mtime_ns for path in sorted(cache_dir.rglob("*.safetensors"))} == stamps
+    assert {path: (path.stat().st_ino, path.read_bytes()) for path in sorted(cache_dir.rglob("*.safetensors"))} == stamps
 
 
 def test_only_io_errors_are_retried() -> None:
