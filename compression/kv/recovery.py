@@ -25,7 +25,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import torch
 
@@ -85,22 +85,32 @@ def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def early_layers(model: Any, token_ids: Sequence[int], first_position: int, cache: Any, n_layers: int) -> torch.Tensor:
+    """Run ``token_ids`` (at ``first_position`` on) through the first ``n_layers`` decoder layers,
+    attending causally over ``cache`` (which holds everything before them and receives their KV);
+    returns their hidden states after those layers."""
+    inner = model.model
+    ids = torch.tensor([list(token_ids)])
+    positions = torch.arange(first_position, first_position + ids.shape[1]).unsqueeze(0)
+    hidden = inner.embed_tokens(ids)
+    embeddings = inner.rotary_emb(hidden, position_ids=positions)
+    mask = causal_mask(ids.shape[1], first_position, first_position + ids.shape[1], hidden.dtype)
+    for layer in inner.layers[:n_layers]:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions, past_key_values=cache, use_cache=True)
+    return hidden
+
+
+@torch.inference_mode()
 def fresh_early_layers(model: Any, cache: Any, prompt: Prompt, n_layers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fresh K/V of the first ``n_layers`` layers for all context tokens, attending over the real
     prompt, and the context's hidden states after them."""
     from transformers import DynamicCache
 
-    inner, prefix_len = model.model, len(prompt.prefix_ids)
-    ids = torch.tensor([prompt.context_ids])
-    positions = torch.arange(prefix_len, prefix_len + ids.shape[1]).unsqueeze(0)
+    prefix_len = len(prompt.prefix_ids)
     early = DynamicCache(
         ddp_cache_data=[(layer.keys[:, :, :prefix_len], layer.values[:, :, :prefix_len]) for layer in cache.layers[:n_layers]]
     )
-    hidden = inner.embed_tokens(ids)
-    embeddings = inner.rotary_emb(hidden, position_ids=positions)
-    mask = causal_mask(ids.shape[1], prefix_len, prefix_len + ids.shape[1], hidden.dtype)
-    for layer in inner.layers[:n_layers]:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions, past_key_values=early, use_cache=True)
+    hidden = early_layers(model, prompt.context_ids, prefix_len, early, n_layers)
     keys = torch.stack([layer.keys[0, :, prefix_len:] for layer in early.layers])
     values = torch.stack([layer.values[0, :, prefix_len:] for layer in early.layers])
     return keys, values, hidden
@@ -156,25 +166,13 @@ def question_attention(model: Any, cache: Any, prompt: Prompt, n_layers: int | N
         if n_layers is None:
             model(input_ids=torch.tensor([list(prompt.suffix_ids)]), past_key_values=cache, use_cache=True, logits_to_keep=1)
         else:
-            _early_question_pass(model, cache, prompt, n_layers)
+            early_layers(model, prompt.suffix_ids, len(prompt.prefix_ids) + len(prompt.context_ids), cache, n_layers)
     finally:
         for handle in handles:
             handle.remove()
     for layer in cache.layers:  # drop the throw-away question KV again
         layer.keys, layer.values = layer.keys[:, :, :context_end], layer.values[:, :, :context_end]
     return mass
-
-
-def _early_question_pass(model: Any, cache: Any, prompt: Prompt, n_layers: int) -> None:
-    """The question through the first ``n_layers`` decoder layers only, on ``cache``."""
-    inner, context_end = model.model, len(prompt.prefix_ids) + len(prompt.context_ids)
-    ids = torch.tensor([list(prompt.suffix_ids)])
-    positions = torch.arange(context_end, context_end + ids.shape[1]).unsqueeze(0)
-    hidden = inner.embed_tokens(ids)
-    embeddings = inner.rotary_emb(hidden, position_ids=positions)
-    mask = causal_mask(ids.shape[1], context_end, context_end + ids.shape[1], hidden.dtype)
-    for layer in inner.layers[:n_layers]:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions, past_key_values=cache, use_cache=True)
 
 
 BLEND_SCORES = ("deviation", "attention", "deviation*attention", "deviation*early_attention")
@@ -201,7 +199,8 @@ class BlendRecovery:
         if self.score not in BLEND_SCORES:
             raise ValueError(f"unknown blend score '{self.score}'; valid: {', '.join(BLEND_SCORES)}")
         if self.resume and self.score == "attention":
-            raise ValueError("resume needs the early-layer pass of score=deviation or deviation*attention, not score=attention")
+            raise ValueError("resume needs the early-layer pass of a deviation score (deviation, deviation*attention "
+                             "or deviation*early_attention), not score=attention")
 
     def n_picked(self, prompt: Prompt) -> int:
         """How many context tokens ``select`` recomputes (never the first chunk's unless all are)."""
