@@ -35,6 +35,13 @@ without, rate 0.33 only: 0.874 / 0.886, 0.877 / 0.917 vs 0.904 / 0.939), exempti
 (own fused z >= 2 / 2.5 / 3) from the rank prior (0.842 / 0.879, 0.849 / 0.897, 0.852 / 0.918), a
 weaker prior (2.5: 0.851 / 0.921; at rate 0.33, 2 and 1.5: 0.868 / 0.939, 0.843 / 0.939), skipping
 near-duplicates (cosine >= 0.9 / 0.95 to a chosen sentence: no change).
+
+Session 5: fitting the scoring instead of hand-tuning it (logistic regression, per-question softmax,
+pairwise, a search on the measure itself; up to 12 cheap features incl. Snowball stems; 2-fold
+cross-validation over the development sets, ``benchmarks/sweeps/evidence_fit.py``) did not beat
+these constants on either held-out fold (figures: notes of benchmarks/results/compression_llmlingua.md).
+A perfect scoring would keep 0.995 / 1.000 of the evidence there: the loss is all in the scoring,
+mostly evidence spread over two chunks whose lower-ranked part has little cosine or BM25 signal.
 """
 
 from __future__ import annotations
