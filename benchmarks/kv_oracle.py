@@ -15,6 +15,12 @@ Cheap rules are run too (timed, with a profile of where their time goes).
     .venv/bin/python benchmarks/kv_oracle.py --set bench --cache-dir ~/.cache/ragpress/kv-bench \
         --name kv_oracle_bench --rs 0.15 0.3 0.5 --oracles all qa --modes naive=none \
         blend-q=blend:r=0.15,score=attention --choices blend-q
+
+APE-style attention scaling (``compression.kv.scaling``) is a rule like any other, e.g. naive reuse
+with T = 0.9, S = 0.6 in the upper half of the layers (results: ``kv_dev_ape.md``):
+
+    .venv/bin/python benchmarks/kv_oracle.py --cache-dir ~/.cache/ragpress/kv-bench --name kv_dev_ape_naive_upper \
+        --rs --choices --modes naive=none nu=scaled:from_layer=15,temperature=0.9,scale=0.6
 """
 
 from __future__ import annotations
@@ -84,18 +90,19 @@ def pick_questions(args: argparse.Namespace) -> list[dict]:
     return dev_questions(args.questions, 30, 0, args.seed)
 
 
-def fidelity(engine, cache, logits, full_text, full_logits, new_tokens) -> dict:
+def fidelity(engine, cache, logits, full_text, full_logits, new_tokens, bias=None) -> dict:
     from compression.kv.generate import greedy_continue
 
-    tokens = greedy_continue(engine.lm.model, cache, logits, new_tokens, engine.eos_ids)
+    tokens = greedy_continue(engine.lm.model, cache, logits, new_tokens, engine.eos_ids, bias)
     text = engine.lm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
     return {"top1": int(logits.argmax() == full_logits.argmax()), "out_f1": token_f1(text, full_text), "text": text}
 
 
-def timed_rule(engine, prompt, recovery) -> tuple[object, object, dict]:
-    """``KVReuseEngine.prefill`` step by step, timing each step (a profile of the rule's overheads)."""
+def timed_rule(engine, prompt, recovery) -> tuple[object, object, dict, object]:
+    """``KVReuseEngine.prefill`` step by step, timing each step (a profile of the rule's overheads);
+    returns the cache, first-token logits, the profile and the attention bias of a scaled rule."""
     from compression.kv.assemble import assemble, chunk_cache
-    from compression.kv.generate import recompute
+    from compression.kv.generate import finish_prefill
 
     lm, marks = engine.lm, [time.perf_counter()]
     prefix = engine.prefix(prompt)
@@ -105,10 +112,10 @@ def timed_rule(engine, prompt, recovery) -> tuple[object, object, dict]:
     marks.append(time.perf_counter())
     selected = recovery.select(lm.model, cache, prompt)
     marks.append(time.perf_counter())
-    logits = recompute(lm.model, cache, prompt, selected)
+    logits, bias = finish_prefill(lm.model, cache, prompt, selected, recovery)
     marks.append(time.perf_counter())
     steps = dict(zip(("load_s", "assemble_s", "select_s", "recompute_s"), (b - a for a, b in zip(marks, marks[1:]))))
-    return cache, logits, {**steps, "ttft_s": marks[-1] - marks[0], "recomputed": len(selected)}
+    return cache, logits, {**steps, "ttft_s": marks[-1] - marks[0], "recomputed": len(selected)}, bias
 
 
 def naive_cache(engine, prompt):
@@ -176,8 +183,8 @@ def run(args: argparse.Namespace, started: float) -> list[dict]:
         row = {"q": qi, "prompt_tokens": len(prompt.all_ids), "context_tokens": len(prompt.context_ids),
                "full": {"ttft_s": full_ttft, "text": full_text, "answer_f1": token_f1(full_text, question["reference"])}}
         for name, recovery in rules.items():
-            cache, logits, profile = timed_rule(engine, prompt, recovery)
-            row[name] = {**profile, **fidelity(engine, cache, logits, full_text, full_logits, args.new_tokens)}
+            cache, logits, profile, bias = timed_rule(engine, prompt, recovery)
+            row[name] = {**profile, **fidelity(engine, cache, logits, full_text, full_logits, args.new_tokens, bias)}
             row[name]["answer_f1"] = token_f1(row[name]["text"], question["reference"])
         choices = {f"oracle-{name}-choice": rules[name].select(lm.model, naive_cache(engine, prompt), prompt)
                    for name in args.choices if args.rs}

@@ -88,35 +88,6 @@ def test_cascade_fraction_shrinks_linearly_and_bad_options_are_refused():
         make_recovery("cascade", score="deviation")
 
 
-def test_scaled_with_temperature_one_is_its_base(setup):
-    model, prompt, prefix, chunks, _, _ = setup
-    for base, options in (("none", {}), ("blend", {"r": 0.3})):
-        cache, selected, logits = recovered(model, prompt, prefix, chunks, make_recovery(base, **options))
-        scaled_cache, scaled_selected, scaled = recovered(model, prompt, prefix, chunks, make_recovery("scaled", temperature=1.0, base=base, **options))
-        assert scaled_selected == selected
-        torch.testing.assert_close(scaled, logits, atol=0, rtol=0)
-
-
-def test_scaled_divides_only_the_stale_keys_of_later_chunks(setup):
-    """Hand-computed reference: prefix, first chunk and recomputed tokens keep their keys; the rest are k / T."""
-    model, prompt, prefix, chunks, _, _ = setup
-    base = make_recovery("blend", r=0.3)
-    plain = assemble(model, prefix, chunks)
-    selected = base.select(model, plain, prompt)
-    scaled = assemble(model, prefix, chunks)
-    assert make_recovery("scaled", temperature=0.5, base="blend", r=0.3).select(model, scaled, prompt) == selected
-    (plain_keys, plain_values), (keys, values) = cache_tensors(plain), cache_tensors(scaled)
-    expected = plain_keys.clone()
-    stale = [p for p in range(6 + 9, 33) if p not in selected]
-    expected[:, :, stale] *= 2.0
-    torch.testing.assert_close(keys, expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(values, plain_values, atol=0, rtol=0)
-    with pytest.raises(ValueError, match="temperature > 0"):
-        make_recovery("scaled", temperature=0.0)
-    with pytest.raises(ValueError, match="cannot wrap cascade"):
-        make_recovery("scaled", base="cascade")
-
-
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
 def test_in_place_early_layer_refresh_equals_the_dense_one(setup, monkeypatch, n_layers):
     """refresh_early_layers (causal blocks, in place) against fresh_early_layers (dense mask, copy)."""

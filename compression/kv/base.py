@@ -67,11 +67,17 @@ class ChunkKV:
 
 @dataclass(frozen=True)
 class Prompt:
-    """A prompt split into separately tokenised pieces: prefix, one block per chunk, the question turn."""
+    """A prompt split into separately tokenised pieces: prefix, one block per chunk, the question turn.
+
+    ``cut``: indices of chunks that compression cut tokens out of (``keep``). Every chunk's cache is
+    computed right after the prefix, so a whole first chunk sits where its cache was computed and
+    that cache is exact (``exact_tokens``); a cut one is not: its entries attended to dropped tokens.
+    """
 
     prefix_ids: tuple[int, ...]
     chunk_ids: tuple[tuple[int, ...], ...]
     suffix_ids: tuple[int, ...]
+    cut: frozenset[int] = frozenset()
 
     @property
     def context_ids(self) -> list[int]:
@@ -81,11 +87,22 @@ class Prompt:
     def all_ids(self) -> list[int]:
         return [*self.prefix_ids, *self.context_ids, *self.suffix_ids]
 
+    @property
+    def exact_tokens(self) -> int:
+        """How many leading context tokens have a reused cache equal to a full prefill's."""
+        return len(self.chunk_ids[0]) if self.chunk_ids and 0 not in self.cut else 0
+
     def keep(self, positions: Sequence[Sequence[int]]) -> "Prompt":
         """The prompt made of the kept tokens only (``positions[i]``: indices into chunk i); chunks
         that keep nothing are left out. This is what the LM reads from compressed context."""
-        chunks = tuple(tuple(ids[i] for i in keep) for ids, keep in zip(self.chunk_ids, positions))
-        return Prompt(self.prefix_ids, tuple(c for c in chunks if c), self.suffix_ids)
+        chunks, cut = [], set()
+        for index, (ids, keep) in enumerate(zip(self.chunk_ids, positions)):
+            kept = tuple(ids[i] for i in keep)
+            if kept:
+                if index in self.cut or len(kept) < len(ids):
+                    cut.add(len(chunks))
+                chunks.append(kept)
+        return Prompt(self.prefix_ids, tuple(chunks), self.suffix_ids, frozenset(cut))
 
 
 @dataclass(frozen=True)

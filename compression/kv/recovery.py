@@ -11,15 +11,15 @@
   weighs the deviation by that attention (the error a token adds to the question's attention output);
   ``"deviation*early_attention"`` takes that attention in layers 0..check_layer only, which the
   deviation pass has just made exact (no throw-away prefill through the whole model).
-  The first chunk is never picked: it sits where it was computed, so its cache is exact.
+  The first chunk is never picked when whole: it sits where it was computed, so its cache is exact
+  (``Prompt.exact_tokens``; a first chunk that compression cut is not, and may be picked).
   ``resume=True`` recomputes the picked tokens from the layer after the check layer on (their
   early layers were just computed exactly), inside ``select``.
 - cascade (CacheBlend's gradual filtering): a shrinking set of tokens is recomputed layer by
   layer, the set at each layer being the tokens whose values deviated most at the layer before.
-- scaled (APE-style attention temperature): another recovery, then the keys of the reused
-  (not recomputed) tokens of every chunk but the first are divided by ``temperature`` in every
-  layer. RoPE is linear, so q·(k/T) = (q·k)/T: every later query (recomputed tokens, question,
-  generated tokens) sees those tokens' attention logits at temperature T, at no run-time cost.
+- scaled (APE-style attention scaling): another recovery, then the question and generated tokens
+  see the reused (not recomputed) tokens of every chunk but the first at logit / T + log S
+  (``compression.kv.scaling``; applied by the engine after the selected tokens' recompute).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 
 from compression.kv.base import Prompt
 from compression.kv.blockwise import run_in_place, supported
+from compression.kv.scaling import AttentionScaling
 
 
 class Recovery(Protocol):
@@ -203,10 +204,10 @@ class BlendRecovery:
                              "or deviation*early_attention), not score=attention")
 
     def n_picked(self, prompt: Prompt) -> int:
-        """How many context tokens ``select`` recomputes (never the first chunk's unless all are)."""
+        """How many context tokens ``select`` recomputes (never exact ones unless all are)."""
         n_context = len(prompt.context_ids)
         n_pick = min(n_context, round(self.r * n_context))
-        return n_pick if n_pick in (0, n_context) else min(n_pick, n_context - len(prompt.chunk_ids[0]))
+        return n_pick if n_pick in (0, n_context) else min(n_pick, n_context - prompt.exact_tokens)
 
     def recomputed_tokens(self, prompt: Prompt, n_layers: int) -> int:
         """Tokens recomputed inside ``select`` (resume), which it does not return."""
@@ -225,7 +226,7 @@ class BlendRecovery:
         scores = scores.float()
         # The first chunk sits where it was computed, right after the prefix: its cache is exact,
         # so no budget goes there (the question's attention would otherwise pick its sink-like start).
-        scores[: len(prompt.chunk_ids[0])] = float("-inf")
+        scores[: prompt.exact_tokens] = float("-inf")
         chosen = torch.topk(scores, n_pick).indices.sort().values
         positions = (chosen + prefix_len).tolist()
         if not self.resume:
@@ -308,7 +309,7 @@ class CascadeRecovery:
 
     def recomputed_tokens(self, prompt: Prompt, n_layers: int) -> int:
         """Tokens a full-depth recompute of the same cost would cover: token-layers / layers."""
-        n_context, first = len(prompt.context_ids), len(prompt.chunk_ids[0]) if prompt.chunk_ids else 0
+        n_context, first = len(prompt.context_ids), prompt.exact_tokens
         early = min(self.exact_layers, n_layers)
         kept = [min(n_context - first, round(self.fraction(layer, n_layers) * n_context)) for layer in range(early, n_layers)]
         return round((early * n_context + sum(kept)) / n_layers)
@@ -317,7 +318,7 @@ class CascadeRecovery:
     def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
         inner, prefix_len = model.model, len(prompt.prefix_ids)
         n_context, n_layers = len(prompt.context_ids), len(inner.layers)
-        context_end, first = prefix_len + n_context, len(prompt.chunk_ids[0])
+        context_end, first = prefix_len + n_context, prompt.exact_tokens
         if n_context == 0:
             return []
         attention = question_attention(model, cache, prompt) if self.score == "attention" else None
@@ -348,45 +349,49 @@ class CascadeRecovery:
 
 @dataclass(frozen=True)
 class ScaledRecovery:
-    """``base`` selects (and may refresh early layers); the still-stale chunk keys get temperature T."""
+    """``base`` selects (and may refresh the cache); the question and the generated tokens then see
+    the still-stale chunk tokens through APE-style attention scaling (``compression.kv.scaling``:
+    logit / temperature + log scale, in layers from ``from_layer`` on). ``select`` only selects:
+    the engine applies ``scaling`` after the recompute of the selected tokens."""
 
     base: Any
-    temperature: float = 1.0
+    scaling: AttentionScaling = AttentionScaling()
     name: str = "scaled"
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"scaled recovery needs temperature > 0, got {self.temperature}; e.g. temperature=0.9")
         if isinstance(self.base, CascadeRecovery):
             raise ValueError("scaled recovery cannot wrap cascade (it refreshes tokens in place unseen); use none, edge or blend")
 
-    @torch.inference_mode()
     def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
-        selected = self.base.select(model, cache, prompt)
-        if self.temperature != 1.0 and len(prompt.chunk_ids) > 1:
-            stale = torch.zeros(len(prompt.prefix_ids) + len(prompt.context_ids), dtype=torch.bool)
-            stale[chunk_starts(prompt)[1]:] = True  # the first chunk sits where it was computed: exact
-            stale[list(selected)] = False  # recomputed tokens get fresh keys anyway
-            for layer in cache.layers:
-                layer.keys[:, :, stale] /= self.temperature
-        return selected
+        return self.base.select(model, cache, prompt)
+
+    def recomputed_tokens(self, prompt: Prompt, n_layers: int) -> int:
+        counted = getattr(self.base, "recomputed_tokens", None)
+        return counted(prompt, n_layers) if counted else 0
 
 
-def make_scaled(temperature: float = 1.0, base: str = "none", **options: Any) -> ScaledRecovery:
-    """``make_recovery("scaled", temperature=0.9, base="blend", r=0.15)``: options go to the base."""
+def make_scaled(temperature: float = 1.0, scale: float = 1.0, from_layer: int = 0, base: str = "none", **options: Any) -> ScaledRecovery:
+    """``make_recovery("scaled", temperature=0.9, scale=0.8, base="blend", r=0.15)``: other options go to the base."""
     if base == "scaled":
         raise ValueError("scaled recovery cannot wrap itself; base: none, edge or blend")
-    return ScaledRecovery(make_recovery(base, **options), temperature)
+    return ScaledRecovery(make_recovery(base, **options), AttentionScaling(temperature, scale, from_layer))
 
 
 RECOVERIES: dict[str, Any] = {"none": NoRecovery, "edge": EdgeRecovery, "blend": BlendRecovery, "cascade": CascadeRecovery,
                               "scaled": make_scaled}
 
 
+SCALING_OPTIONS = ("temperature", "scale", "from_layer")
+
+
 def make_recovery(name: str, **options: Any) -> Recovery:
-    """The recovery registered as ``name``; unknown names list the valid ones."""
+    """The recovery registered as ``name``; unknown names list the valid ones. ``temperature``,
+    ``scale`` and ``from_layer`` on none/edge/blend add APE-style attention scaling (``scaled``)."""
     try:
         factory = RECOVERIES[name]
     except KeyError:
         raise ValueError(f"unknown KV recovery '{name}'; valid: {', '.join(sorted(RECOVERIES))}") from None
+    scaling = {key: options.pop(key) for key in SCALING_OPTIONS if key in options and name != "scaled"}
+    if scaling:
+        return make_scaled(base=name, **scaling, **options)
     return factory(**options)
