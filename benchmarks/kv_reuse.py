@@ -91,7 +91,8 @@ def parse_args() -> argparse.Namespace:
 
 
 DEFAULT_MODES = ("naive=none", "edge=edge:n_tokens=16", "blend=blend:r=0.15", "blend-q=blend:r=0.15,score=attention",
-                 "cascade=cascade:r=0.0,r_first=0.4")
+                 "cascade=cascade:r=0.0,r_first=0.4", "l1qa15=blend:r=0.15,check_layer=1,score=deviation*attention,resume=true",
+                 "naive-ape=none:scale=0.8,from_layer=15")
 
 
 def mode_names(args: argparse.Namespace) -> list[str]:
@@ -212,8 +213,10 @@ def write(result: dict, summary: dict, args: argparse.Namespace, elapsed: float)
              f"{len({r['q'] for r in result['rows']})} of {args.questions} questions measured (seed {args.seed}), {args.new_tokens} greedy tokens, "
              f"{args.workers} worker process(es) of {args.threads} torch thread(s); full prefill and reuse of a prompt are timed back to back in the same process.",
              "Modes: " + "; ".join(args.modes) + " (none = no recovery; edge = recompute first n tokens per chunk; "
-             "blend = recompute fraction r by layer-1 value deviation, score=attention: by the question's attention on the reused cache; "
-             "both skip the first chunk, whose cache is exact; cascade = CacheBlend's gradual filtering: the fraction r_first of "
+             "blend = recompute fraction r by layer-1 value deviation, score=attention: by the question's attention on the reused cache, "
+             "score=deviation*attention: their product, resume=true: the picked tokens resume from the exact early layers; "
+             "both skip the first chunk, whose cache is exact; scale=S,from_layer=L: APE-style attention scaling, the question and "
+             "generated tokens see stale chunk tokens at logit + log S in layers L on; cascade = CacheBlend's gradual filtering: the fraction r_first of "
              "the context with the most question attention is recomputed at layer 0, shrinking linearly to r at the last layer, "
              "each layer keeping the tokens whose values deviated most; its 'prefilled' counts token-layers / layers).",
              f"Chunk-cache precompute (indexing step, not in TTFT): {payload['chunks_computed']} chunks computed in {payload['precompute_s']:.1f} s"
