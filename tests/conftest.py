@@ -63,3 +63,22 @@ def build_tiny_llama(seed: int = 0, **overrides):
 def tiny_llama():
     """Factory fixture: ``tiny_llama(seed=..., **config_overrides)``."""
     return build_tiny_llama
+
+
+def build_tiny_kv_engine(seed: int):
+    """A ``KVReuseEngine`` over a tiny random Llama and the byte tokenizer, caches in memory."""
+    from types import SimpleNamespace
+
+    from compression.kv.generate import KVReuseEngine
+    from compression.kv.store import MemoryStore
+    from eval.testing import ByteTokenizer
+
+    lm = SimpleNamespace(model=build_tiny_llama(seed=seed, max_position_embeddings=1024), tokenizer=ByteTokenizer(),
+                         model_id=f"tiny@{seed}", weights_hash=str(seed) * 64, dtype="float32")
+    return KVReuseEngine(lm, MemoryStore(2**26))
+
+
+@pytest.fixture
+def tiny_kv_engine():
+    """Factory fixture: ``tiny_kv_engine(seed)``."""
+    return build_tiny_kv_engine

@@ -3,27 +3,21 @@ checked against a full prefill of the compressed prompt, and recovery spending i
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from compression.kv.assemble import assemble, chunk_cache
 from compression.kv.base import Prompt
-from compression.kv.generate import KVReuseEngine, full_prefill
+from compression.kv.generate import full_prefill
 from compression.kv.recovery import BlendRecovery
-from compression.kv.store import MemoryStore
 from compression.kv.subset import positions_for
-from eval.testing import ByteTokenizer
 
 TEXTS = ["the cat sat on the mat. it was warm.", "dogs bark at night. owls hoot."]
 
 
 @pytest.fixture
-def engine(tiny_llama):
-    lm = SimpleNamespace(model=tiny_llama(seed=7, max_position_embeddings=1024), tokenizer=ByteTokenizer(),
-                         model_id="tiny@7", weights_hash="7" * 64, dtype="float32")
-    return KVReuseEngine(lm, MemoryStore(2**26))
+def engine(tiny_kv_engine):
+    return tiny_kv_engine(7)
 
 
 def test_keep_records_which_chunks_were_cut():

@@ -146,22 +146,15 @@ def test_scaled_prefill_refuses_a_cache_that_is_not_the_assembled_context(setup)
         scaled_prefill(model, cache, prompt, [], AttentionScaling(0.9))
 
 
-def test_the_engine_keeps_the_scaling_while_decoding(tiny_llama, monkeypatch):
+def test_the_engine_keeps_the_scaling_while_decoding(tiny_kv_engine, monkeypatch):
     """KVReuseEngine.generate with a scaled recovery = assemble + scaled_prefill + greedy decoding
     with the returned bias, done by hand. (The random toy repeats one token whatever the bias, so
     the bias handed to decoding is checked directly.)"""
     from compression.kv import generate as generate_module
-
-    from types import SimpleNamespace
-
     from compression.kv.assemble import chunk_cache
-    from compression.kv.generate import KVReuseEngine
-    from compression.kv.store import MemoryStore
-    from eval.testing import ByteTokenizer
 
-    lm = SimpleNamespace(model=tiny_llama(seed=5, max_position_embeddings=1024), tokenizer=ByteTokenizer(),
-                         model_id="tiny@5", weights_hash="5" * 64, dtype="float32")
-    engine = KVReuseEngine(lm, MemoryStore(2**26))
+    engine = tiny_kv_engine(5)
+    lm = engine.lm
     prompt = engine.prompt(["the cat sat on the mat", "a dog ran in the park", "birds fly south"], "who sat?")
     recovery = make_recovery("scaled", temperature=0.8, scale=0.3, from_layer=1, base="none")
     handed = []

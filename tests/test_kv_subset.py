@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from compression.kv.assemble import assemble, chunk_cache
-from compression.kv.generate import KVReuseEngine, full_prefill
+from compression.kv.generate import full_prefill
 from compression.kv.recovery import make_recovery
 from compression.kv.rope import inv_freq, rerotate
-from compression.kv.store import MemoryStore
 from compression.kv.subset import OPENING, kept_positions, kept_tokens, positions_for
-from eval.testing import ByteTokenizer
 
 
 @pytest.fixture
-def engine(tiny_llama):
-    lm = SimpleNamespace(model=tiny_llama(seed=5, max_position_embeddings=1024), tokenizer=ByteTokenizer(),
-                         model_id="tiny@5", weights_hash="5" * 64, dtype="float32")
-    return KVReuseEngine(lm, MemoryStore(2**26))
+def engine(tiny_kv_engine):
+    return tiny_kv_engine(5)
 
 
 def test_kept_positions_by_hand():
