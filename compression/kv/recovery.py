@@ -18,7 +18,7 @@
 - cascade (CacheBlend's gradual filtering): a shrinking set of tokens is recomputed layer by
   layer, the set at each layer being the tokens whose values deviated most at the layer before.
 - scaled (APE-style attention scaling): another recovery, then the question and generated tokens
-  see the reused (not recomputed) tokens of every chunk but the first at logit / T + log S
+  see the reused (not recomputed) tokens past the exact ones at logit / T + log S
   (``compression.kv.scaling``; applied by the engine after the selected tokens' recompute).
 """
 
@@ -224,7 +224,7 @@ class BlendRecovery:
             return list(range(prefix_len, prefix_len + n_context))
         scores, hidden = self._scores(model, cache, prompt)
         scores = scores.float()
-        # The first chunk sits where it was computed, right after the prefix: its cache is exact,
+        # A whole first chunk sits where it was computed, right after the prefix: its cache is exact,
         # so no budget goes there (the question's attention would otherwise pick its sink-like start).
         scores[: prompt.exact_tokens] = float("-inf")
         chosen = torch.topk(scores, n_pick).indices.sort().values
@@ -324,7 +324,7 @@ class CascadeRecovery:
         attention = question_attention(model, cache, prompt) if self.score == "attention" else None
         hidden, early, deviation = self._exact_layers(model, cache, prompt)
         scores = attention if attention is not None else deviation
-        scores[:first] = float("-inf")  # the first chunk's cache is exact already
+        scores[:first] = float("-inf")  # a whole first chunk's cache is exact already
         chosen = torch.arange(n_context)
         for index in range(early, n_layers):
             n_keep = min(len(chosen), n_context - first, round(self.fraction(index, n_layers) * n_context))
