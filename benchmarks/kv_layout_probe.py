@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,7 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # importing kv_reuse also sets the offline environment
 
 from kv_oracle import dev_questions, fidelity, naive_cache  # noqa: E402
-from kv_reuse import DATA, load_chunks, retrieve  # noqa: E402
+from kv_reuse import DATA, load_chunks, machine_facts, retrieve, write_json  # noqa: E402
 from eval.metrics import token_f1  # noqa: E402
 from retrieval.atomic import atomic_write_text  # noqa: E402
 
@@ -191,12 +189,9 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def write(rows: list[dict], args: argparse.Namespace, elapsed: float) -> None:
-    import torch
-
     summary = summarise(rows)
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": 1}
-    out = REPO / "benchmarks" / "results"
-    atomic_write_text(out / f"{args.name}.json", json.dumps({"machine": machine, "args": vars(args), "summary": summary, "rows": rows}, indent=1))
+    machine = machine_facts(1)
+    out = write_json(args.name, {"machine": machine, "args": vars(args), "summary": summary, "rows": rows})
     lines = [f"# KV-reuse cache-layout probes at k={args.k} (both negative)", "",
              f"Machine: {machine['platform']}, {machine['cpus']} CPUs (shared), torch {machine['torch']}, 1 thread. "
              f"Dev set: {len(rows)} questions from {DATA}/questions.csv (seed {args.seed}, kv_oracle.py's), disjoint from "

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -40,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # importing kv_reuse also sets the offline environment
 
-from kv_reuse import DATA, load_chunks, load_questions, recoveries, retrieve  # noqa: E402
+from kv_reuse import DATA, load_chunks, load_questions, machine_facts, recoveries, retrieve, write_json  # noqa: E402
 from eval.metrics import token_f1  # noqa: E402
 from retrieval.atomic import atomic_write_text  # noqa: E402
 
@@ -225,12 +223,8 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def write(rows: list[dict], summary: dict, args: argparse.Namespace, elapsed: float) -> None:
-    import torch
-
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": args.threads}
-    out = REPO / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{args.name}.json", json.dumps({"machine": machine, "args": vars(args), "summary": summary, "rows": rows}, indent=1))
+    machine = machine_facts(args.threads)
+    out = write_json(args.name, {"machine": machine, "args": vars(args), "summary": summary, "rows": rows})
     lines = [f"# KV-reuse recovery ceiling (oracle) at k={args.k}", "",
              f"Machine: {machine['platform']}, {machine['cpus']} CPUs (shared), torch {machine['torch']}, {args.threads} thread. "
              + (f"Benchmark set: kv_reuse.py's own questions ({len(rows)} of {args.questions} measured) from {DATA}/questions.csv (seed 0); " if args.set == "bench" else

@@ -16,9 +16,6 @@ the median of the per-prompt ratios (dense / in place). Logits are checked equal
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # importing kv_reuse also sets the offline environment
 
-from kv_reuse import DATA, load_chunks, load_questions, retrieve  # noqa: E402
+from kv_reuse import DATA, load_chunks, load_questions, machine_facts, retrieve, write_json  # noqa: E402
 from retrieval.atomic import atomic_write_text  # noqa: E402
 
 
@@ -98,9 +95,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def write(rows: list[dict], args: argparse.Namespace, elapsed: float) -> None:
-    import torch
-
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": args.threads}
+    machine = machine_facts(args.threads)
 
     def ratio(slow: str, fast: str) -> float:
         return statistics.median(r[f"{slow}_median_s"] / r[f"{fast}_median_s"] for r in rows)
@@ -108,8 +103,7 @@ def write(rows: list[dict], args: argparse.Namespace, elapsed: float) -> None:
     summary = {"recompute_dense_over_blocks": ratio("recompute_dense", "recompute_blocks"),
                "early_dense_over_in_place": ratio("early_dense", "early_in_place"),
                "max_logit_diff": max(r["logit_max_abs_diff"] for r in rows)}
-    out = REPO / "benchmarks" / "results"
-    atomic_write_text(out / f"{args.name}.json", json.dumps({"machine": machine, "args": vars(args), "summary": summary, "rows": rows}, indent=1))
+    out = write_json(args.name, {"machine": machine, "args": vars(args), "summary": summary, "rows": rows})
     lines = [f"# KV-reuse recompute: in-place causal blocks vs dense mask (k={args.k})", "",
              f"Machine: {machine['platform']}, {machine['cpus']} CPUs (shared with other jobs), torch {machine['torch']}, {args.threads} thread. "
              f"Data: {DATA}, the first {len(rows)} of kv_reuse.py's questions (seed 0); blend-q's picks (r = 0.15) + the question; "

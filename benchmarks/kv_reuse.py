@@ -196,17 +196,28 @@ def summarise(result: dict, args: argparse.Namespace) -> dict:
     return summary
 
 
-def write(result: dict, summary: dict, args: argparse.Namespace, elapsed: float) -> None:
+def machine_facts(threads: int) -> dict:
+    """The machine line of every KV benchmark's results."""
     import torch
 
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": args.threads, "python": platform.python_version()}
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": threads}
+
+
+def write_json(name: str, payload: dict) -> Path:
+    """``benchmarks/results/<name>.json`` (atomic); returns the results directory."""
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=1))
+    return out
+
+
+def write(result: dict, summary: dict, args: argparse.Namespace, elapsed: float) -> None:
+    machine = {**machine_facts(args.threads), "python": platform.python_version()}
     payload = {"machine": machine, "args": vars(args), "lm": result["lm"], "data": str(DATA), "n_chunks": result["n_chunks"],
                "precompute_s": sum(r["precompute_s"] for r in result["rows"]), "elapsed_s": elapsed,
              "chunks_computed": sum(r["chunks_computed"] for r in result["rows"]),
                "summary": summary, "rows": result["rows"]}
-    out = REPO / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{args.name}.json", json.dumps(payload, indent=1))
+    out = write_json(args.name, payload)
     lines = [f"# KV reuse vs full prefill ({result['lm']})", "",
              f"Machine: {machine['platform']}, {machine['cpus']} CPUs (shared), torch {machine['torch']}, {args.threads} thread(s).",
              f"Data: {DATA} ({result['n_chunks']} chunks of <= {args.chunk_tokens} SmolLM2 tokens, MiniLM retrieval), "
