@@ -108,6 +108,11 @@ def load_questions(n: int) -> list[dict]:
     return rows[::step][:n]
 
 
+def load_corpora() -> dict[str, str]:
+    """Every corpus of the shared Chroma data by id (file stem): the texts reference spans index into."""
+    return {p.stem: p.read_text(encoding="utf-8") for p in (DATA / "chroma" / "corpora").glob("*.md")}
+
+
 def chunk_corpora() -> list[dict]:
     """Recursive 200-token chunks (MiniLM tokens) of both corpora, with exact character spans."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -120,12 +125,11 @@ def chunk_corpora() -> list[dict]:
         tokenizer, chunk_size=CHUNK_TOKENS, chunk_overlap=0, separators=["\n\n", "\n", ".", "?", "!", " ", ""], add_start_index=True
     )
     chunks = []
-    for path in sorted((DATA / "chroma" / "corpora").glob("*.md")):
-        corpus = path.read_text(encoding="utf-8")
+    for corpus_id, corpus in sorted(load_corpora().items()):
         for doc in splitter.create_documents([corpus]):
             start = doc.metadata["start_index"]
             if start >= 0 and corpus[start : start + len(doc.page_content)] == doc.page_content:
-                chunks.append(dict(corpus=path.stem, start=start, end=start + len(doc.page_content), text=doc.page_content))
+                chunks.append(dict(corpus=corpus_id, start=start, end=start + len(doc.page_content), text=doc.page_content))
     return chunks
 
 
@@ -279,7 +283,7 @@ def run(args) -> dict:
     theirs.model.eval()
 
     questions = load_questions(args.questions)
-    corpora = {p.stem: p.read_text(encoding="utf-8") for p in (DATA / "chroma" / "corpora").glob("*.md")}
+    corpora = load_corpora()
     chunks = chunk_corpora()
     hits = retrieve(chunks, questions)
     texts = [[h["text"] for h in row] for row in hits]

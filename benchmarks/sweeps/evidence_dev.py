@@ -99,7 +99,7 @@ def main() -> None:
     from compression.lm import load_causal_lm
 
     tokenizer, encoder = load_causal_lm().tokenizer, MemoEncoder(default_encoder())
-    corpora = {p.stem: p.read_text(encoding="utf-8") for p in (bench.DATA / "chroma" / "corpora").glob("*.md")}
+    corpora = bench.load_corpora()
     sets = retrieved(args.sets)
     defaults = {name: getattr(relevance, name) for name in dir(relevance) if name.isupper()}
     for variant in args.variant or [""]:

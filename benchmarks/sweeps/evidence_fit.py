@@ -116,7 +116,7 @@ def build() -> dict[str, list[dict]]:
     from compression.lm import load_causal_lm
 
     tokenizer, encoder = load_causal_lm().tokenizer, MemoEncoder(default_encoder())
-    corpora = {p.stem: p.read_text(encoding="utf-8") for p in (bench.DATA / "chroma" / "corpora").glob("*.md")}
+    corpora = bench.load_corpora()
     stemmer = snowballstemmer.stemmer("english")
     data = {
         name: [question_data(q, hits, corpora, tokenizer, encoder, stemmer) for q, hits in items]
@@ -132,9 +132,12 @@ def build() -> dict[str, list[dict]]:
 
 
 def current_scores(d: dict) -> np.ndarray:
-    """relevance.fused_scores as it is (LEXICAL 1, NEIGHBOUR 0.5, PRIOR 3) from the cached features."""
+    """relevance.fused_scores as it is, from the cached features (their neighbour column is z cosine +
+    z BM25, i.e. LEXICAL = 1)."""
+    from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR
+
     X = d["X"]
-    return X[:, 0] + X[:, 1] + 0.5 * X[:, 3] + 3.0 * X[:, 4]
+    return X[:, 0] + LEXICAL * X[:, 1] + NEIGHBOUR * X[:, 3] + PRIOR * X[:, 4]
 
 
 def evaluate(items: list[dict], score_fn, rates=RATES) -> float:
@@ -325,7 +328,7 @@ def full_check(weights: dict[str, float]) -> None:
     from compression.base import Budget
     from compression.extractive_models import default_encoder
 
-    corpora = {p.stem: p.read_text(encoding="utf-8") for p in (bench.DATA / "chroma" / "corpora").glob("*.md")}
+    corpora = bench.load_corpora()
     encoder, original = MemoEncoder(default_encoder()), llmlingua.choose_evidence
     for label, choose in (("current", original), (f"fitted {weights}", fitted_choose_evidence(weights))):
         llmlingua.choose_evidence = choose
