@@ -511,7 +511,7 @@ TRIED_SESSION6 = (
     "Tried in session 6, on the development sets only: stitching the top-5 chunks that are contiguous in their "
     "corpus (gap of at most 4 whitespace characters, filled from the corpus; overlapping windows read once) into "
     "one context in source order before compressing (`compression/stitch.py`, `benchmarks/sweeps/evidence_dev.py "
-    "--stitch`; 62 / 47 joins over the 170 / 165 chunks of rows[1::6] / rows[3::6]). The measure is unchanged: the "
+    "--stitch` at commit 9152f8f, removed afterwards; 62 / 47 joins over the 170 / 165 chunks of rows[1::6] / rows[3::6]). The measure is unchanged: the "
     "kept characters are mapped back to the original chunks. Evidence sentences alone (mean share over rates "
     "0.25/0.33/0.4; current 0.854 / 0.925): the stitched context's best rank for all its sentences 0.838 / 0.901 "
     "(rank prior 1 / 2 / 4: 0.802 / 0.889, 0.824 / 0.887, 0.827 / 0.890; neighbour weight 0.8: 0.801 / 0.865); each "

@@ -46,12 +46,13 @@ Pseudo-relevance feedback (the top 1-3 sentences' mean vector and words as a sec
 0.1-1.0) lost on both folds (best 0.853 / 0.921).
 
 Session 6: stitching the top-5 chunks that are contiguous in their source into one context before
-compressing (``compression.stitch``; 62 / 47 joins over the 170 / 165 chunks; the measure unchanged:
-kept characters mapped back to the original chunks; ``evidence_dev.py --stitch``). Evidence alone
+compressing (``compression/stitch.py`` and ``evidence_dev.py --stitch`` at commit 9152f8f, removed
+afterwards as it was not adopted; 62 / 47 joins over the 170 / 165 chunks; the measure unchanged:
+kept characters mapped back to the original chunks). Evidence alone
 (rates 0.25/0.33/0.4, rows[1::6] / rows[3::6]; current 0.854 / 0.925): the stitched context's best
 rank for all its sentences 0.838 / 0.901 (PRIOR 1 / 2 / 4: 0.802 / 0.889, 0.824 / 0.887, 0.827 /
 0.890; NEIGHBOUR 0.8: 0.801 / 0.865); each sentence with the rank of the chunk it comes from (the
-better one across a boundary, ``member_ranks``) 0.875 / 0.925. Whole compressor at rate 0.33 with
+better one across a boundary) 0.875 / 0.925. Whole compressor at rate 0.33 with
 that prior: 0.924 / 0.932 vs 0.914 / 0.942, so NOT adopted (it had to win on both). Stitched
 contexts are also longer than one scoring window (256 tokens), so the compressor leaves its
 one-pass packed scoring for the windowed path, which costs time against the 1.3x floor target.
@@ -130,13 +131,10 @@ def choose_evidence(
     order: Sequence[int],
     budget: int,
     encoder: Any = None,
-    member_ranks: Sequence[Sequence[tuple[int, int, int]]] | None = None,
 ) -> list[Sentence]:
     """Whole sentences most relevant to ``question``, at most ``budget`` tokens in total.
 
-    ``order``: context indices, best first (the rank prior). ``member_ranks``: for stitched
-    contexts, each context's ``(start, end, rank)`` pieces; a sentence's prior then uses the best
-    rank of the pieces it overlaps (``compression.stitch.Stitching.member_ranks``). ``encoder`` (a
+    ``order``: context indices, best first (the rank prior). ``encoder`` (a
     ``retrieval.base.Encoder``): fused MiniLM + BM25 scores; None: BM25 alone. Sentences that do
     not fit are skipped, so smaller relevant ones can still fill the budget.
     """
@@ -147,8 +145,6 @@ def choose_evidence(
         return []
     rank_of = {c: r for r, c in enumerate(order)}
     ranks = np.array([rank_of[s.context] for s in pool], dtype=np.float64)
-    if member_ranks is not None:
-        ranks = np.array([_member_rank(member_ranks[s.context], units[s.context], s, rank_of[s.context]) for s in pool], dtype=np.float64)
     pieces = [texts[s.context][units[s.context][s.first].start : units[s.context][s.last].end] for s in pool]
     lexical = BM25Index(pieces).scores(question)
     if encoder is None:
@@ -156,12 +152,6 @@ def choose_evidence(
         return _greedy(pool, scores, budget, positive_only=True)  # no question term: token scores decide
     scores = fused_scores(lexical, semantic_scores(question, pool, pieces, encoder), pool, ranks)
     return _greedy(pool, scores, budget, positive_only=False)
-
-
-def _member_rank(members: Sequence[tuple[int, int, int]], units: Sequence[Unit], sentence: Sentence, default: int) -> int:
-    """The best rank of the ``(start, end, rank)`` pieces a sentence overlaps (a stitched context's members)."""
-    start, end = units[sentence.first].start, units[sentence.last].end
-    return min((rank for a, b, rank in members if a < end and start < b), default=default)
 
 
 def semantic_scores(question: str, pool: Sequence[Sentence], pieces: Sequence[str], encoder: Any) -> np.ndarray:

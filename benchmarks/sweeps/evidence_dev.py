@@ -13,12 +13,6 @@ Variants are module constants of ``compression.relevance`` set for the run
 switches of session 4 exist only at commit 90d332a). Tuning uses the development sets only; the other
 sets print their mean alone (no per-question lines), so they cannot be studied by accident.
 
-``--stitch``: the top-5 chunks contiguous in their corpus are compressed as one context
-(``compression.stitch``), the kept characters mapped back to the original chunks (same measure);
-``--prior member`` gives each sentence of a stitched context the rank of the chunk it comes from
-(``relevance.choose_evidence(member_ranks=)``; patched into the compressor for ``full``), ``stitched``
-the stitched context's best rank for all of them.
-
 Run: ``.venv/bin/python benchmarks/sweeps/evidence_dev.py --sets dev1 dev3 --rates 0.25 0.33 0.4 --variant PRIOR=3 --variant PRIOR=2``
 (``--detail``: the development questions that lose reference characters).
 """
@@ -26,7 +20,6 @@ Run: ``.venv/bin/python benchmarks/sweeps/evidence_dev.py --sets dev1 dev3 --rat
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import pickle
 import statistics
@@ -68,7 +61,7 @@ def retrieved(names: list[str]) -> dict[str, list[tuple[dict, list[dict]]]]:
     return {n: cache[n] for n in names}
 
 
-def evidence_masks(question: str, contexts: list[str], tokenizer, encoder, rate: float = 0.33, member_ranks=None) -> list[np.ndarray]:
+def evidence_masks(question: str, contexts: list[str], tokenizer, encoder, rate: float = 0.33) -> list[np.ndarray]:
     """Characters of each context inside the evidence sentences the compressor would choose."""
     from compression.base import Budget
     from compression.llmlingua import LLMLinguaCompressor, _inner
@@ -83,7 +76,7 @@ def evidence_masks(question: str, contexts: list[str], tokenizer, encoder, rate:
     order = list(range(len(contexts)))
     budget = int(LLMLinguaCompressor().evidence * _inner(target, order))
     masks = [np.zeros(len(c), dtype=bool) for c in contexts]
-    for s in choose_evidence(question, contexts, units, order, budget, encoder, member_ranks):
+    for s in choose_evidence(question, contexts, units, order, budget, encoder):
         masks[s.context][units[s.context][s.first].start : units[s.context][s.last].end] = True
     return masks
 
@@ -94,17 +87,11 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(DEV))
     parser.add_argument("--rates", nargs="+", type=float, default=[0.33], help="evidence mode: mean over these rates")
     parser.add_argument("--detail", action="store_true", help="per-question lines (development sets only)")
-    parser.add_argument("--stitch", action="store_true", help="stitch chunks contiguous in the source first (compression.stitch)")
-    parser.add_argument(
-        "--prior", choices=("stitched", "member"), default="stitched",
-        help="with --stitch: a sentence's rank prior is its stitched context's best rank, or the best rank of the chunks it overlaps",
-    )
     parser.add_argument(
         "--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]", help="compression.relevance constants for one run (repeatable)"
     )
     args = parser.parse_args()
 
-    import compression.llmlingua as llmlingua
     import compression.relevance as relevance
     from compression.base import Budget
     from compression.extractive_models import default_encoder
@@ -112,7 +99,6 @@ def main() -> None:
     from compression.lm import load_causal_lm
 
     tokenizer, encoder = load_causal_lm().tokenizer, MemoEncoder(default_encoder())
-    choose = llmlingua.choose_evidence
     corpora = bench.load_corpora()
     sets = retrieved(args.sets)
     defaults = {name: getattr(relevance, name) for name in dir(relevance) if name.isupper()}
@@ -129,40 +115,18 @@ def main() -> None:
             shares = []
             for qi, (question, hits) in enumerate(items):
                 contexts = [h["text"] for h in hits]
-                joined = stitch_hits(hits, corpora) if args.stitch else None
-                inputs = joined.texts if joined else contexts
-                ranks = joined.member_ranks if joined and args.prior == "member" else None
-                llmlingua.choose_evidence = functools.partial(choose, member_ranks=ranks)  # the compressor passes texts only
                 for rate in args.rates if compressor is None else [0.33]:
                     if compressor is None:
-                        masks = evidence_masks(question["question"], inputs, tokenizer, encoder, rate, ranks)
-                        masks = masks_back(joined, masks, contexts) if joined else masks
+                        masks = evidence_masks(question["question"], contexts, tokenizer, encoder, rate)
                     else:
-                        result = compressor.compress(inputs, Budget(rate=rate), question=question["question"])
-                        masks = bench.ragpress_masks(contexts, joined.map_result(result) if joined else result)
+                        result = compressor.compress(contexts, Budget(rate=rate), question=question["question"])
+                        masks = bench.ragpress_masks(contexts, result)
                     found, kept = bench.survival(question, hits, corpora, masks)
                     if found:
                         shares.append(kept / found)
                         if args.detail and name in DEV and kept < found:
                             print(f"{name} q{qi} @{rate} {kept / found:.3f} {question['question']!r}", flush=True)
-            label = f"{variant}{f' stitched, {args.prior} prior' if args.stitch else ''}"
-            print(f"{name}: {args.mode} mean share {statistics.mean(shares):.3f} over {len(shares)} question-rates [{label}]", flush=True)
-
-
-def stitch_hits(hits: list[dict], corpora: dict[str, str]):
-    """The hits' contexts with those contiguous in their corpus stitched (``compression.stitch``)."""
-    from compression.stitch import stitch
-
-    return stitch([(h["corpus"], h["start"], h["end"]) for h in hits], [h["text"] for h in hits], corpora)
-
-
-def masks_back(joined, masks: list[np.ndarray], contexts: list[str]) -> list[np.ndarray]:
-    """Character masks over the stitched contexts -> masks over the original contexts (filler dropped)."""
-    back = [np.zeros(len(c), dtype=bool) for c in contexts]
-    for stitched, mask in zip(joined.contexts, masks):
-        for seg in stitched.segments:
-            back[seg.context][seg.start : seg.end] |= mask[seg.at : seg.at + seg.end - seg.start]
-    return back
+            print(f"{name}: {args.mode} mean share {statistics.mean(shares):.3f} over {len(shares)} question-rates [{variant}]", flush=True)
 
 
 class MemoEncoder:
