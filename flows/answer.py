@@ -2,7 +2,8 @@
 
 Tasks only wrap library functions (``retrieval``, ``compression``, ``compression.kv``).
 ``kv_reuse``: ``none`` (full prefill, no reuse), ``naive`` (reuse, no recovery), ``edge``
-(recompute each chunk's first tokens), ``blend`` (recompute the fraction r of most-deviating tokens).
+(recompute each chunk's first tokens), ``blend`` (recompute the fraction r of context tokens, by
+default those the question attends to most; ``blend_score="deviation"``: CacheBlend's most-deviating ones).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from compression.kv_modes import recovery_for
+from compression.kv_modes import DEFAULT_BLEND_SCORE, recovery_for
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 
@@ -58,14 +59,15 @@ def compress(contexts: list[str], question: str, method: str, rate: float) -> di
 
 @task(name="generate")
 def generate(contexts: list[str], question: str, index: str, kv_reuse: str, cache_dir: str | None, lm_name: str,
-             max_new_tokens: int, blend_r: float, edge_tokens: int, kept: list[dict] | None = None) -> dict:
+             max_new_tokens: int, blend_r: float, edge_tokens: int, kept: list[dict] | None = None,
+             blend_score: str = DEFAULT_BLEND_SCORE) -> dict:
     """Answer from ``contexts``; with ``kept`` (a compressor's spans) only the kept tokens are read,
     their KV taken from the chunks' caches (``compression.kv.subset``)."""
     from compression.kv.subset import kept_tokens
 
     engine = make_engine(index, cache_dir, lm_name)
     prompt = engine.prompt(contexts, question)
-    recovery = recovery_for(kv_reuse, blend_r, edge_tokens)
+    recovery = recovery_for(kv_reuse, blend_r, edge_tokens, blend_score)
     started = time.perf_counter()
     computed = engine.warm(prompt) if recovery is not None else 0  # caches missing on disk: computed now, reused later
     warm_s = time.perf_counter() - started
@@ -87,17 +89,18 @@ def prune_kv_cache(index: str, cache_dir: str | None, max_mb: float) -> dict:
 @flow(name="ragpress-answer", validate_parameters=False)
 def answer_flow(question: str, index: str, k: int = 4, kv_reuse: str = "blend", compression: str | None = None,
                 rate: float = 0.5, cache_dir: str | None = None, lm_name: str = "smollm2", max_new_tokens: int = 64,
-                blend_r: float = 0.15, edge_tokens: int = 16, kv_cache_max_mb: float | None = None) -> dict:
+                blend_r: float = 0.15, edge_tokens: int = 16, kv_cache_max_mb: float | None = None,
+                blend_score: str = DEFAULT_BLEND_SCORE) -> dict:
     """Answer ``question`` from the index in ``index``; returns the answer, contexts with spans and costs.
     ``kv_cache_max_mb``: afterwards, keep at most this many MB of chunk caches on disk (LRU)."""
-    recovery_for(kv_reuse, blend_r, edge_tokens)  # refuse a bad mode before any model loads
+    recovery_for(kv_reuse, blend_r, edge_tokens, blend_score)  # refuse a bad mode before any model loads
     if kv_cache_max_mb is not None and kv_cache_max_mb < 0:
         raise ValueError(f"kv_cache_max_mb must be >= 0 (or None for no limit), got {kv_cache_max_mb}")
     hits = retrieve(question, index, k)
     contexts = [hit["text"] for hit in hits]
     compressed = compress(contexts, question, compression, rate) if compression else None
     output = generate(contexts, question, index, kv_reuse, cache_dir, lm_name, max_new_tokens, blend_r, edge_tokens,
-                      compressed["kept"] if compressed else None)
+                      compressed["kept"] if compressed else None, blend_score)
     pruned = prune_kv_cache(index, cache_dir, kv_cache_max_mb) if kv_cache_max_mb is not None and kv_reuse != "none" else None
     return {"question": question, **output, "contexts": hits, "compression": compressed, "kv_cache_pruned": pruned}
 

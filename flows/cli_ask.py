@@ -22,6 +22,9 @@ def ask(
     compression: Optional[str] = typer.Option(None, "--compression", help="compress the contexts first (e.g. extractive)"),
     rate: float = typer.Option(0.5, "--rate", help="compression rate (kept / original tokens)"),
     blend_r: float = typer.Option(0.15, "--blend-r", help="fraction of context tokens blend recomputes"),
+    blend_score: str = typer.Option("attention", "--blend-score",
+                                    help="which tokens blend recomputes: attention (the question's, default), deviation "
+                                         "(CacheBlend's layer-1 value deviation), deviation*attention"),
     edge_tokens: int = typer.Option(16, "--edge-tokens", help="first tokens of each chunk edge recomputes"),
     kv_cache: Optional[Path] = typer.Option(None, "--kv-cache", help="chunk-cache directory (default INDEX/kv-cache)"),
     kv_cache_max_mb: Optional[float] = typer.Option(None, "--kv-cache-max-mb",
@@ -31,10 +34,14 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Answer QUESTION: retrieve, optionally compress, generate with reused chunk caches."""
-    from compression.kv_modes import KV_REUSE_MODES
+    from compression.kv_modes import KV_REUSE_MODES, recovery_for
 
     if kv_reuse not in KV_REUSE_MODES:
         _fail(f"unknown --kv-reuse '{kv_reuse}'; valid: {', '.join(KV_REUSE_MODES)}")
+    try:  # a bad --blend-score or --blend-r fails here, before the flow and the LM start
+        recovery_for(kv_reuse, blend_r, edge_tokens, blend_score)
+    except ValueError as exc:
+        _fail(f"{exc} (--blend-score / --blend-r / --edge-tokens)")
     if k <= 0:
         _fail(f"-k must be a positive integer, got {k}")
     if kv_cache_max_mb is not None and kv_cache_max_mb < 0:
@@ -48,7 +55,8 @@ def ask(
     try:
         result = answer_flow(question=question, index=str(index), k=k, kv_reuse=kv_reuse, compression=compression, rate=rate,
                              cache_dir=str(kv_cache) if kv_cache else None, lm_name=lm, max_new_tokens=max_new_tokens,
-                             blend_r=blend_r, edge_tokens=edge_tokens, kv_cache_max_mb=kv_cache_max_mb)
+                             blend_r=blend_r, edge_tokens=edge_tokens, kv_cache_max_mb=kv_cache_max_mb,
+                             blend_score=blend_score)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     if as_json:

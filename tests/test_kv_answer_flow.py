@@ -25,6 +25,12 @@ def test_ask_refuses_an_unknown_mode(app, tmp_path):
     assert "valid: none, naive, edge, blend" in result.output
 
 
+def test_ask_refuses_an_unknown_blend_score(app, tmp_path):
+    result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path), "--blend-score", "magic"])
+    assert result.exit_code == 2
+    assert "unknown blend score 'magic'; valid: deviation, attention" in result.output
+
+
 def test_ask_refuses_a_missing_index(app, tmp_path):
     result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path / "nothing")])
     assert result.exit_code == 2
@@ -44,6 +50,10 @@ def test_recovery_for_maps_modes():
     assert recovery_for("naive", 0.15, 16).name == "none"
     assert recovery_for("edge", 0.15, 8).n_tokens == 8
     assert recovery_for("blend", 0.3, 16).r == 0.3
+    assert recovery_for("blend", 0.3, 16).score == "attention"  # measured best (compression/kv_modes.py)
+    assert recovery_for("blend", 0.3, 16, blend_score="deviation").score == "deviation"
+    with pytest.raises(ValueError, match="unknown blend score 'dev'; valid: deviation, attention"):
+        recovery_for("blend", 0.3, 16, blend_score="dev")
 
 
 @pytest.mark.slow
