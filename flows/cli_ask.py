@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from compression.kv_modes import DEFAULT_BLEND_SCORE  # no heavy imports: the recovery code loads lazily
+
 
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -22,7 +24,7 @@ def ask(
     compression: Optional[str] = typer.Option(None, "--compression", help="compress the contexts first (e.g. extractive)"),
     rate: float = typer.Option(0.5, "--rate", help="compression rate (kept / original tokens)"),
     blend_r: float = typer.Option(0.15, "--blend-r", help="fraction of context tokens blend recomputes"),
-    blend_score: str = typer.Option("attention", "--blend-score",
+    blend_score: str = typer.Option(DEFAULT_BLEND_SCORE, "--blend-score",
                                     help="which tokens blend recomputes: attention (the question's, default), deviation "
                                          "(CacheBlend's layer-1 value deviation), deviation*attention"),
     edge_tokens: int = typer.Option(16, "--edge-tokens", help="first tokens of each chunk edge recomputes"),
@@ -34,14 +36,12 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Answer QUESTION: retrieve, optionally compress, generate with reused chunk caches."""
-    from compression.kv_modes import KV_REUSE_MODES, recovery_for
+    from compression.kv_modes import recovery_for
 
-    if kv_reuse not in KV_REUSE_MODES:
-        _fail(f"unknown --kv-reuse '{kv_reuse}'; valid: {', '.join(KV_REUSE_MODES)}")
-    try:  # a bad --blend-score or --blend-r fails here, before the flow and the LM start
+    try:  # a bad --kv-reuse, --blend-score, --blend-r or --edge-tokens fails here, before the flow and the LM start
         recovery_for(kv_reuse, blend_r, edge_tokens, blend_score)
     except ValueError as exc:
-        _fail(f"{exc} (--blend-score / --blend-r / --edge-tokens)")
+        _fail(str(exc))
     if k <= 0:
         _fail(f"-k must be a positive integer, got {k}")
     if kv_cache_max_mb is not None and kv_cache_max_mb < 0:
