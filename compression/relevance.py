@@ -56,6 +56,16 @@ better one across a boundary) 0.875 / 0.925. Whole compressor at rate 0.33 with
 that prior: 0.924 / 0.932 vs 0.914 / 0.942, so NOT adopted (it had to win on both). Stitched
 contexts are also longer than one scoring window (256 tokens), so the compressor leaves its
 one-pass packed scoring for the windowed path, which costs time against the 1.3x floor target.
+
+Session 7: the LM's question likelihood (UPR: mean log P(question | "Passage: <sentence>\nQuestion:")
+under SmolLM2-135M, per sentence and per sentence with its neighbours;
+``benchmarks/sweeps/evidence_lm.py``, cost ignored) does not help. Evidence alone, rates
+0.25/0.33/0.4, rows[1::6] / rows[3::6], current 0.854 / 0.925: the LM score alone + the rank prior
+0.751 / 0.877 (with neighbours 0.827 / 0.856); added to the fused score with weight 0.25 / 0.5 / 1 / 2
+0.843 / 0.921, 0.814 / 0.907, 0.777 / 0.896, 0.746 / 0.864 (with neighbours 0.848 / 0.910,
+0.862 / 0.910, 0.840 / 0.880, 0.813 / 0.869); only the top 10-30 sentences rescored, at best
+0.862 / 0.910; fitted on one set (listwise / coordinate search), held out 0.890 / 0.852 and
+0.838 / 0.840. No variant wins on both sets, so nothing was built into the compressor.
 """
 
 from __future__ import annotations

@@ -1,0 +1,163 @@
+"""Dev-only (session 7): does the LM's question likelihood help choose evidence sentences?
+
+UPR (Sachan et al. 2022) ranks a passage by log P(question | passage) under a causal LM. Here every
+candidate sentence of a development question's top-5 chunks gets the mean log-probability of the
+question's tokens after "Passage: <sentence>\nQuestion:" under SmolLM2-135M-Instruct (and, as a
+second feature, after the sentence with its neighbours in the same chunk). The features are added
+to ``evidence_fit.py``'s cached cheap features and judged the same way: evidence sentences alone,
+mean share of the found reference characters over rates 0.25 / 0.33 / 0.4, on rows[1::6] and
+rows[3::6] only (hand-set weights on both sets, then 2-fold cross-validation).
+
+This first measures the signal with no regard to cost (one LM pass per sentence, far above the
+compressor's 1.3x-floor budget); only a clear win on both sets would justify building a
+budget-feasible version (rerank the top candidates only).
+
+Run: ``.venv/bin/python benchmarks/sweeps/evidence_lm.py``
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import evidence_fit as fit  # noqa: E402  (sets sys.path and the offline environment)
+import numpy as np  # noqa: E402
+
+CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "ragpress_evidence_lm_features.pkl"
+MAX_PASSAGE = 96  # tokens of a passage (longer ones are cut at the end)
+BATCH = 16
+
+
+def candidate_pieces(hits: list[dict], tokenizer) -> tuple[list[str], list[str]]:
+    """Each candidate sentence's text and its text with its neighbours, in ``evidence_fit``'s pool order."""
+    from compression.relevance import sentences
+    from compression.units import split_units, tokenize
+
+    contexts = [h["text"] for h in hits]
+    units = [split_units(t, tokenize(tokenizer, t)[1]) for t in contexts]
+    pool = [s for i in range(len(contexts)) for s in sentences(i, contexts[i], units[i])]
+    spans = [(s.context, units[s.context][s.first].start, units[s.context][s.last].end) for s in pool]
+    alone = [contexts[c][a:b] for c, a, b in spans]
+    windows = []
+    for k, (c, a, b) in enumerate(spans):
+        lo = spans[k - 1][1] if k > 0 and spans[k - 1][0] == c else a
+        hi = spans[k + 1][2] if k + 1 < len(spans) and spans[k + 1][0] == c else b
+        windows.append(contexts[c][lo:hi])
+    return alone, windows
+
+
+def question_logprob(passages: list[str], question: str, lm) -> np.ndarray:
+    """Mean log P(question tokens | 'Passage: p\\nQuestion:') for every passage (batched, right-padded)."""
+    import torch
+
+    tok, model = lm.tokenizer, lm.model
+    q_ids = tok(" " + question.strip(), add_special_tokens=False)["input_ids"]
+    out = np.zeros(len(passages))
+    for start in range(0, len(passages), BATCH):
+        rows = []
+        for p in passages[start : start + BATCH]:
+            p_ids = tok("Passage: " + p.strip(), add_special_tokens=False)["input_ids"][:MAX_PASSAGE]
+            rows.append(p_ids + tok("\nQuestion:", add_special_tokens=False)["input_ids"])
+        width = max(len(r) for r in rows) + len(q_ids)
+        ids = torch.full((len(rows), width), tok.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, r in enumerate(rows):
+            ids[j, : len(r) + len(q_ids)] = torch.tensor(r + q_ids)
+            mask[j, : len(r) + len(q_ids)] = 1
+        with torch.no_grad():
+            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            for j, r in enumerate(rows):
+                h = hidden[j, len(r) - 1 : len(r) - 1 + len(q_ids)]
+                logp = torch.log_softmax(model.lm_head(h).float(), dim=-1)
+                out[start + j] = float(logp[torch.arange(len(q_ids)), torch.tensor(q_ids)].mean())
+    return out
+
+
+def build_lm() -> dict[str, list[dict]]:
+    if CACHE.exists():
+        return pickle.loads(CACHE.read_bytes())
+    import torch
+    from evidence_dev import retrieved
+
+    from compression.lm import load_causal_lm
+
+    torch.set_num_threads(2)
+    lm = load_causal_lm()
+    data = {}
+    for name, items in retrieved(["dev1", "dev3"]).items():
+        data[name] = []
+        for n, (question, hits) in enumerate(items):
+            alone, windows = candidate_pieces(hits, lm.tokenizer)
+            q = question["question"]
+            data[name].append({"upr": question_logprob(alone, q, lm), "upr_window": question_logprob(windows, q, lm)})
+            print(f"{name} {n + 1}/{len(items)}", flush=True)
+    tmp = CACHE.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(data))
+    os.replace(tmp, CACHE)
+    return data
+
+
+def rerank(base, n: int, weight: float, feature: str):
+    """``base`` plus ``weight`` x the LM feature for the top ``n`` sentences of ``base``; the others get the
+    lowest bonus any of those got (the LM never saw them)."""
+
+    def score(d):
+        scores = base(d)
+        top = np.argsort(-scores, kind="stable")[:n]
+        bonus = np.full(len(scores), d[feature][top].min() if len(top) else 0.0)
+        bonus[top] = d[feature][top]
+        return scores + weight * bonus
+
+    return score
+
+
+def main() -> None:
+    from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR, best_neighbour, zscore
+
+    data, extra = fit.build(), build_lm()
+    for name in data:
+        for d, e in zip(data[name], extra[name], strict=True):
+            assert len(e["upr"]) == len(d["pool"]), "pool order differs from evidence_fit's"
+            d["z_upr"], d["z_uprw"] = zscore(e["upr"]), zscore(e["upr_window"])
+            d["nb_upr"] = best_neighbour(d["pool"], d["z_upr"])
+
+    def scorer(w_upr=0.0, w_uprw=0.0, w_nb=0.0, base=1.0):
+        def score(d):
+            X = d["X"]
+            current = X[:, 0] + LEXICAL * X[:, 1] + NEIGHBOUR * X[:, 3] + PRIOR * X[:, 4]
+            return base * current + w_upr * d["z_upr"] + w_uprw * d["z_uprw"] + w_nb * d["nb_upr"]
+        return score
+
+    variants = {"current": scorer()}
+    variants["upr alone + prior"] = lambda d: d["z_upr"] + PRIOR * d["X"][:, 4]
+    variants["upr-window alone + prior"] = lambda d: d["z_uprw"] + PRIOR * d["X"][:, 4]
+    for w in (0.25, 0.5, 1.0, 2.0):
+        variants[f"current + {w} z_upr"] = scorer(w_upr=w)
+        variants[f"current + {w} z_upr_window"] = scorer(w_uprw=w)
+        variants[f"current + {w} (z_upr + 0.5 nb)"] = scorer(w_upr=w, w_nb=0.5 * w)
+    # What a budget-feasible version could do: the LM scores only the top n candidates of the current scoring.
+    for n in (10, 20, 30):
+        for w in (0.5, 1.0):
+            variants[f"top-{n} reranked, + {w} z_upr"] = rerank(scorer(), n, w, "z_upr")
+            variants[f"top-{n} reranked, + {w} z_upr_window"] = rerank(scorer(), n, w, "z_uprw")
+    for label, fn in variants.items():
+        print(f"{label:36s} " + " / ".join(f"{fit.evaluate(data[n], fn):.4f}" for n in ("dev1", "dev3")), flush=True)
+
+    # 2-fold CV: the current four terms plus the LM features, listwise-fitted on one set, judged on the other.
+    for d in data["dev1"] + data["dev3"]:
+        d["X"] = np.column_stack([d["X"], d["z_upr"], d["z_uprw"]])
+    fit.FEATURES = fit.FEATURES + ("z_upr", "z_uprw")
+    columns = [fit.FEATURES.index(f) for f in ("z_cos", "z_bm25", "nb_fused", "prior", "z_upr", "z_uprw")]
+    for train, test in (("dev1", "dev3"), ("dev3", "dev1")):
+        for model in ("listwise", "direct"):
+            w = fit.MODELS[model](data[train], columns)
+            print(f"{model} fit {train} -> {test}: {fit.evaluate(data[test], fit.linear(w, columns)):.4f} "
+                  f"(current {fit.evaluate(data[test], fit.current_scores):.4f}) weights {np.round(w, 3).tolist()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
