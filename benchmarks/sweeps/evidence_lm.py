@@ -1,4 +1,4 @@
-"""Dev-only (session 7): does the LM's question likelihood help choose evidence sentences?
+"""Dev-only (session 7): does the LM's question likelihood, or the retriever's scores, help choose evidence sentences?
 
 UPR (Sachan et al. 2022) ranks a passage by log P(question | passage) under a causal LM. Here every
 candidate sentence of a development question's top-5 chunks gets the mean log-probability of the
@@ -8,9 +8,11 @@ to ``evidence_fit.py``'s cached cheap features and judged the same way: evidence
 mean share of the found reference characters over rates 0.25 / 0.33 / 0.4, on rows[1::6] and
 rows[3::6] only (hand-set weights on both sets, then 2-fold cross-validation).
 
-This first measures the signal with no regard to cost (one LM pass per sentence, far above the
+This first measures the LM signal with no regard to cost (one LM pass per sentence, far above the
 compressor's 1.3x-floor budget); only a clear win on both sets would justify building a
-budget-feasible version (rerank the top candidates only).
+budget-feasible version (rerank the top candidates only). The script also tries a context prior
+from the retriever's scores (each chunk's MiniLM cosine to the question) instead of its ranks.
+Results (none adopted): the session-7 paragraphs of ``compression/relevance.py``'s docstring.
 
 Run: ``.venv/bin/python benchmarks/sweeps/evidence_lm.py``
 """
@@ -115,6 +117,32 @@ def rerank(base, n: int, weight: float, feature: str):
     return score
 
 
+def chunk_cosines() -> dict[str, list[np.ndarray]]:
+    """MiniLM cosine of each top-5 chunk to its question (the dense retriever's own score), per development question."""
+    from evidence_dev import retrieved
+
+    from compression.extractive_models import default_encoder
+
+    encoder = default_encoder()
+    out = {}
+    for name, items in retrieved(["dev1", "dev3"]).items():
+        out[name] = []
+        for question, hits in items:
+            vectors = encoder.encode([question["question"]] + [h["text"] for h in hits])
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            out[name].append(vectors[1:] @ vectors[0])
+    return out
+
+
+def softmax_owner(d: dict, temperature: float) -> np.ndarray:
+    """Softmax of the chunk cosines over the top 5, rescaled so the best chunk gets 1 (like 1 / (1 + rank) does)."""
+    owner = np.array([s.context for s in d["pool"]])
+    cos = np.zeros(owner.max() + 1)
+    cos[owner] = d["chunk_cos"]
+    weights = np.exp((cos - cos.max()) / temperature)
+    return weights[owner]
+
+
 def main() -> None:
     from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR, best_neighbour, zscore
 
@@ -139,6 +167,20 @@ def main() -> None:
         variants[f"current + {w} z_upr"] = scorer(w_upr=w)
         variants[f"current + {w} z_upr_window"] = scorer(w_uprw=w)
         variants[f"current + {w} (z_upr + 0.5 nb)"] = scorer(w_upr=w, w_nb=0.5 * w)
+    # The retriever's own scores instead of its ranks: the prior from each chunk's cosine to the question.
+    chunk_cos = chunk_cosines()
+    for name in data:
+        for d, cos in zip(data[name], chunk_cos[name], strict=True):
+            owner = np.array([s.context for s in d["pool"]])
+            d["chunk_cos"], d["z_chunk"] = cos[owner], zscore(cos)[owner]
+    for p in (1.0, 2.0, 3.0):
+        variants[f"fused + {p} z(chunk cosine), no rank prior"] = lambda d, p=p: scorer()(d) - PRIOR * d["X"][:, 4] + p * d["z_chunk"]
+        variants[f"fused + {p} z(chunk cosine) + rank prior"] = lambda d, p=p: scorer()(d) + p * d["z_chunk"]
+    for t in (0.02, 0.05, 0.1):
+        variants[f"fused, prior {PRIOR} x softmax(chunk cosine / {t})"] = (
+            lambda d, t=t: scorer()(d) - PRIOR * d["X"][:, 4] + PRIOR * softmax_owner(d, t)
+        )
+
     # What a budget-feasible version could do: the LM scores only the top n candidates of the current scoring.
     for n in (10, 20, 30):
         for w in (0.5, 1.0):
