@@ -37,13 +37,14 @@ import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping, Sequence
 
 import faiss
 import numpy as np
+import orjson
 
 from retrieval.atomic import atomic_write_text, fsync_path
 from retrieval.base import Chunk, Document, Hit
@@ -202,7 +203,7 @@ def _corrupt(path: Path, problem: str) -> IndexCorruptedError:
 def _read_meta(vdir: Path) -> dict[str, Any]:
     path = vdir / "meta.json"
     try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
+        meta = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         raise _corrupt(path, "missing") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -441,7 +442,9 @@ class IndexStore:
     # ----------------------------------------------------------- write side
     def set_chunker_config(self, config: Mapping[str, Any]) -> None:
         """Record the chunker configuration of documents added from now on."""
-        json.dumps(dict(config))  # fail early if it cannot be persisted
+        # Fail early if it cannot be fingerprinted (json) or persisted (orjson, stricter: str keys only).
+        json.dumps(dict(config))
+        orjson.dumps(dict(config))
         if dict(config) != self._chunker_config:
             self._chunker_config = dict(config)
             self._dirty = True
@@ -565,7 +568,7 @@ class IndexStore:
             files[name] = {"size": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
         meta = self._meta(number, files)
         with open(tmp / "meta.json", "wb") as handle:
-            handle.write(json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+            handle.write(orjson.dumps(meta))  # UTF-8, compact; serialises the records' dataclasses directly
             handle.flush()
             os.fsync(handle.fileno())
         fsync_path(tmp)
@@ -573,12 +576,11 @@ class IndexStore:
         fsync_path(self.directory)
 
     def _meta(self, number: int, files: dict[str, Any]) -> dict[str, Any]:
-        documents = [dict(asdict(d), chunk_ids=list(d.chunk_ids)) for d in (self._docs[k] for k in sorted(self._docs))]
         return {
             "format": FORMAT_VERSION, "version": number, "model_id": self.model_id, "dim": self.dim,
             "factory": self.factory, "effective_factory": self.effective_factory,
             "chunker_config": self._chunker_config, "next_id": self._next_id, "files": files,
-            "documents": documents, "chunks": [asdict(c) for c in self.chunks()],
+            "documents": [self._docs[k] for k in sorted(self._docs)], "chunks": self.chunks(),
         }
 
     def _collect_garbage(self, keep: set[int]) -> None:

@@ -222,3 +222,24 @@ def test_search_needs_commit_first(tmp_path: Path) -> None:
     store.remove_document("doc000")
     with pytest.raises(IndexStoreError, match="commit"):
         store.search(unit_vectors(rng, 1), 3)
+
+
+def test_meta_json_is_what_dataclasses_asdict_would_write(tmp_path: Path) -> None:
+    """The shallow record dicts of a commit serialise exactly like ``dataclasses.asdict`` (the reference)."""
+    import json
+    from dataclasses import asdict
+
+    store = IndexStore(tmp_path, "model", DIM)
+    rng = np.random.default_rng(7)
+    fill(store, rng, range(3))
+    doc, chunks = fake_doc(9)
+    store.add_document(Document(doc.doc_id, "/src/ünïcode — doc.txt", doc.text, "h9"), chunks, unit_vectors(rng, len(chunks)))
+    store.remove_document("doc001")
+    number = store.commit()
+    written = json.loads((tmp_path / f"v{number:06d}" / "meta.json").read_text(encoding="utf-8"))
+    expected_docs = [dict(asdict(d), chunk_ids=list(d.chunk_ids)) for d in (store.documents[k] for k in sorted(store.documents))]
+    assert written["documents"] == expected_docs
+    assert written["chunks"] == [asdict(c) for c in store.chunks()]
+    assert [c["id"] for c in written["chunks"]] == sorted(c.id for c in store.chunks()) and len(written["chunks"]) == 4 * PER_DOC - PER_DOC
+    reopened = IndexStore.open(tmp_path)
+    assert reopened.chunks() == store.chunks() and dict(reopened.documents) == dict(store.documents)
