@@ -61,11 +61,12 @@ class Probe:
         """KV of ``ids`` computed after the given cache (cloned: the prefix stays untouched)."""
         import torch
 
+        from compression.hf_cache import cache_arg, returned_cache
         from compression.kv.assemble import cache_from_tensors, cache_tensors
 
         cache = cache_from_tensors(keys.clone(), values.clone())
-        out = self.model(input_ids=torch.tensor([list(ids)]), past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return cache_tensors(out.past_key_values)
+        out = self.model(input_ids=torch.tensor([list(ids)]), use_cache=True, logits_to_keep=1, **cache_arg(self.model, cache))
+        return cache_tensors(returned_cache(out))
 
     def filler_kv(self, name: str, prefix):
         if name not in self._filler_kv:
@@ -109,6 +110,7 @@ class Probe:
         """The reused cache (loaded and assembled) with layers >= m recomputed for every context token, jointly."""
         import torch
 
+        from compression.hf_cache import cache_arg
         from compression.kv.recovery import causal_mask
 
         cache = naive_cache(self.engine, prompt)
@@ -120,7 +122,7 @@ class Probe:
         mask = causal_mask(n, p, p + n, hidden.dtype)
         for layer in inner.layers[m:]:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions,
-                           past_key_values=cache, use_cache=True)
+                           use_cache=True, **cache_arg(layer, cache))
         return cache
 
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from compression.block_attention import blocks_attention, supported
+from compression.hf_cache import cache_arg
 
 # Inputs longer than the LM window restart the cache from the prefix plus this many kept tokens.
 REPRIME_TOKENS = 32
@@ -78,7 +79,7 @@ def prime(model: Any, prefix: Sequence[int]) -> Primed:
         raise ValueError("prime needs a non-empty prefix (e.g. the BOS / <|im_start|> token)")
     cache = DynamicCache()
     with torch.inference_mode():
-        out = model(torch.tensor([list(prefix)]), past_key_values=cache, use_cache=True)
+        out = model(torch.tensor([list(prefix)]), use_cache=True, **cache_arg(model, cache))
     layers = tuple((layer.keys, layer.values) for layer in cache.layers)
     return Primed(tuple(prefix), layers, out.logits[0, -1])
 
@@ -114,7 +115,7 @@ class IncrementalScorer:
         else:
             self.cache = DynamicCache()
             with torch.inference_mode():
-                last_logits = self.model(torch.tensor([ids]), past_key_values=self.cache, use_cache=True).logits[0, -1]
+                last_logits = self.model(torch.tensor([ids]), use_cache=True, **cache_arg(self.model, self.cache)).logits[0, -1]
         self.next_pos = len(ids)
         self.kept_ids = list(ids)
         self._last_logits = last_logits
@@ -160,10 +161,10 @@ class IncrementalScorer:
         """Run a window through the LM; keep its final hidden states (split head) or its logits."""
         self._split = splits_head(self.model)
         if self._split:
-            out = self.model.model(input_ids=ids, past_key_values=self.cache, position_ids=positions, use_cache=True)
+            out = self.model.model(input_ids=ids, position_ids=positions, use_cache=True, **cache_arg(self.model.model, self.cache))
             self._window_rows = out.last_hidden_state[0]
         else:
-            self._window_rows = self.model(ids, past_key_values=self.cache, position_ids=positions, use_cache=True).logits[0]
+            self._window_rows = self.model(ids, position_ids=positions, use_cache=True, **cache_arg(self.model, self.cache)).logits[0]
 
     def _logits_at(self, rows: list[int]) -> Any:
         """Logits of the given rows of the last window."""
@@ -208,7 +209,7 @@ class IncrementalScorer:
                 return float("nan")
         positions = torch.arange(self.next_pos, self.next_pos + len(ids)).unsqueeze(0)
         with torch.inference_mode():
-            out = self.model(torch.tensor([ids]), past_key_values=self.cache, position_ids=positions, use_cache=True)
+            out = self.model(torch.tensor([ids]), position_ids=positions, use_cache=True, **cache_arg(self.model, self.cache))
             preds = torch.cat([self._last_logits.unsqueeze(0), out.logits[0, :-1]], dim=0)
             nll = float(_surprisal(preds, torch.tensor(ids)).mean())
         self._truncate(length)

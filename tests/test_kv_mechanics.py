@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from compression.hf_cache import returned_cache
 from compression.kv.assemble import assemble, cache_tensors, encode_chunk, encode_prefix
 from compression.kv.base import CacheKey, ChunkKV, Prompt
 from compression.kv.blockwise import run_in_place
@@ -65,7 +66,7 @@ def test_rerotation_to_another_offset_equals_computing_there(tiny_llama):
 
     def keys_at(offset: int) -> torch.Tensor:
         out = model(input_ids=ids, position_ids=torch.arange(offset, offset + 13)[None], use_cache=True)
-        return cache_tensors(out.past_key_values)[0]
+        return cache_tensors(returned_cache(out))[0]
 
     at_5, at_300 = keys_at(5), keys_at(300)
     moved = rerotate(at_5, 295, inv_freq(model))

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
+from compression.hf_cache import cache_arg, returned_cache
 from compression.kv.base import CacheCorrupted, CacheMismatch, ChunkKV, KVStore, PrefixKV
 from compression.kv.keys import make_key
 from compression.kv.rope import inv_freq, rerotate
@@ -48,7 +49,7 @@ def encode_prefix(model: Any, token_ids: Sequence[int], model_id: str = "") -> P
         raise ValueError("the shared prefix is empty; the chat template's system turn should be in it")
     ids = torch.tensor([list(token_ids)])
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    keys, values = cache_tensors(out.past_key_values)
+    keys, values = cache_tensors(returned_cache(out))
     digest = hashlib.sha256(f"{model_id}|{list(token_ids)}".encode()).hexdigest()
     return PrefixKV(token_ids=tuple(token_ids), keys=keys, values=values, digest=digest)
 
@@ -59,8 +60,8 @@ def encode_chunk(model: Any, prefix: PrefixKV, token_ids: Sequence[int]) -> tupl
     if not token_ids:
         raise ValueError("cannot cache an empty chunk")
     cache = cache_from_tensors(prefix.keys, prefix.values)
-    out = model(input_ids=torch.tensor([list(token_ids)]), past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return cache_tensors(out.past_key_values, start=len(prefix.token_ids))
+    out = model(input_ids=torch.tensor([list(token_ids)]), use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
+    return cache_tensors(returned_cache(out), start=len(prefix.token_ids))
 
 
 def chunk_cache(lm: Any, prefix: PrefixKV, token_ids: Sequence[int], store: KVStore, tokenizer_sig: str) -> tuple[ChunkKV, bool]:

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
+from compression.hf_cache import cache_arg, returned_cache
 from compression.kv.assemble import assemble, chunk_cache, encode_prefix
 from compression.kv.blockwise import DEFAULT_BLOCK, grow_cache, run_in_place, supported
 from compression.kv.base import Generation, KVStore, PrefixKV, Prompt
@@ -52,9 +53,9 @@ def recompute_dense(model: Any, cache: Any, prompt: Prompt, selected: Sequence[i
         input_ids=torch.tensor([all_ids])[:, positions],
         position_ids=positions[None],
         attention_mask=mask,
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **cache_arg(model, cache),
     )
     n_selected = len(selected)
     for layer in cache.layers:
@@ -70,7 +71,7 @@ def recompute_dense(model: Any, cache: Any, prompt: Prompt, selected: Sequence[i
 def full_prefill(model: Any, prompt: Prompt) -> tuple[Any, torch.Tensor]:
     """The baseline: prefill the whole prompt; returns the cache and the last position's logits."""
     out = model(input_ids=torch.tensor([prompt.all_ids]), use_cache=True, logits_to_keep=1)
-    return out.past_key_values, out.logits[0, -1].float()
+    return returned_cache(out), out.logits[0, -1].float()
 
 
 @torch.inference_mode()
@@ -88,7 +89,7 @@ def greedy_continue(model: Any, cache: Any, first_logits: torch.Tensor, max_new_
             tokens.append(token)
             if len(tokens) == max_new_tokens:
                 break
-            out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            out = model(input_ids=torch.tensor([[token]]), use_cache=True, **cache_arg(model, cache))
             logits = out.logits[0, -1]
     return tokens
 

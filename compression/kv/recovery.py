@@ -29,6 +29,7 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
+from compression.hf_cache import cache_arg
 from compression.kv.base import Prompt
 from compression.kv.blockwise import run_in_place, supported
 from compression.kv.scaling import AttentionScaling
@@ -97,7 +98,7 @@ def early_layers(model: Any, token_ids: Sequence[int], first_position: int, cach
     embeddings = inner.rotary_emb(hidden, position_ids=positions)
     mask = causal_mask(ids.shape[1], first_position, first_position + ids.shape[1], hidden.dtype)
     for layer in inner.layers[:n_layers]:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions, past_key_values=cache, use_cache=True)
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions, use_cache=True, **cache_arg(layer, cache))
     return hidden
 
 
@@ -165,7 +166,7 @@ def question_attention(model: Any, cache: Any, prompt: Prompt, n_layers: int | N
     handles = [layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
     try:
         if n_layers is None:
-            model(input_ids=torch.tensor([list(prompt.suffix_ids)]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=torch.tensor([list(prompt.suffix_ids)]), use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
         else:
             early_layers(model, prompt.suffix_ids, len(prompt.prefix_ids) + len(prompt.context_ids), cache, n_layers)
     finally:
@@ -264,7 +265,7 @@ def refresh_layer(layer: Any, cache: Any, hidden: torch.Tensor, positions: torch
     mask = additive(torch.cat([old_allowed, positions[None, :] <= positions[:, None]], dim=1), hidden.dtype)
     embeddings = rotary(hidden, position_ids=positions[None])
     hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions[None],
-                   past_key_values=cache, use_cache=True)
+                   use_cache=True, **cache_arg(layer, cache))
     for name in ("keys", "values"):
         tensor = getattr(layer_cache, name)
         tensor[:, :, positions] = tensor[:, :, context_end:]

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from compression.hf_cache import cache_arg, hook_cache
 from compression.kv.base import Prompt
 from compression.kv.blockwise import run_in_place, supported
 
@@ -94,7 +95,7 @@ def attention_bias(model: Any, bias: torch.Tensor | None) -> Iterator[None]:
         hidden = kwargs["hidden_states"]
         n_queries = hidden.shape[1]
         mask = kwargs.get("attention_mask")
-        cached = kwargs["past_key_values"].layers[module.layer_idx].keys.shape[2] if mask is None else 0
+        cached = hook_cache(kwargs).layers[module.layer_idx].keys.shape[2] if mask is None else 0
         kv_length = mask.shape[-1] if mask is not None else cached + n_queries
         kwargs["attention_mask"] = _biased(mask, bias[module.layer_idx], n_queries, kv_length, hidden.dtype)
         return args, kwargs
@@ -131,6 +132,6 @@ def scaled_prefill(model: Any, cache: Any, prompt: Prompt, selected: Sequence[in
     allowed = (torch.arange(context_end + n_question)[None, :] <= rows)[None, None]
     mask = torch.zeros(allowed.shape, dtype=model.dtype).masked_fill_(~allowed, torch.finfo(model.dtype).min)
     with attention_bias(model, bias):
-        out = model(input_ids=torch.tensor([list(prompt.suffix_ids)]), attention_mask=mask, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+        out = model(input_ids=torch.tensor([list(prompt.suffix_ids)]), attention_mask=mask,
+                    use_cache=True, logits_to_keep=1, **cache_arg(model, cache))
     return out.logits[0, -1].float(), bias
