@@ -70,7 +70,13 @@ a prior from the retriever's scores instead of its ranks (each chunk's MiniLM co
 question, same script): z(chunk cosine) x 1 / 2 / 3 in place of the rank prior 0.799 / 0.929,
 0.811 / 0.919, 0.806 / 0.909, added to it 0.834 / 0.917, 0.812 / 0.930, 0.804 / 0.901; 3 x a
 softmax of the chunk cosines (temperature 0.02 / 0.05 / 0.1) in its place 0.842 / 0.907,
-0.816 / 0.926, 0.817 / 0.926.
+0.816 / 0.926, 0.817 / 0.926. A lead, not adopted: neighbour smoothing across chunk boundaries
+(a chunk's last sentence and the first sentence of the top-5 chunk that follows it in the source
+are neighbours; contexts stay separate, so token pruning is unchanged), link weight 0.5 / 1 / 2:
+evidence alone 0.865 / 0.926, 0.878 / 0.922, 0.846 / 0.922; whole compressor at rate 0.33
+(current 0.914 / 0.942): weight 0.5 0.918 / 0.942, weight 1 0.936 / 0.933. Weight 0.5 wins one set
+by 0.005 and ties the other: within a question's noise, and it needs the contexts' source spans
+in the compressor's API, so it was left for now (``evidence_lm.py --full-check 0.5 1.0``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ budget-feasible version (rerank the top candidates only). The script also tries 
 from the retriever's scores (each chunk's MiniLM cosine to the question) instead of its ranks.
 Results (none adopted): the session-7 paragraphs of ``compression/relevance.py``'s docstring.
 
-Run: ``.venv/bin/python benchmarks/sweeps/evidence_lm.py``
+Run: ``.venv/bin/python benchmarks/sweeps/evidence_lm.py`` (evidence alone, every variant);
+``... evidence_lm.py --full-check 0.5 1.0``: the whole compressor at rate 0.33 with neighbours across
+source-adjacent chunks at those weights, against the current compressor (minutes).
 """
 
 from __future__ import annotations
@@ -143,7 +145,103 @@ def softmax_owner(d: dict, temperature: float) -> np.ndarray:
     return weights[owner]
 
 
+def source_links() -> dict[str, list[list[tuple[int, int]]]]:
+    """Per development question: (last sentence of chunk a, first sentence of chunk b) for top-5 chunks a, b
+    where b starts at most 4 characters after a ends in the same corpus (pool indices, ``evidence_fit`` order)."""
+    from evidence_dev import retrieved
+
+    from compression.lm import load_causal_lm
+    from compression.relevance import sentences
+    from compression.units import split_units, tokenize
+
+    tokenizer = load_causal_lm().tokenizer
+    out = {}
+    for name, items in retrieved(["dev1", "dev3"]).items():
+        out[name] = []
+        for _, hits in items:
+            units = [split_units(h["text"], tokenize(tokenizer, h["text"])[1]) for h in hits]
+            pool = [s.context for i in range(len(hits)) for s in sentences(i, hits[i]["text"], units[i])]
+            first = {c: pool.index(c) for c in set(pool)}
+            last = {c: len(pool) - 1 - pool[::-1].index(c) for c in set(pool)}
+            pairs = [(last[a], first[b]) for a in first for b in first
+                     if a != b and hits[a]["corpus"] == hits[b]["corpus"] and 0 <= hits[b]["start"] - hits[a]["end"] <= 4]
+            out[name].append(pairs)
+    return out
+
+
+def cross_scores(d: dict, cross_weight: float) -> np.ndarray:
+    """The fused score with the neighbour term taken over in-chunk neighbours and the cross-chunk links
+    (a link's neighbour score weighted ``cross_weight`` relative to an in-chunk neighbour's)."""
+    from compression.relevance import NEIGHBOUR, PRIOR
+
+    X = d["X"]
+    own = X[:, 0] + X[:, 1]
+    neighbour = X[:, 3].copy()
+    for a, b in d["cross"]:
+        neighbour[a] = max(neighbour[a], cross_weight * own[b])
+        neighbour[b] = max(neighbour[b], cross_weight * own[a])
+    return own + NEIGHBOUR * neighbour + PRIOR * X[:, 4]
+
+
+def cross_choose_evidence(hits: list[dict], cross_weight: float):
+    """``relevance.choose_evidence`` with the neighbour term also across source-adjacent chunks of ``hits``."""
+    from compression import relevance
+    from retrieval.lexical import BM25Index
+
+    def choose(question, texts, units, order, budget, encoder=None):
+        pool = [s for i in order for s in relevance.sentences(i, texts[i], units[i])]
+        if budget <= 0 or not pool or encoder is None:
+            return relevance.choose_evidence(question, texts, units, order, budget, encoder)
+        rank_of = {c: r for r, c in enumerate(order)}
+        ranks = np.array([rank_of[s.context] for s in pool], dtype=np.float64)
+        pieces = [texts[s.context][units[s.context][s.first].start : units[s.context][s.last].end] for s in pool]
+        own = relevance.zscore(relevance.semantic_scores(question, pool, pieces, encoder)) + relevance.LEXICAL * relevance.zscore(BM25Index(pieces).scores(question))
+        neighbour = relevance.best_neighbour(pool, own)
+        first = {s.context: k for k, s in reversed(list(enumerate(pool)))}
+        last = {s.context: k for k, s in enumerate(pool)}
+        for a in first:
+            for b in first:
+                if a != b and hits[a]["corpus"] == hits[b]["corpus"] and 0 <= hits[b]["start"] - hits[a]["end"] <= 4:
+                    neighbour[last[a]] = max(neighbour[last[a]], cross_weight * own[first[b]])
+                    neighbour[first[b]] = max(neighbour[first[b]], cross_weight * own[last[a]])
+        scores = own + relevance.NEIGHBOUR * neighbour + relevance.PRIOR / (1.0 + ranks)
+        return relevance._greedy(pool, scores, budget, positive_only=False)
+
+    return choose
+
+
+def full_check(cross_weights: list[float]) -> None:
+    """The whole compressor at rate 0.33 with the question on the development sets, current vs cross-chunk neighbours."""
+    import statistics
+
+    from evidence_dev import MemoEncoder, retrieved
+
+    import compression.llmlingua as llmlingua
+    import compression_llmlingua as bench
+    from compression.base import Budget
+    from compression.extractive_models import default_encoder
+
+    corpora, encoder, original = bench.load_corpora(), MemoEncoder(default_encoder()), llmlingua.choose_evidence
+    compressor = llmlingua.LLMLinguaCompressor(encoder=encoder)
+    for weight in [None, *cross_weights]:
+        for name, items in retrieved(["dev1", "dev3"]).items():
+            shares = []
+            for question, hits in items:
+                llmlingua.choose_evidence = original if weight is None else cross_choose_evidence(hits, weight)
+                contexts = [h["text"] for h in hits]
+                result = compressor.compress(contexts, Budget(rate=0.33), question=question["question"])
+                found, kept = bench.survival(question, hits, corpora, bench.ragpress_masks(contexts, result))
+                if found:
+                    shares.append(kept / found)
+            label = "current" if weight is None else f"cross-chunk neighbours x {weight}"
+            print(f"full compressor @0.33 {name} {label}: {statistics.mean(shares):.4f} over {len(shares)}", flush=True)
+    llmlingua.choose_evidence = original
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--full-check"]:
+        full_check([float(w) for w in sys.argv[2:]])
+        return
     from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR, best_neighbour, zscore
 
     data, extra = fit.build(), build_lm()
@@ -180,6 +278,15 @@ def main() -> None:
         variants[f"fused, prior {PRIOR} x softmax(chunk cosine / {t})"] = (
             lambda d, t=t: scorer()(d) - PRIOR * d["X"][:, 4] + PRIOR * softmax_owner(d, t)
         )
+
+    # Neighbour smoothing across chunk boundaries: a chunk's last sentence and the first sentence of the
+    # top-5 chunk that follows it in the source are neighbours (evidence that runs over a chunk boundary).
+    links = source_links()
+    for name in data:
+        for d, pairs in zip(data[name], links[name], strict=True):
+            d["cross"] = pairs
+    for w in (0.5, 1.0, 2.0):
+        variants[f"fused, neighbours across source-adjacent chunks x {w}"] = lambda d, w=w: cross_scores(d, w)
 
     # What a budget-feasible version could do: the LM scores only the top n candidates of the current scoring.
     for n in (10, 20, 30):
