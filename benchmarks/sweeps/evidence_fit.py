@@ -291,6 +291,17 @@ def nested_residual(train: list[dict], test: list[dict], l2s=(0.1, 1.0, 10.0)) -
     return evaluate(test, scorer(train, candidates[name])), f"{name} (inner {', '.join(f'{n} {v:.4f}' for n, v in inner.items())})"
 
 
+def candidate_pool(texts, units, order):
+    """``relevance.choose_evidence``'s candidate sentences (contexts in ``order``), their context ranks and texts."""
+    from compression import relevance
+
+    pool = [s for i in order for s in relevance.sentences(i, texts[i], units[i])]
+    rank_of = {c: r for r, c in enumerate(order)}
+    ranks = np.array([rank_of[s.context] for s in pool], dtype=np.float64)
+    pieces = [texts[s.context][units[s.context][s.first].start : units[s.context][s.last].end] for s in pool]
+    return pool, ranks, pieces
+
+
 def fitted_choose_evidence(weights: dict[str, float]):
     """``relevance.choose_evidence`` with the fused score replaced by ``weights`` over z cosine, z BM25
     (words), z BM25 (Snowball stems), the better neighbour's z cosine + z BM25, and 1 / (1 + rank)."""
@@ -302,12 +313,9 @@ def fitted_choose_evidence(weights: dict[str, float]):
     stemmer = snowballstemmer.stemmer("english")
 
     def choose(question, texts, units, order, budget, encoder=None):
-        pool = [s for i in order for s in relevance.sentences(i, texts[i], units[i])]
+        pool, ranks, pieces = candidate_pool(texts, units, order)
         if budget <= 0 or not pool or encoder is None:
             return relevance.choose_evidence(question, texts, units, order, budget, encoder)
-        rank_of = {c: r for r, c in enumerate(order)}
-        ranks = np.array([rank_of[s.context] for s in pool], dtype=np.float64)
-        pieces = [texts[s.context][units[s.context][s.first].start : units[s.context][s.last].end] for s in pool]
         z_bm, z_cos = relevance.zscore(BM25Index(pieces).scores(question)), relevance.zscore(relevance.semantic_scores(question, pool, pieces, encoder))
         z_stem = relevance.zscore(stem_bm25(pieces, question, stemmer))
         scores = (

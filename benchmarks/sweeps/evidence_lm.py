@@ -189,12 +189,9 @@ def cross_choose_evidence(hits: list[dict], cross_weight: float):
     from retrieval.lexical import BM25Index
 
     def choose(question, texts, units, order, budget, encoder=None):
-        pool = [s for i in order for s in relevance.sentences(i, texts[i], units[i])]
+        pool, ranks, pieces = fit.candidate_pool(texts, units, order)
         if budget <= 0 or not pool or encoder is None:
             return relevance.choose_evidence(question, texts, units, order, budget, encoder)
-        rank_of = {c: r for r, c in enumerate(order)}
-        ranks = np.array([rank_of[s.context] for s in pool], dtype=np.float64)
-        pieces = [texts[s.context][units[s.context][s.first].start : units[s.context][s.last].end] for s in pool]
         own = relevance.zscore(relevance.semantic_scores(question, pool, pieces, encoder)) + relevance.LEXICAL * relevance.zscore(BM25Index(pieces).scores(question))
         neighbour = relevance.best_neighbour(pool, own)
         first = {s.context: k for k, s in reversed(list(enumerate(pool)))}
