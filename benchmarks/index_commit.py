@@ -24,23 +24,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import asdict
-from importlib.metadata import version
 from pathlib import Path
 from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
+
+from indexing import machine  # noqa: E402  (benchmarks/indexing.py: CPU, load average, versions)
 
 from retrieval import index_store  # noqa: E402
 from retrieval.atomic import atomic_write_text, fsync_path  # noqa: E402
@@ -171,10 +171,7 @@ def main() -> None:
     parser.add_argument("--name", default="index_commit")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
-    host = {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "faiss-cpu": version("faiss-cpu"), "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]}
-    cpu = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-    host["cpu"] = cpu[0] if cpu else host["cpu"]
+    host = machine()  # now, so its load average is the one at the start
     scratch = Path(tempfile.mkdtemp(prefix="ragpress-index-commit-"))
     try:
         rows = []

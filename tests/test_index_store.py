@@ -225,7 +225,7 @@ def test_search_needs_commit_first(tmp_path: Path) -> None:
 
 
 def test_meta_json_is_what_dataclasses_asdict_would_write(tmp_path: Path) -> None:
-    """The shallow record dicts of a commit serialise exactly like ``dataclasses.asdict`` (the reference)."""
+    """meta.json, written by orjson straight from the records, holds what ``dataclasses.asdict`` gives (the reference)."""
     import json
     from dataclasses import asdict
 
