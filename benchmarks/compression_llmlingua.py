@@ -455,8 +455,8 @@ def markdown(report: dict) -> str:
             "",
             "The question-mode defaults (evidence share 0.9; fused relevance: BM25 weight 1, neighbour weight 0.5, rank prior "
             "3/(1+rank)) were chosen on rows[1::6] and rows[3::6]; rows[5::6], "
-            "rows[2::6]+rows[4::6] (added in session 4 before its tuning, not studied question by question) and the 30 "
-            "benchmark questions above (rows[0::6]) were not used for tuning. `before`: the session-3 code (see BEFORE in "
+            "rows[2::6]+rows[4::6] (added in session 4 before its tuning; session 8 looked at where their lost characters sit) "
+            "and the 30 benchmark questions above (rows[0::6]) were not used for tuning. `before`: the session-3 code (see BEFORE in "
             "the script).",
             "",
             "| rows of questions.csv | questions (with found reference) | ragpress mean share | before | max rate error |",
@@ -467,59 +467,13 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {name} | {h['questions']} ({h['questions_with_found_reference']}) | {h['ragpress_mean_share']:.3f} | {before} | {h['ragpress_rate_max_error']:.3f} |"
             )
-        lines += ["", TRIED, "", TRIED_SESSION5, "", TRIED_SESSION6]
+        lines += ["", TRIED]
     return "\n".join(lines) + "\n"
 
 
 TRIED = (
-    "Tried in session 4, on the development sets only (evidence sentences alone, `benchmarks/sweeps/evidence_dev.py`; "
-    "mean share over rates 0.25/0.33/0.4, rows[1::6] / rows[3::6]): session-3 scoring 0.854 / 0.925; BM25 on stems "
-    "instead of words 0.866 / 0.887; words + stems 0.850 / 0.925 (at rates 0.2/0.3/0.5: 0.828 / 0.915 vs 0.812 / 0.902 "
-    "for session 3; the only variant measured at both rate groups whose mean over the four figures beat session 3's, "
-    "0.880 vs 0.873, about one question per set. Run as the default through this whole benchmark, it kept 0.882 / "
-    "0.941 on the development sets with the whole compressor (0.914 / 0.942 before), so it was NOT adopted; that run "
-    "also gave 0.848 on the benchmark questions, 0.853 on rows[5::6] and 0.827 on rows[2::6]+rows[4::6] — a change "
-    "within question-to-question noise, not an improvement); rank prior 2.5 "
-    "0.851 / 0.921 (at rate 0.33: prior 2 0.868 / 0.939, 1.5 0.843 / 0.939 vs 3: 0.904 / 0.939); strong evidence "
-    "exempt from the rank prior (own z-score >= 2, 2.5, 3) 0.842 / 0.879, 0.849 / 0.897, 0.852 / 0.918 (with stems, >= 2: "
-    "0.867 / 0.929 but 0.822 / 0.876 at 0.2/0.3/0.5); question-term coverage (a covered term's BM25 weight x0.8 after "
-    "each chosen sentence, with stems) 0.877 / 0.893 (x0.5 / x0.7 without stems at rate 0.33: 0.874 / 0.886, 0.877 / "
-    "0.917); skipping near-duplicates (cosine >= 0.9 / 0.95 to a chosen sentence) changed nothing on these sets. "
-    "Their code is in commit 90d332a (switches of `compression/relevance.py`), removed afterwards since none was adopted."
-)
-TRIED_SESSION5 = (
-    "Tried in session 5, on the development sets only: fitting the evidence scoring instead of hand-tuning it "
-    "(`benchmarks/sweeps/evidence_fit.py`; 2-fold cross-validation: fit on one development set, evidence sentences "
-    "alone on the other, mean share over rates 0.25/0.33/0.4; held-out rows[3::6] / rows[1::6], current scoring "
-    "0.926 / 0.854). Features: z MiniLM cosine, z BM25 on words and on Snowball stems, the better neighbour's score, "
-    "the rank prior, log length, question-term coverage, first-sentence flag, cosine rank within the context (and "
-    "context-level best / mean scores); label: the sentence's reference characters. Logistic regression 0.905 / "
-    "0.835, per-question softmax 0.894 / 0.801, pairwise logistic 0.905 / 0.843, coordinate search on the measure "
-    "itself 0.900 / 0.830; the current four terms refitted 0.877 / 0.857 (softmax), 0.850 / 0.854 (search); feature "
-    "set and L2 chosen by CV inside the training fold 0.906 / 0.818; current score plus a shrunk correction 0.876 / "
-    "0.848. Search over the current terms plus stems tied (0.926 / 0.854, +0.0007 / +0.0006, under one question at "
-    "one rate); refitted on both sets and run through the whole compressor at rate 0.33 it kept 0.913 / 0.933 on rows[1::6] / rows[3::6] vs "
-    "0.914 / 0.942, so it was NOT adopted and this benchmark was not rerun for it. With a perfect scoring the "
-    "evidence budget would keep 0.995 / 1.000 (rows[1::6] / rows[3::6]) of the found reference: the loss is in the scoring, mostly evidence "
-    "split over two chunks whose lower-ranked part has little cosine or BM25 signal. Pseudo-relevance feedback "
-    "(the top 1-3 evidence sentences' mean MiniLM vector and their words as a second query, weight 0.1-1.0, "
-    "evidence alone, rates 0.25/0.33/0.4) lost on both development sets: best 0.853 / 0.921 vs 0.854 / 0.925 "
-    "(rows[1::6] / rows[3::6])."
-)
-
-TRIED_SESSION6 = (
-    "Tried in session 6, on the development sets only: stitching the top-5 chunks that are contiguous in their "
-    "corpus (gap of at most 4 whitespace characters, filled from the corpus; overlapping windows read once) into "
-    "one context in source order before compressing (`compression/stitch.py`, `benchmarks/sweeps/evidence_dev.py "
-    "--stitch` at commit 9152f8f, removed afterwards; 62 / 47 joins over the 170 / 165 chunks of rows[1::6] / rows[3::6]). The measure is unchanged: the "
-    "kept characters are mapped back to the original chunks. Evidence sentences alone (mean share over rates "
-    "0.25/0.33/0.4; current 0.854 / 0.925): the stitched context's best rank for all its sentences 0.838 / 0.901 "
-    "(rank prior 1 / 2 / 4: 0.802 / 0.889, 0.824 / 0.887, 0.827 / 0.890; neighbour weight 0.8: 0.801 / 0.865); each "
-    "sentence with the retrieval rank of the chunk it comes from (the better one across a boundary) 0.875 / 0.925. "
-    "Whole compressor at rate 0.33 with that prior: 0.924 / 0.932 vs 0.914 / 0.942, so it was NOT adopted (it had "
-    "to win on both sets) and this benchmark was not rerun for it. Stitched contexts are also longer than one "
-    "scoring window (256 tokens), so ragpress leaves its one-pass packed scoring for the windowed path, which costs "
-    "time against the 1.3x floor target."
+    "What was tried to keep more of the reference, session by session, and why none of it was adopted: "
+    "[evidence_tried.md](evidence_tried.md) (hand-written)."
 )
 
 

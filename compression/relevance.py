@@ -15,68 +15,17 @@ the budget is token-pruned as usual. Two scorings (``SCORINGS``):
 * ``"bm25"``: BM25 plus ``NEIGHBOUR`` times the better neighbour's, times ``1 / (1 + rank)``;
   sentences without a question term are never evidence.
 
-Why (development questions rows[1::6] / rows[3::6] of the shared questions.csv, top-5 chunks,
-rate 0.33; share of the reference characters retrieval found that are kept). Evidence sentences
-alone (0.9 of the budget): BM25 x prior 0.785 / 0.906, MiniLM cosine alone 0.695 / 0.800, context
-order 0.741 / 0.825, fused 0.898 / 0.914; multiplying the fused score by the prior, reciprocal-rank
-fusion, the window/passage views of the extractive scorer, shorter sentence pieces, length
-normalisation or a bonus for neighbours of chosen sentences did no better. Whole compressor:
-BM25 0.796 / 0.915, fused 0.911 / 0.924 (evidence share 1.0: 0.922 / 0.921, within noise, so the
-token-pruned share stays); with sentences also cut at record boundaries (``}, {``: chat-log
-messages) 0.904 / 0.939 for evidence alone (0.898 / 0.914 without). The LM's attention (q.k pooled per sentence) kept 0.20 on rows[3::6].
-
-Session 4 (same development sets, evidence alone; mean share over rates 0.25/0.33/0.4, then over
-0.2/0.3/0.5; code of these variants: commit 90d332a, removed afterwards as none was adopted):
-session 3's scoring 0.854 / 0.925, 0.812 / 0.902; BM25 over Snowball stems only 0.866 / 0.887;
-words + stems 0.850 / 0.925, 0.828 / 0.915, but the whole compressor with them kept 0.882 / 0.941 at
-rate 0.33 (0.914 / 0.942 with words), so words stay. Not better either: discounting a question
-term's BM25 weight once a chosen sentence covers it (x0.8 with stems 0.877 / 0.893; x0.5 / x0.7
-without, rate 0.33 only: 0.874 / 0.886, 0.877 / 0.917 vs 0.904 / 0.939), exempting strong evidence
-(own fused z >= 2 / 2.5 / 3) from the rank prior (0.842 / 0.879, 0.849 / 0.897, 0.852 / 0.918), a
-weaker prior (2.5: 0.851 / 0.921; at rate 0.33, 2 and 1.5: 0.868 / 0.939, 0.843 / 0.939), skipping
-near-duplicates (cosine >= 0.9 / 0.95 to a chosen sentence: no change).
-
-Session 5: fitting the scoring instead of hand-tuning it (logistic regression, per-question softmax,
-pairwise, a search on the measure itself; up to 12 cheap features incl. Snowball stems; 2-fold
-cross-validation over the development sets, ``benchmarks/sweeps/evidence_fit.py``) did not beat
-these constants on either held-out fold (figures: notes of benchmarks/results/compression_llmlingua.md).
-A perfect scoring would keep 0.995 / 1.000 of the evidence there: the loss is all in the scoring,
-mostly evidence spread over two chunks whose lower-ranked part has little cosine or BM25 signal.
-Pseudo-relevance feedback (the top 1-3 sentences' mean vector and words as a second query, weight
-0.1-1.0) lost on both folds (best 0.853 / 0.921).
-
-Session 6: stitching the top-5 chunks that are contiguous in their source into one context before
-compressing (``compression/stitch.py`` and ``evidence_dev.py --stitch`` at commit 9152f8f, removed
-afterwards as it was not adopted; 62 / 47 joins over the 170 / 165 chunks; the measure unchanged:
-kept characters mapped back to the original chunks). Evidence alone
-(rates 0.25/0.33/0.4, rows[1::6] / rows[3::6]; current 0.854 / 0.925): the stitched context's best
-rank for all its sentences 0.838 / 0.901 (PRIOR 1 / 2 / 4: 0.802 / 0.889, 0.824 / 0.887, 0.827 /
-0.890; NEIGHBOUR 0.8: 0.801 / 0.865); each sentence with the rank of the chunk it comes from (the
-better one across a boundary) 0.875 / 0.925. Whole compressor at rate 0.33 with
-that prior: 0.924 / 0.932 vs 0.914 / 0.942, so NOT adopted (it had to win on both). Stitched
-contexts are also longer than one scoring window (256 tokens), so the compressor leaves its
-one-pass packed scoring for the windowed path, which costs time against the 1.3x floor target.
-
-Session 7: the LM's question likelihood (UPR: mean log P(question | "Passage: <sentence>\nQuestion:")
-under SmolLM2-135M, per sentence and per sentence with its neighbours;
-``benchmarks/sweeps/evidence_lm.py``, cost ignored) does not help. Evidence alone, rates
-0.25/0.33/0.4, rows[1::6] / rows[3::6], current 0.854 / 0.925: the LM score alone + the rank prior
-0.751 / 0.877 (with neighbours 0.827 / 0.856); added to the fused score with weight 0.25 / 0.5 / 1 / 2
-0.843 / 0.921, 0.814 / 0.907, 0.777 / 0.896, 0.746 / 0.864 (with neighbours 0.848 / 0.910,
-0.862 / 0.910, 0.840 / 0.880, 0.813 / 0.869); only the top 10-30 sentences rescored, at best
-0.862 / 0.910; fitted on one set (listwise / coordinate search), held out 0.890 / 0.852 and
-0.838 / 0.840. No variant wins on both sets, so nothing was built into the compressor. Nor does
-a prior from the retriever's scores instead of its ranks (each chunk's MiniLM cosine to the
-question, same script): z(chunk cosine) x 1 / 2 / 3 in place of the rank prior 0.799 / 0.929,
-0.811 / 0.919, 0.806 / 0.909, added to it 0.834 / 0.917, 0.812 / 0.930, 0.804 / 0.901; 3 x a
-softmax of the chunk cosines (temperature 0.02 / 0.05 / 0.1) in its place 0.842 / 0.907,
-0.816 / 0.926, 0.817 / 0.926. A lead, not adopted: neighbour smoothing across chunk boundaries
-(a chunk's last sentence and the first sentence of the top-5 chunk that follows it in the source
-are neighbours; contexts stay separate, so token pruning is unchanged), link weight 0.5 / 1 / 2:
-evidence alone 0.865 / 0.926, 0.878 / 0.922, 0.846 / 0.922; whole compressor at rate 0.33
-(current 0.914 / 0.942): weight 0.5 0.918 / 0.942, weight 1 0.936 / 0.933. Weight 0.5 wins one set
-by 0.005 and ties the other: within a question's noise, and it needs the contexts' source spans
-in the compressor's API, so it was left for now (``evidence_lm.py --full-check 0.5 1.0``).
+Why these scorings and constants (development questions rows[1::6] / rows[3::6] of the shared
+questions.csv, top-5 chunks, rate 0.33; share of the reference characters retrieval found that are
+kept). Evidence sentences alone: BM25 x prior 0.785 / 0.906, MiniLM cosine alone 0.695 / 0.800,
+context order 0.741 / 0.825, fused 0.898 / 0.914; whole compressor: BM25 0.796 / 0.915, fused
+0.911 / 0.924. Cutting sentences at record boundaries (``}, {``) gave 0.904 / 0.939 for evidence alone.
+Everything tried since (stems, coverage, fitted scorings, PRF, stitching source-adjacent chunks,
+the LM's question likelihood, retriever-score priors, late-chunked vectors, token MaxSim,
+per-context diminishing returns) did not win on both development sets, and the constants stay the
+best of their grid on all four non-benchmark question sets together: ``benchmarks/results/evidence_tried.md`` has every figure and
+where the remaining loss sits (reference sentences in lower-ranked chunks, outscored by a top chunk on
+the same subject).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ development set, choose evidence greedily on the other with the compressor's bud
 rate's target) at rates 0.25 / 0.33 / 0.4, and report the share of found reference characters
 inside the chosen sentences (evidence_dev.py's ``evidence`` measure; it reproduces its 0.854 /
 0.925 for the current scoring) next to the current scoring on the same questions. Only the
-development sets are read. Session 5's figures (none adopted) are in the notes of benchmarks/results/compression_llmlingua.md.
+development sets are read. Session 5's figures (none adopted): benchmarks/results/evidence_tried.md.
 
 Runs (session 5):
   ``.venv/bin/python benchmarks/sweeps/evidence_fit.py --features z_cos z_bm25 z_stem nb_fused prior log_len coverage first ctx_rank_cos``

@@ -23,6 +23,8 @@ at, so only the benchmark's rows[0::6] stays unseen. The context-penalty figures
 two sets too. ``--grid``: the fused score's three constants (LEXICAL, NEIGHBOUR, PRIOR) over a grid,
 judged on all four non-benchmark sets at once (do the constants only suit the development sets?).
 
+Results (none adopted): session 8 of ``benchmarks/results/evidence_tried.md``.
+
 Run: ``.venv/bin/python benchmarks/sweeps/evidence_late.py [--context-penalty] [--diagnose] [--grid]`` (features
 cached in ``$TMPDIR``; about a minute each).
 """

@@ -12,7 +12,7 @@ This first measures the LM signal with no regard to cost (one LM pass per senten
 compressor's 1.3x-floor budget); only a clear win on both sets would justify building a
 budget-feasible version (rerank the top candidates only). The script also tries a context prior
 from the retriever's scores (each chunk's MiniLM cosine to the question) instead of its ranks.
-Results (none adopted): the session-7 paragraphs of ``compression/relevance.py``'s docstring.
+Results (none adopted): session 7 of ``benchmarks/results/evidence_tried.md``.
 
 Run: ``.venv/bin/python benchmarks/sweeps/evidence_lm.py`` (evidence alone, every variant);
 ``... evidence_lm.py --full-check 0.5 1.0``: the whole compressor at rate 0.33 with neighbours across
