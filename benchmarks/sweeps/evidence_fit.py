@@ -105,9 +105,10 @@ def stem_bm25(pieces: list[str], question: str, stemmer) -> np.ndarray:
     return np.asarray(BM25Okapi(docs).get_scores(stemmer.stemWords(lexical_tokens(question))), dtype=np.float64)
 
 
-def build() -> dict[str, list[dict]]:
-    if CACHE.exists():
-        return pickle.loads(CACHE.read_bytes())
+def build(names: tuple[str, ...] = ("dev1", "dev3"), cache: Path = CACHE) -> dict[str, list[dict]]:
+    """Every question's features for the sets ``names`` (evidence_dev.SETS), cached in ``cache``."""
+    if cache.exists():
+        return pickle.loads(cache.read_bytes())
     import snowballstemmer
     from evidence_dev import MemoEncoder, retrieved
 
@@ -120,11 +121,11 @@ def build() -> dict[str, list[dict]]:
     stemmer = snowballstemmer.stemmer("english")
     data = {
         name: [question_data(q, hits, corpora, tokenizer, encoder, stemmer) for q, hits in items]
-        for name, items in retrieved(["dev1", "dev3"]).items()
+        for name, items in retrieved(list(names)).items()
     }
-    tmp = CACHE.with_suffix(".tmp")
+    tmp = cache.with_suffix(".tmp")
     tmp.write_bytes(pickle.dumps(data))
-    os.replace(tmp, CACHE)
+    os.replace(tmp, cache)
     return data
 
 

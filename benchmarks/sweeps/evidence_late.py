@@ -108,26 +108,7 @@ def build_late() -> dict[str, list[dict]]:
 
 def build_other() -> dict[str, list[dict]]:
     """``evidence_fit``'s features for rows[5::6] and rows[2::6] + rows[4::6] (cached in ``$TMPDIR``)."""
-    cache = CACHE.with_name("ragpress_evidence_other_features.pkl")
-    if cache.exists():
-        return pickle.loads(cache.read_bytes())
-    import snowballstemmer
-    from evidence_dev import MemoEncoder, retrieved
-
-    import compression_llmlingua as bench
-    from compression.extractive_models import default_encoder
-    from compression.lm import load_causal_lm
-
-    tokenizer, encoder = load_causal_lm().tokenizer, MemoEncoder(default_encoder())
-    corpora, stemmer = bench.load_corpora(), snowballstemmer.stemmer("english")
-    data = {
-        name: [fit.question_data(q, hits, corpora, tokenizer, encoder, stemmer) for q, hits in items]
-        for name, items in retrieved(["rows5", "s4"]).items()
-    }
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(data))
-    os.replace(tmp, cache)
-    return data
+    return fit.build(("rows5", "s4"), CACHE.with_name("ragpress_evidence_other_features.pkl"))
 
 
 def penalised_greedy(pool, scores: np.ndarray, budget: int, lam: float) -> list[int]:
