@@ -3,7 +3,7 @@
 The fused evidence score embeds every candidate sentence *alone*, so a sentence that continues its
 chunk's topic without naming it ("It was released in 2004.") gets little cosine signal; session 5
 found most of the remaining loss in such sentences. Two signals from one MiniLM pass over each whole
-top-5 chunk (no LM, cheaper than the per-sentence encoding the compressor does now):
+top-5 chunk (no LM; one MiniLM pass per chunk instead of the compressor's one per sentence):
 
 * **late chunking** (Günther et al. 2024, "Late Chunking"): the chunk is encoded once and each
   sentence's vector is the mean of the chunk's token vectors inside the sentence's characters, so it
