@@ -23,9 +23,9 @@ context order 0.741 / 0.825, fused 0.898 / 0.914; whole compressor: BM25 0.796 /
 Everything tried since (stems, coverage, fitted scorings, PRF, stitching source-adjacent chunks,
 the LM's question likelihood, retriever-score priors, late-chunked vectors, token MaxSim,
 per-context diminishing returns) did not win on both development sets, and the constants stay the
-best of their grid on all four non-benchmark question sets together: ``benchmarks/results/evidence_tried.md`` has every figure and
-where the remaining loss sits (reference sentences in lower-ranked chunks, outscored by a top chunk on
-the same subject).
+best of their grid on all four non-benchmark question sets together.
+``benchmarks/results/evidence_tried.md`` has every figure and where the remaining loss sits
+(reference sentences in lower-ranked chunks, outscored by a top chunk on the same subject).
 """
 
 from __future__ import annotations

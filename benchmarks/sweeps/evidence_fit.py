@@ -129,6 +129,14 @@ def build(names: tuple[str, ...] = ("dev1", "dev3"), cache: Path = CACHE) -> dic
     return data
 
 
+def paired(data: dict[str, list[dict]], extra: dict[str, list[dict]], key: str):
+    """(record, extra features) of every question, checking the extra ``key`` follows the record's pool order."""
+    for name in data:
+        for d, e in zip(data[name], extra[name], strict=True):
+            assert len(e[key]) == len(d["pool"]), "pool order differs from evidence_fit's"
+            yield d, e
+
+
 # -- scoring and evaluation --------------------------------------------------------------------
 
 

@@ -169,22 +169,36 @@ def diagnose(data: dict[str, list[dict]], rate: float = 0.33) -> None:
             print(f"    {label:40s} {chars / lost_total:.2f} of {lost_total} lost characters")
 
 
+def fused(w_cos=1.0, w_bm25=None, w_late=0.0, w_maxsim=0.0, neighbour=None, prior=None):
+    """``relevance.fused_scores`` from the cached features, with its constants (None: the shipped ones) and
+    the cosine term replaced or joined by the late-chunked / MaxSim signals (neighbours recomputed)."""
+    from compression import relevance
+
+    w_bm25 = relevance.LEXICAL if w_bm25 is None else w_bm25
+    neighbour = relevance.NEIGHBOUR if neighbour is None else neighbour
+    prior = relevance.PRIOR if prior is None else prior
+
+    def score(d):
+        X = d["X"]
+        own = w_cos * X[:, 0] + w_bm25 * X[:, 1]
+        if w_late or w_maxsim:
+            own = own + w_late * d["z_late"] + w_maxsim * d["z_maxsim"]
+        return own + neighbour * relevance.best_neighbour(d["pool"], own) + prior * X[:, 4]
+
+    return score
+
+
 def constants_grid(data: dict[str, list[dict]]) -> None:
     """The fused score's constants over a grid; the best 8 by the mean over all sets, and the current ones."""
     import itertools
 
-    from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR, best_neighbour
-
-    def scorer(lexical, neighbour, prior):
-        def score(d):
-            own = d["X"][:, 0] + lexical * d["X"][:, 1]
-            return own + neighbour * best_neighbour(d["pool"], own) + prior * d["X"][:, 4]
-
-        return score
+    from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR
 
     rows = []
     for constants in itertools.product((0.5, 1.0, 1.5), (0.25, 0.5, 0.75), (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)):
-        shares = [fit.evaluate(data[name], scorer(*constants)) for name in data]
+        lexical, neighbour, prior = constants
+        scorer = fused(w_bm25=lexical, neighbour=neighbour, prior=prior)
+        shares = [fit.evaluate(data[name], scorer) for name in data]
         rows.append((float(np.mean(shares)), constants, shares))
     rows.sort(key=lambda row: -row[0])
     for mean, constants, shares in rows[:8] + [r for r in rows if r[1] == (LEXICAL, NEIGHBOUR, PRIOR)]:
@@ -193,32 +207,21 @@ def constants_grid(data: dict[str, list[dict]]) -> None:
 
 
 def main() -> None:
-    from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR, best_neighbour, zscore
+    from compression.relevance import zscore
 
     if {"--diagnose", "--context-penalty", "--grid"} & set(sys.argv):
         other = build_other()
+        every_set = {**fit.build(), **other}
         if "--grid" in sys.argv:
-            constants_grid({**fit.build(), **other})
+            constants_grid(every_set)
         if "--diagnose" in sys.argv:
             diagnose(other)
         if "--context-penalty" in sys.argv:
-            context_penalty({**fit.build(), **other})
+            context_penalty(every_set)
         return
-    data, extra = fit.build(), build_late()
-    for name in data:
-        for d, e in zip(data[name], extra[name], strict=True):
-            assert len(e["late"]) == len(d["pool"]), "pool order differs from evidence_fit's"
-            d["z_late"], d["z_maxsim"] = zscore(e["late"]), zscore(e["maxsim"])
-
-    def fused(w_cos=1.0, w_late=0.0, w_maxsim=0.0, w_bm25=LEXICAL):
-        """The current score with the cosine term replaced / joined by the new signals (neighbours recomputed)."""
-
-        def score(d):
-            X = d["X"]
-            own = w_cos * X[:, 0] + w_bm25 * X[:, 1] + w_late * d["z_late"] + w_maxsim * d["z_maxsim"]
-            return own + NEIGHBOUR * best_neighbour(d["pool"], own) + PRIOR * X[:, 4]
-
-        return score
+    data = fit.build()
+    for d, e in fit.paired(data, build_late(), "late"):
+        d["z_late"], d["z_maxsim"] = zscore(e["late"]), zscore(e["maxsim"])
 
     variants = {"current (recomputed)": fused(), "current (cached)": fit.current_scores}
     variants["late in place of cosine"] = fused(w_cos=0.0, w_late=1.0)

@@ -241,12 +241,10 @@ def main() -> None:
         return
     from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR, best_neighbour, zscore
 
-    data, extra = fit.build(), build_lm()
-    for name in data:
-        for d, e in zip(data[name], extra[name], strict=True):
-            assert len(e["upr"]) == len(d["pool"]), "pool order differs from evidence_fit's"
-            d["z_upr"], d["z_uprw"] = zscore(e["upr"]), zscore(e["upr_window"])
-            d["nb_upr"] = best_neighbour(d["pool"], d["z_upr"])
+    data = fit.build()
+    for d, e in fit.paired(data, build_lm(), "upr"):
+        d["z_upr"], d["z_uprw"] = zscore(e["upr"]), zscore(e["upr_window"])
+        d["nb_upr"] = best_neighbour(d["pool"], d["z_upr"])
 
     def scorer(w_upr=0.0, w_uprw=0.0, w_nb=0.0, base=1.0):
         def score(d):
