@@ -22,8 +22,9 @@ context order 0.741 / 0.825, fused 0.898 / 0.914; whole compressor: BM25 0.796 /
 0.911 / 0.924. Cutting sentences at record boundaries (``}, {``) gave 0.904 / 0.939 for evidence alone.
 Everything tried since (stems, coverage, fitted scorings, PRF, stitching source-adjacent chunks,
 the LM's question likelihood, retriever-score priors, late-chunked vectors, token MaxSim,
-per-context diminishing returns) did not win on both development sets, and the constants stay the
-best of their grid on all four non-benchmark question sets together.
+per-context diminishing returns, the LM's own answer and its attention) did not win across the
+question sets, and the constants stay the best of their grid on all four non-benchmark question
+sets together. No package offers a stronger reader (a cross-encoder) offline.
 ``benchmarks/results/evidence_tried.md`` has every figure and where the remaining loss sits
 (reference sentences in lower-ranked chunks, outscored by a top chunk on the same subject).
 """
