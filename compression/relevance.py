@@ -24,7 +24,8 @@ Everything tried since (stems, coverage, fitted scorings, PRF, stitching source-
 the LM's question likelihood, retriever-score priors, late-chunked vectors, token MaxSim,
 per-context diminishing returns, the LM's own answer and its attention) did not win across the
 question sets, and the constants stay the best of their grid on all four non-benchmark question
-sets together. No package offers a stronger reader (a cross-encoder) offline.
+sets together. A search of the package registries found no package that carries a stronger
+reader (a cross-encoder's weights) for offline use.
 ``benchmarks/results/evidence_tried.md`` has every figure and where the remaining loss sits
 (reference sentences in lower-ranked chunks, outscored by a top chunk on the same subject).
 """

@@ -99,7 +99,7 @@ def question_features(question: str, hits: list[dict], lm, encoder, every_signal
     hyde_prompt = build_prompt(lm.tokenizer, [], question, system="Answer the question in two sentences.")
     hyde = generate(lm, list(hyde_prompt.prefix_ids) + list(hyde_prompt.suffix_ids)) if every_signal else []
     texts = {name: lm.tokenizer.decode(toks, skip_special_tokens=True) for name, toks in (("reader", reader), ("hyde", hyde))}
-    features = {"attn": attn, "attn_mean": attn_mean, "answers": texts, "n_pool": len(pool)}
+    features = {"attn": attn, "attn_mean": attn_mean, "answers": texts}
     for name, text in texts.items():
         features[f"{name}_cos"] = semantic_scores(text or question, pool, pieces, encoder)
         features[f"{name}_bm25"] = BM25Index(pieces).scores(text) if text.strip() else np.zeros(len(pool))
@@ -108,7 +108,7 @@ def question_features(question: str, hits: list[dict], lm, encoder, every_signal
 
 def build_reader(names: tuple[str, ...], fit_sets=("dev1", "dev3")) -> dict[str, list[dict]]:
     """Every question's signals for the sets ``names``; all of them only for ``fit_sets`` (the others
-    get the reader's answer signals, the only ones that won on the development sets)."""
+    get only the reader's answer signals, the one kind with a variant that won on both development sets)."""
     cache = pickle.loads(CACHE.read_bytes()) if CACHE.exists() else {}
     missing = [n for n in names if n not in cache]
     if missing:
