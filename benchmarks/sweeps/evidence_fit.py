@@ -50,16 +50,13 @@ def question_data(question: dict, hits: list[dict], corpora: dict, tokenizer, en
     import compression_llmlingua as bench
     from compression.base import Budget
     from compression.llmlingua import LLMLinguaCompressor, _inner
-    from compression.relevance import best_neighbour, semantic_scores, sentences, zscore
-    from compression.units import count_tokens, split_units, tokenize
+    from compression.relevance import best_neighbour, semantic_scores, zscore
+    from compression.units import count_tokens
     from retrieval.lexical import BM25Index, lexical_tokens
 
     contexts = [h["text"] for h in hits]
-    units = [split_units(t, tokenize(tokenizer, t)[1]) for t in contexts]
     order = list(range(len(contexts)))
-    pool = [s for i in order for s in sentences(i, contexts[i], units[i])]
-    spans = [(s.context, units[s.context][s.first].start, units[s.context][s.last].end) for s in pool]
-    pieces = [contexts[c][a:b] for c, a, b in spans]
+    pool, spans, pieces = sentence_pool(contexts, tokenizer)
     q = question["question"]
     ref = bench.reference_mask(question, corpora[question["corpus_id"]])
     found, _ = bench.survival(question, hits, corpora, [np.zeros(len(c), dtype=bool) for c in contexts])
@@ -298,6 +295,17 @@ def nested_residual(train: list[dict], test: list[dict], l2s=(0.1, 1.0, 10.0)) -
     inner = {n: statistics.mean(evaluate(halves[1 - k], scorer(halves[k], l2)) for k in (0, 1)) for n, l2 in candidates.items()}
     name = max(inner, key=inner.get)
     return evaluate(test, scorer(train, candidates[name])), f"{name} (inner {', '.join(f'{n} {v:.4f}' for n, v in inner.items())})"
+
+
+def sentence_pool(contexts: list[str], tokenizer):
+    """The candidate sentences of ``contexts`` in retrieval order (the order every sweep's features follow),
+    their ``(context, start, end)`` character spans and their texts."""
+    from compression.units import split_units, tokenize
+
+    units = [split_units(t, tokenize(tokenizer, t)[1]) for t in contexts]
+    pool, _, pieces = candidate_pool(contexts, units, range(len(contexts)))
+    spans = [(s.context, units[s.context][s.first].start, units[s.context][s.last].end) for s in pool]
+    return pool, spans, pieces
 
 
 def candidate_pool(texts, units, order):

@@ -63,20 +63,15 @@ def unit(v: np.ndarray) -> np.ndarray:
 
 def question_features(question: str, hits: list[dict], tokenizer, st_model) -> dict:
     """Late-chunked cosine and token MaxSim of every candidate sentence (evidence_fit's pool order)."""
-    from compression.relevance import sentences
-    from compression.units import split_units, tokenize
-
     contexts = [h["text"] for h in hits]
-    units = [split_units(t, tokenize(tokenizer, t)[1]) for t in contexts]
-    pool = [s for i in range(len(contexts)) for s in sentences(i, contexts[i], units[i])]
+    pool, spans, _ = fit.sentence_pool(contexts, tokenizer)
     q_tokens, _ = token_vectors(question, st_model)
     q_tokens = unit(q_tokens)
     q_mean = unit(q_tokens.mean(axis=0))
     per_context = [token_vectors(c, st_model) for c in contexts]
     late, maxsim = np.zeros(len(pool)), np.zeros(len(pool))
-    for k, s in enumerate(pool):
-        vectors, offsets = per_context[s.context]
-        a, b = units[s.context][s.first].start, units[s.context][s.last].end
+    for k, (c, a, b) in enumerate(spans):
+        vectors, offsets = per_context[c]
         inside = (offsets[:, 0] < b) & (offsets[:, 1] > a)
         if not inside.any():  # past MiniLM's 512 tokens: no contextual vector
             continue

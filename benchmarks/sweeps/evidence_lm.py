@@ -38,14 +38,8 @@ BATCH = 16
 
 def candidate_pieces(hits: list[dict], tokenizer) -> tuple[list[str], list[str]]:
     """Each candidate sentence's text and its text with its neighbours, in ``evidence_fit``'s pool order."""
-    from compression.relevance import sentences
-    from compression.units import split_units, tokenize
-
     contexts = [h["text"] for h in hits]
-    units = [split_units(t, tokenize(tokenizer, t)[1]) for t in contexts]
-    pool = [s for i in range(len(contexts)) for s in sentences(i, contexts[i], units[i])]
-    spans = [(s.context, units[s.context][s.first].start, units[s.context][s.last].end) for s in pool]
-    alone = [contexts[c][a:b] for c, a, b in spans]
+    _, spans, alone = fit.sentence_pool(contexts, tokenizer)
     windows = []
     for k, (c, a, b) in enumerate(spans):
         lo = spans[k - 1][1] if k > 0 and spans[k - 1][0] == c else a
@@ -151,16 +145,13 @@ def source_links() -> dict[str, list[list[tuple[int, int]]]]:
     from evidence_dev import retrieved
 
     from compression.lm import load_causal_lm
-    from compression.relevance import sentences
-    from compression.units import split_units, tokenize
 
     tokenizer = load_causal_lm().tokenizer
     out = {}
     for name, items in retrieved(["dev1", "dev3"]).items():
         out[name] = []
         for _, hits in items:
-            units = [split_units(h["text"], tokenize(tokenizer, h["text"])[1]) for h in hits]
-            pool = [s.context for i in range(len(hits)) for s in sentences(i, hits[i]["text"], units[i])]
+            pool = [s.context for s in fit.sentence_pool([h["text"] for h in hits], tokenizer)[0]]
             first = {c: pool.index(c) for c in set(pool)}
             last = {c: len(pool) - 1 - pool[::-1].index(c) for c in set(pool)}
             pairs = [(last[a], first[b]) for a in first for b in first

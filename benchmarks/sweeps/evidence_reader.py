@@ -67,15 +67,11 @@ def question_features(question: str, hits: list[dict], lm, encoder, every_signal
     """The signals of one question's candidate sentences (``evidence_fit``'s pool order); with
     ``every_signal`` false only the reader's answer signals (no attention pass, no HyDE answer)."""
     from compression.kv.prompt import build_prompt, document_block
-    from compression.relevance import semantic_scores, sentences
-    from compression.units import split_units, tokenize
+    from compression.relevance import semantic_scores
     from retrieval.lexical import BM25Index
 
     contexts = [h["text"] for h in hits]
-    units = [split_units(t, tokenize(lm.tokenizer, t)[1]) for t in contexts]
-    pool = [s for i in range(len(contexts)) for s in sentences(i, contexts[i], units[i])]
-    spans = [(s.context, units[s.context][s.first].start, units[s.context][s.last].end) for s in pool]
-    pieces = [contexts[c][a:b] for c, a, b in spans]
+    pool, spans, pieces = fit.sentence_pool(contexts, lm.tokenizer)
 
     prompt = build_prompt(lm.tokenizer, contexts, question)
     ids = list(prompt.prefix_ids) + [t for c in prompt.chunk_ids for t in c] + list(prompt.suffix_ids)
