@@ -66,6 +66,8 @@ def held_out_section(held_out: list[EvalResult]) -> list[str]:
         f"## Held-out check: the own pydoc-topics set ({held_out[0].overall.n_questions} questions, 79 documents)",
         "",
         "No setting was tuned on this set; it checks that the gain is not specific to the shared corpora.",
+        "Its help topics repeat each other word for word (`compound` contains `for`, `try`, `with`, ...): the",
+        "top k are k different texts and every place the kept text was found is scored (`EvalConfig.distinct`).",
         "",
         "| config | recall | precision | PΩ | IoU | tokens |",
         "|---|---|---|---|---|---|",

@@ -64,6 +64,10 @@ class EvalConfig:
     still returning only the chunk's own span (small spans, larger semantic context).
     ``merge_adjacent``: after top-k, merge retrieved chunks that overlap or touch into one span,
     so overlapping windows are not counted twice in the retrieved length.
+    ``distinct``: the top k are k different texts; a chunk whose text repeats a better-ranked one
+    exactly is collapsed into it (``retrieval.postprocess.first_distinct``). The metrics still score
+    every place that text was retrieved from (the copies ranked above the k-th distinct text); the
+    retrieved length counts the text handed on once.
     """
 
     chunker: str = "token"
@@ -76,6 +80,7 @@ class EvalConfig:
     merge_adjacent: bool = False
     unit: Unit = "chars"
     chunker_options: Mapping[str, object] = field(default_factory=dict)
+    distinct: bool = True
 
     def __post_init__(self) -> None:
         if self.retrieval not in RETRIEVAL_MODES:
@@ -103,6 +108,8 @@ class EvalConfig:
             parts.append(f"ctx±{self.context_chunks}")
         if self.merge_adjacent:
             parts.append("merge")
+        if not self.distinct:
+            parts.append("with-copies")
         if self.unit != "chars":
             parts.append(self.unit)
         return " ".join(parts)

@@ -28,7 +28,10 @@ from eval.stage_cache import StageCache, code_fingerprint, digest, text_digest
 
 @dataclass(frozen=True)
 class Retrieved:
-    """One question's top-k chunks (corpus spans, rank order) and their reference scores."""
+    """One question's top-k chunks (corpus spans, rank order) and their reference scores.
+
+    ``copies[i]``: the spans of identical text collapsed into ``chunks[i]`` (``EvalConfig.distinct``).
+    """
 
     qid: str
     chunks: tuple[Span, ...]
@@ -37,6 +40,7 @@ class Retrieved:
     precision_omega: float
     iou: float
     seconds: float
+    copies: tuple[tuple[Span, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,14 +87,19 @@ def spread_sample(questions: Sequence[Question], limit: int | None) -> tuple[Que
     return tuple(questions[int(i * step)] for i in range(limit))
 
 
-def corpus_spans(chunks: Sequence[Span], kept: Sequence[Any]) -> tuple[Span, ...]:
-    """Map compressor spans (``context`` index, offsets into that context) to corpus spans."""
+def corpus_spans(chunks: Sequence[Span], kept: Sequence[Any], copies: Sequence[Sequence[Span]] = ()) -> tuple[Span, ...]:
+    """Map compressor spans (``context`` index, offsets into that context) to corpus spans.
+
+    A span kept of a context is also kept of that context's ``copies`` (the same text elsewhere),
+    at the same offsets, so the compression is scored on every place retrieval found that text.
+    """
     spans = []
     for span in kept:
         chunk = chunks[span.context]
         if not 0 <= span.start <= span.end <= chunk.end - chunk.start:
             raise ValueError(f"compressor span {span} lies outside its context of {chunk.end - chunk.start} characters")
-        spans.append(Span(chunk.corpus_id, chunk.start + span.start, chunk.start + span.end))
+        for place in (chunk, *(copies[span.context] if copies else ())):
+            spans.append(Span(place.corpus_id, place.start + span.start, place.start + span.end))
     return tuple(spans)
 
 
@@ -154,21 +163,25 @@ class Pipeline:
             cached = self._retrieve(config)
             self.cache.put("retrieval", parts, cached)
         return [Retrieved(r["qid"], tuple(Span(*s) for s in r["chunks"]), r["recall"], r["precision"],
-                          r["precision_omega"], r["iou"], r["seconds"]) for r in cached]
+                          r["precision_omega"], r["iou"], r["seconds"], tuple(tuple(Span(*s) for s in c) for c in r["copies"]))
+                for r in cached]
 
     def _retrieve(self, config: EvalConfig) -> list[dict]:
         started = time.perf_counter()
         evaluator = self.evaluator()
         scores = evaluator.evaluate(config).questions
-        tops = evaluator.retrieve(config)
+        tops = evaluator.retrieve_with_copies(config)
         per_question = (time.perf_counter() - started) / max(1, len(tops))
-        return [{"qid": s.qid, "chunks": [[c.corpus_id, c.start, c.end] for c in top], "recall": s.recall,
+        return [{"qid": s.qid, "chunks": [[c.corpus_id, c.start, c.end] for c, _ in top],
+                 "copies": [[[d.corpus_id, d.start, d.end] for d in copies] for _, copies in top], "recall": s.recall,
                  "precision": s.precision, "precision_omega": s.precision_omega, "iou": s.iou, "seconds": per_question}
                 for s, top in zip(scores, tops)]
 
     # -- stage 2: compression --------------------------------------------------------------
     def compress(self, question: Question, retrieved: Retrieved, method: str, rate: float) -> Compressed:
         """The contexts handed to the LM for one question, cached by content."""
+        from compression.base import KeptSpan
+
         texts = [self.dataset.corpora[c.corpus_id][c.start:c.end] for c in retrieved.chunks]
         parts = {"question": question.text, "contexts": text_digest(texts), "method": method, "rate": rate,
                  "models": self._compressor_models(method), "code": code_fingerprint(_compressor_module(method))}
@@ -177,8 +190,10 @@ class Pipeline:
         if cached is None:
             cached = self._compress(question, retrieved, texts, method, rate)
             self.cache.put("compression", parts, cached)
-        return Compressed(tuple(texts), tuple(tuple(span) for span in cached["local"]), tuple(Span(*s) for s in cached["kept"]),
-                          cached["cpu_s"], cached["seconds"])
+        local = tuple(tuple(span) for span in cached["local"])
+        # Corpus spans come from this question's chunks, not the cache: equal texts may sit elsewhere.
+        kept = corpus_spans(retrieved.chunks, [KeptSpan(*span) for span in local], retrieved.copies)
+        return Compressed(tuple(texts), local, kept, cached["cpu_s"], cached["seconds"])
 
     def _compressor_models(self, method: str) -> list[str]:
         """Ids (with weights hashes) of the models a method scores with: MiniLM (extractive sentences,
@@ -201,9 +216,7 @@ class Pipeline:
         else:
             local = list(self.compressor(method).compress(texts, Budget(rate=rate), question=question.text).kept)
         cpu_s = time.process_time() - cpu if method != "none" else 0.0
-        return {"local": [[s.context, s.start, s.end] for s in local],
-                "kept": [[s.corpus_id, s.start, s.end] for s in corpus_spans(retrieved.chunks, local)],
-                "cpu_s": cpu_s, "seconds": time.perf_counter() - started}
+        return {"local": [[s.context, s.start, s.end] for s in local], "cpu_s": cpu_s, "seconds": time.perf_counter() - started}
 
     # -- stage 3: answer -------------------------------------------------------------------
     def answer(self, question: Question, kept: Compressed, config: PipelineConfig, kv_mode: str | None = None) -> Answered:

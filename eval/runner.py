@@ -19,7 +19,7 @@ from eval.embedding_cache import EmbeddingCache
 from eval.metrics import TokenRanges, mean_percent, min_k, precision_omega, retrieval_scores
 from retrieval.base import Chunker, Encoder, TokenCounter
 from retrieval.lexical import BM25Index, fuse
-from retrieval.postprocess import NEIGHBOUR_WEIGHT, merge_adjacent, with_neighbour_context
+from retrieval.postprocess import NEIGHBOUR_WEIGHT, first_distinct, merge_adjacent, with_neighbour_context
 
 ChunkerFactory = Callable[[EvalConfig], Chunker]
 
@@ -71,6 +71,20 @@ def rank_chunks(dense: np.ndarray, lexical: np.ndarray | None, config: EvalConfi
     else:
         scores = fuse(dense, lexical, config.hybrid_weight)
     return np.argsort(-np.asarray(scores), kind="stable")
+
+
+def top_k(order: np.ndarray, chunks: Sequence[IndexedChunk], k: int, distinct: bool) -> list[tuple[int, tuple[int, ...]]]:
+    """The first ``k`` chunk indices of ``order`` with the indices collapsed into each (``first_distinct``)."""
+    if not distinct:
+        return [(int(i), ()) for i in order[:k]]
+    picked = first_distinct((chunks[i].text for i in order), k)
+    return [(int(order[p]), tuple(int(order[c]) for c in copies)) for p, copies in picked]
+
+
+def spans_of(chunks: Iterable[IndexedChunk], merge: bool) -> list[Span]:
+    """The chunks' corpus spans, merged where they overlap or touch when ``merge`` is set."""
+    spans = [(c.corpus_id, c.start, c.end) for c in chunks]
+    return [Span(*span) for span in (merge_adjacent(spans) if merge else spans)]
 
 
 def summarise(scores: Sequence[QuestionScore]) -> MetricSummary:
@@ -146,11 +160,11 @@ class Evaluator:
         own = [self._in_unit(config, Span(c.corpus_id, c.start, c.end)) for c in chunks if c.corpus_id == question.corpus_id]
         omega = precision_omega(ref_ranges, [(s.start, s.end) for s in own])
         k = min_k(omega.touching_chunks) if config.k == "min" else int(config.k)
-        top = [chunks[i] for i in order[:k]]
-        spans = [Span(c.corpus_id, c.start, c.end) for c in top]
-        if config.merge_adjacent:
-            spans = [Span(*merged) for merged in merge_adjacent([(s.corpus_id, s.start, s.end) for s in spans])]
-        scores = retrieval_scores(ref_ranges, [self._in_unit(config, s) for s in spans], question.corpus_id)
+        picked = top_k(order, chunks, k, config.distinct)
+        top = [chunks[i] for i, _ in picked]
+        spans = spans_of(top, config.merge_adjacent)  # the text handed on
+        found = spans_of([chunks[j] for i, copies in picked for j in (i, *copies)], config.merge_adjacent)
+        scores = retrieval_scores(ref_ranges, [self._in_unit(config, s) for s in found], question.corpus_id)
         return QuestionScore(
             qid=question.qid,
             corpus_id=question.corpus_id,
@@ -180,10 +194,16 @@ class Evaluator:
 
     def retrieve(self, config: EvalConfig) -> list[tuple[IndexedChunk, ...]]:
         """The top-k chunks of every question (in ``dataset.questions`` order), as ``evaluate`` scores them."""
+        return [tuple(chunk for chunk, _ in top) for top in self.retrieve_with_copies(config)]
+
+    def retrieve_with_copies(self, config: EvalConfig) -> list[tuple[tuple[IndexedChunk, tuple[IndexedChunk, ...]], ...]]:
+        """Like ``retrieve``, each chunk paired with the chunks of identical text collapsed into it."""
         if config.k == "min":
             raise ValueError("retrieve() needs a fixed k; k='min' depends on the references")
         chunking, _, orders = self._orders(config)
-        return [tuple(chunking.chunks[i] for i in order[: int(config.k)]) for order in orders]
+        chunks = chunking.chunks
+        return [tuple((chunks[i], tuple(chunks[j] for j in copies)) for i, copies in top_k(order, chunks, int(config.k), config.distinct))
+                for order in orders]
 
     def evaluate(self, config: EvalConfig) -> EvalResult:
         """Chunk (memoised), embed (cached), retrieve top-k per question from one index, score."""

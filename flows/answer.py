@@ -36,14 +36,17 @@ def make_engine(index: str, cache_dir: str | None, lm_name: str) -> Any:
 
 @task(name="retrieve")
 def retrieve(question: str, index: str, k: int) -> list[dict]:
+    """The evaluated default retrieval (``eval.defaults.BEST_CONFIG``: hybrid, distinct texts), as ``ragpress query``."""
+    from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
     from retrieval.encoder import load_encoder
     from retrieval.index_store import IndexStore
+    from retrieval.indexing import search_texts
 
     store = IndexStore.open(index)
     encoder = load_encoder(store.model_id.rsplit("@", 1)[0])
     if encoder.model_id != store.model_id:
         raise ValueError(f"the index {index} was built with {store.model_id} but {encoder.model_id} is installed; re-index it")
-    hits = store.search(encoder.encode([question]), k)[0]
+    hits = search_texts(store, encoder, [question], k, BEST_HYBRID_WEIGHT, BEST_CONFIG.distinct)[0]
     return [asdict(hit) for hit in hits]
 
 

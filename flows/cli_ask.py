@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from compression.kv_modes import DEFAULT_BLEND_SCORE  # no heavy imports: the recovery code loads lazily
+from flows.cli_retrieval import copies_label
 
 
 def _fail(message: str) -> None:
@@ -71,6 +72,8 @@ def _print(result: dict) -> None:
     for number, hit in enumerate(result["contexts"], 1):
         preview = hit["text"][:70].replace("\n", " ")
         typer.echo(f"[{number}] {hit['source']} [{hit['start']}:{hit['end']}] score {hit['score']:.3f}  {preview}")
+        if hit["copies"]:
+            typer.echo(f"    same text also at {copies_label(hit['copies'])}")
     total = result["prefilled_tokens"] + result["reused_tokens"]
     typer.echo(f"\nkv-reuse {result['kv_reuse']}: time to first token {result['ttft_s'] * 1000:.0f} ms; "
                f"tokens prefilled {result['prefilled_tokens']} / reused {result['reused_tokens']} of {total}"

@@ -77,6 +77,8 @@ def evaluate(
     context_chunks: Optional[int] = typer.Option(None, "--context-chunks", help="neighbours on each side mixed into a chunk's embedding"),
     merge_adjacent: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="merge retrieved chunks that overlap or touch"),
     unit: Optional[str] = typer.Option(None, "--unit", help="count metrics in 'chars' (benchmark) or 'tokens'"),
+    distinct: Optional[bool] = typer.Option(None, "--distinct/--with-copies",
+                                            help="top k = k different texts (default), or the plain top k with identical copies"),
     sweep: Optional[Path] = typer.Option(None, "--sweep", help="YAML/JSON grid of configurations (see eval/sweep.py)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write per-corpus, overall and per-question scores here"),
     html_out: Optional[Path] = typer.Option(None, "--html", help="write the static HTML report here"),
@@ -89,6 +91,7 @@ def evaluate(
     options = dict(
         chunker=chunker, chunk_size=chunk_size, overlap=overlap, k=parse_k(k), retrieval=retrieval,
         hybrid_weight=hybrid_weight, context_chunks=context_chunks, merge_adjacent=merge_adjacent, unit=unit,
+        distinct=distinct,
     )
     try:
         if sweep is not None:

@@ -94,7 +94,12 @@ def index(
 
 def hit_json(hit) -> dict:
     return {"source": hit.source, "doc_id": hit.doc_id, "chunk_id": hit.chunk_id, "start": hit.start,
-            "end": hit.end, "score": hit.score, "text": hit.text}
+            "end": hit.end, "score": hit.score, "text": hit.text, "copies": [list(copy) for copy in hit.copies]}
+
+
+def copies_label(copies) -> str:
+    """``a.txt [10:20], b.txt [0:10]``: where else a hit's exact text was found."""
+    return ", ".join(f"{source} [{start}:{end}]" for source, start, end in copies)
 
 
 def query(
@@ -106,6 +111,8 @@ def query(
     hybrid_weight: float = typer.Option(BEST_CONFIG.hybrid_weight, "--hybrid-weight", help="weight of dense scores in hybrid retrieval"),
     compress: Optional[str] = typer.Option(None, "--compress", help="compress the hits: extractive, llmlingua, ..."),
     rate: float = typer.Option(0.33, "--rate", help="compression rate when --compress is given"),
+    distinct: bool = typer.Option(BEST_CONFIG.distinct, "--distinct/--with-copies",
+                                  help="k different texts (identical ones listed as copies of the best-ranked) or the plain top k"),
     as_json: bool = typer.Option(False, "--json", help="print hits as JSON"),
 ) -> None:
     """Return the top-k chunks of --index for TEXT, with their exact source spans."""
@@ -115,7 +122,7 @@ def query(
         if retrieval not in ("dense", "hybrid"):
             raise ValueError(f"unknown retrieval '{retrieval}'; valid: dense, hybrid")
         weight = hybrid_weight if retrieval == "hybrid" else None
-        (answered,) = query_flow([text], str(index_dir), k, model, compress, rate, weight)
+        (answered,) = query_flow([text], str(index_dir), k, model, compress, rate, weight, distinct)
     except _user_errors() as exc:
         _fail(str(exc))
     if as_json:
@@ -133,6 +140,8 @@ def print_hits(answered) -> None:
     for rank, hit in enumerate(answered.hits, 1):
         preview = " ".join(hit.text.split())[:110]
         typer.echo(f"  {rank}. {hit.score:.3f} {hit.source} [{hit.start}:{hit.end}]  {preview}")
+        if hit.copies:
+            typer.echo(f"     same text also at {copies_label(hit.copies)}")
     if answered.compressed is not None:
         typer.echo(f"  compressed ({answered.compressed.method}, rate {answered.compressed.rate:.2f}): "
                    f"{' '.join(answered.compressed.text.split())[:200]}")

@@ -28,10 +28,10 @@ class Answered:
 
 @task(name="search", retries=1, retry_delay_seconds=1, retry_condition_fn=io_error)
 def search_task(index_dir: str, questions: list[str], k: int, model: str | None,
-                hybrid_weight: float | None) -> tuple[list[list[Hit]], float]:
+                hybrid_weight: float | None, distinct: bool = BEST_CONFIG.distinct) -> tuple[list[list[Hit]], float]:
     started = time.perf_counter()
     store = IndexStore.open(index_dir)
-    hits = search_texts(store, load_encoder(model), questions, k, hybrid_weight)
+    hits = search_texts(store, load_encoder(model), questions, k, hybrid_weight, distinct)
     return hits, (time.perf_counter() - started) / max(len(questions), 1)
 
 
@@ -47,13 +47,14 @@ def compress_task(hits: list[Hit], question: str, method: str, rate: float) -> t
 @flow(name="ragpress-query")
 def query_flow(questions: list[str], index_dir: str, k: int = BEST_CONFIG.k, model: str | None = None,
                compression: str | None = None, rate: float = 0.33,
-               hybrid_weight: float | None = BEST_HYBRID_WEIGHT) -> list[Answered]:
+               hybrid_weight: float | None = BEST_HYBRID_WEIGHT, distinct: bool = BEST_CONFIG.distinct) -> list[Answered]:
     """Top-``k`` hits per question; with ``compression`` set, also the compressed context.
 
     ``hybrid_weight=None`` is plain FAISS (dense) search; the default is the evaluated best
-    hybrid dense + BM25 mix (``eval.defaults.BEST_CONFIG``).
+    hybrid dense + BM25 mix (``eval.defaults.BEST_CONFIG``). ``distinct``: ``k`` different texts,
+    each hit listing the places of the identical texts collapsed into it (``Hit.copies``).
     """
-    all_hits, search_seconds = search_task(index_dir, list(questions), k, model, hybrid_weight)
+    all_hits, search_seconds = search_task(index_dir, list(questions), k, model, hybrid_weight, distinct)
     answered = []
     for question, hits in zip(questions, all_hits):
         compressed, compress_seconds = (None, 0.0)

@@ -34,7 +34,11 @@ class Document:
 
 @dataclass(frozen=True)
 class Hit:
-    """One retrieved chunk: where it comes from, its exact span, and its score."""
+    """One retrieved chunk: where it comes from, its exact span, and its score.
+
+    ``copies``: ``(source, start, end)`` of lower-ranked hits with exactly this text, collapsed
+    into this one (``retrieval.postprocess.distinct_hits``); empty when nothing was collapsed.
+    """
 
     doc_id: str
     source: str
@@ -43,6 +47,7 @@ class Hit:
     end: int
     score: float
     text: str
+    copies: tuple[tuple[str, int, int], ...] = ()
 
 
 class TokenCounter(Protocol):

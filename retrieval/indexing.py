@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from retrieval.base import Chunk, Chunker, Document, Encoder, Hit
 from retrieval.documents import discover, load_document
 from retrieval.errors import InputError
 from retrieval.index_store import IndexStore, config_fingerprint
-from retrieval.postprocess import NEIGHBOUR_WEIGHT, with_neighbour_context
+from retrieval.postprocess import NEIGHBOUR_WEIGHT, distinct_hits, with_neighbour_context
 
 
 @dataclass(frozen=True)
@@ -246,11 +246,13 @@ def index_paths(paths: Sequence[str | Path], index_dir: str | Path, chunker: Chu
 
 
 def search_texts(store: IndexStore, encoder: Encoder, queries: Sequence[str], k: int,
-                 hybrid_weight: float | None = None) -> list[list[Hit]]:
+                 hybrid_weight: float | None = None, distinct: bool = True) -> list[list[Hit]]:
     """Top-``k`` hits for each query text; empty queries and a model other than the index's are errors.
 
     ``hybrid_weight`` (0..1, the weight on dense scores) switches from FAISS search to hybrid
     dense + BM25 scoring (``retrieval.hybrid``), the retrieval of the evaluated default.
+    ``distinct``: ``k`` hits with different texts, identical ones collapsed into the best-ranked
+    (``retrieval.postprocess.distinct_hits``), searching deeper until ``k`` are found.
     """
     if isinstance(queries, str):
         queries = [queries]
@@ -266,7 +268,26 @@ def search_texts(store: IndexStore, encoder: Encoder, queries: Sequence[str], k:
         raise ValueError(f"k must be a positive integer, got {k!r}; e.g. k=5")
     vectors = encoder.encode(list(queries))
     if hybrid_weight is None:
-        return store.search(vectors, k)
-    from retrieval.hybrid import HybridSearcher
+        search = store.search
+    else:
+        from retrieval.hybrid import HybridSearcher
 
-    return HybridSearcher(store, hybrid_weight).search(list(queries), vectors, k)
+        searcher = HybridSearcher(store, hybrid_weight)
+
+        def search(vectors: np.ndarray, depth: int) -> list[list[Hit]]:
+            return searcher.search(list(queries), vectors, depth)
+    if not distinct:
+        return search(vectors, k)
+    return search_distinct(search, vectors, k)
+
+
+def search_distinct(search: Callable[[np.ndarray, int], list[list[Hit]]], vectors: np.ndarray, k: int) -> list[list[Hit]]:
+    """``k`` distinct-text hits per query row from ``search(vectors, depth)``, doubling the depth
+    while some row is short of ``k`` and its search was not yet exhaustive."""
+    depth = k
+    while True:
+        ranked = search(vectors, depth)
+        distinct = [distinct_hits(row, k) for row in ranked]
+        if all(len(hits) == k or len(row) < depth for hits, row in zip(distinct, ranked)):
+            return distinct
+        depth *= 2

@@ -1,12 +1,47 @@
-"""Post-processing of retrieved hits: merging hits that overlap or touch, neighbour context."""
+"""Post-processing of retrieved hits: one hit per distinct text, merging hits that overlap or touch,
+neighbour context."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import replace
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from retrieval.base import Hit
+
 NEIGHBOUR_WEIGHT = 0.5  # weight of each neighbour's vector in contextual embeddings (eval-grid tuned)
+
+
+def first_distinct(texts: Iterable[str], k: int) -> list[tuple[int, tuple[int, ...]]]:
+    """The first ``k`` distinct texts of a ranked list: ``(position, copy positions)`` pairs, best first.
+
+    A text that repeats an earlier one exactly (the same help page included in two files, a
+    boilerplate paragraph) is not handed on twice; its position is listed as a copy of the first
+    occurrence instead, so span-based metrics can still see every place that text was found.
+    Copies ranked after the ``k``-th distinct text are not listed: they were never retrieved.
+    Fewer than ``k`` pairs means the list holds fewer distinct texts. ``texts`` is read lazily,
+    only as far as the ``k``-th distinct text.
+    """
+    first: dict[str, int] = {}  # text -> index into ``kept``
+    kept: list[tuple[int, list[int]]] = []
+    if k <= 0:
+        return []
+    for position, text in enumerate(texts):
+        if text in first:
+            kept[first[text]][1].append(position)
+            continue
+        first[text] = len(kept)
+        kept.append((position, []))
+        if len(kept) == k:
+            break
+    return [(position, tuple(copies)) for position, copies in kept]
+
+
+def distinct_hits(ranked: Sequence[Hit], k: int) -> list[Hit]:
+    """The first ``k`` hits with distinct texts (``first_distinct``); each carries its copies' spans."""
+    return [replace(ranked[position], copies=tuple((ranked[c].source, ranked[c].start, ranked[c].end) for c in copies))
+            for position, copies in first_distinct([hit.text for hit in ranked], k)]
 
 
 def merge_adjacent(spans: Sequence[tuple[str, int, int]]) -> list[tuple[str, int, int]]:

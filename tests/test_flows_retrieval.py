@@ -208,3 +208,26 @@ def test_only_io_errors_are_retried() -> None:
 
     assert io_error(None, None, Failed(OSError("disk full")))
     assert not io_error(None, None, Failed(InputError("empty file")))
+
+
+def test_query_cli_collapses_identical_texts(prefect_harness, tmp_path: Path) -> None:
+    from pydoc_data.topics import topics
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name in ("for", "compound"):  # `compound` repeats the `for` topic word for word
+        (folder / f"{name}.txt").write_text(topics[name], encoding="utf-8")
+    index_dir = tmp_path / "idx"
+    assert _run("index", str(folder), "--index", str(index_dir), "--json").exit_code == 0
+    question = "What happens to the else clause of a for loop?"
+
+    plain = json.loads(_run("query", question, "--index", str(index_dir), "-k", "4", "--with-copies", "--json").stdout)["hits"]
+    assert len({h["text"] for h in plain}) < 4, "no repeated text in the plain top 4: the test shows nothing"
+    hits = json.loads(_run("query", question, "--index", str(index_dir), "-k", "4", "--json").stdout)["hits"]
+    assert len({h["text"] for h in hits}) == 4
+    copies = [(h["text"], copy) for h in hits for copy in h["copies"]]
+    assert copies
+    for text, (source, start, end) in copies:  # each copy is the same text at its own exact span
+        assert Path(source).read_text(encoding="utf-8")[start:end] == text
+    shown = _run("query", question, "--index", str(index_dir), "-k", "4")
+    assert shown.exit_code == 0 and "same text also at" in shown.output
