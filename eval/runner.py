@@ -201,8 +201,8 @@ class Evaluator:
         if config.k == "min":
             raise ValueError("retrieve() needs a fixed k; k='min' depends on the references")
         chunking, _, orders = self._orders(config)
-        chunks = chunking.chunks
-        return [tuple((chunks[i], tuple(chunks[j] for j in copies)) for i, copies in top_k(order, chunks, int(config.k), config.distinct))
+        chunks, k = chunking.chunks, int(config.k)
+        return [tuple((chunks[i], tuple(chunks[j] for j in copies)) for i, copies in top_k(order, chunks, k, config.distinct))
                 for order in orders]
 
     def evaluate(self, config: EvalConfig) -> EvalResult:

@@ -123,3 +123,41 @@ def test_kept_spans_are_mirrored_onto_copies():
     copies = [(Span("c", 50, 70), Span("d", 5, 25)), ()]
     kept = corpus_spans(chunks, [KeptSpan(0, 2, 6), KeptSpan(1, 0, 4)], copies)
     assert kept == (Span("a", 102, 106), Span("c", 52, 56), Span("d", 7, 11), Span("b", 0, 4))
+
+
+class FirstWords:
+    """A stand-in compressor keeping each context's first 8 characters; counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def compress(self, contexts, budget, question=None):
+        from compression.base import CompressionResult, KeptSpan
+
+        self.calls += 1
+        kept = tuple(KeptSpan(i, 0, min(8, len(c))) for i, c in enumerate(contexts))
+        return CompressionResult("", kept, 10, 5, "first-words")
+
+
+def test_compression_cache_hit_maps_spans_to_this_questions_places(tmp_path):
+    """The compression cache is keyed by text; equal text elsewhere must still score where it is."""
+    from eval.base import Span
+    from eval.pipeline import Pipeline, Retrieved
+    from eval.stage_cache import StageCache
+
+    dataset, compressor = copied_dataset(), FirstWords()
+    def evaluator(data):
+        return Evaluator(data, BagOfWordsEncoder(), cache=EmbeddingCache(tmp_path / "emb"))
+
+    pipeline = Pipeline(dataset, StageCache(tmp_path), evaluator_factory=evaluator, compressor_factory=lambda method: compressor)
+    question, cat = dataset.questions[0], dataset.questions[0].references[0]
+    at = lambda corpus: Span(corpus, cat.start, cat.end)  # noqa: E731
+    in_animals = Retrieved("0", (at("animals"),), 0.0, 0.0, 0.0, 0.0, 0.0)
+    in_copy = Retrieved("0", (at("copy"),), 1.0, 1.0, 1.0, 1.0, 0.0)
+    with_copy = Retrieved("0", (at("animals"),), 1.0, 1.0, 1.0, 1.0, 0.0, copies=((at("copy"),),))
+    first = pipeline.compress(question, in_animals, "extractive", 0.33)
+    assert first.kept == (Span("animals", cat.start, cat.start + 8),)
+    assert pipeline.compress(question, in_copy, "extractive", 0.33).kept == (Span("copy", cat.start, cat.start + 8),)
+    assert pipeline.compress(question, with_copy, "extractive", 0.33).kept == (
+        Span("animals", cat.start, cat.start + 8), Span("copy", cat.start, cat.start + 8))
+    assert compressor.calls == 1  # the same text thrice: compressed once, placed three ways
