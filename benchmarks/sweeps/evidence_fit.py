@@ -16,6 +16,8 @@ Runs (session 5):
   ``... --features z_cos z_bm25 z_stem nb_fused prior --models direct [--refit]``
   ``... --models listwise --l2 0.3`` (all features), ``... --nested`` (choices made inside each training fold)
   ``... --full-check 1,0.35,0.75,0.5,3`` (the whole compressor at rate 0.33 on both sets, ~25 min on a busy machine)
+Session 10: ``... --budget-curve`` (the current scoring's evidence alone at rates 0.2-0.5 on all four sets;
+reads rows[5::6] and rows[2::6]+rows[4::6] too, from evidence_late.py's cache)
 """
 
 from __future__ import annotations
@@ -370,6 +372,14 @@ def full_check(weights: dict[str, float]) -> None:
     llmlingua.choose_evidence = original
 
 
+def budget_curve() -> None:
+    """Evidence alone of the current scoring as the budget grows (session 10): how much a larger
+    evidence budget could buy, before any loss from pruning tokens inside the chosen sentences."""
+    sets = {**build(), **build(("rows5", "s4"), CACHE.with_name("ragpress_evidence_other_features.pkl"))}
+    for name, items in sets.items():
+        print(name, " ".join(f"{rate}: {evaluate(items, current_scores, (rate,)):.3f}" for rate in FIT_RATES))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES)
@@ -378,7 +388,11 @@ def main() -> None:
     parser.add_argument("--l2", type=float, default=0.01, help="L2 strength of the listwise model")
     parser.add_argument("--nested", action="store_true", help="listwise with feature set and L2 chosen by CV inside each training fold")
     parser.add_argument("--full-check", metavar="W", help="whole compressor on the dev sets with weights z_cos,z_bm25,z_stem,nb_fused,prior")
+    parser.add_argument("--budget-curve", action="store_true", help="current scoring's evidence alone at each rate, all four sets")
     args = parser.parse_args()
+    if args.budget_curve:
+        budget_curve()
+        return
     if args.full_check:
         full_check(dict(zip(("z_cos", "z_bm25", "z_stem", "nb_fused", "prior"), map(float, args.full_check.split(",")))))
         return
