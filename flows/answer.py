@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, task
 
 from compression.kv_modes import DEFAULT_BLEND_SCORE, recovery_for
+from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 
@@ -35,9 +36,9 @@ def make_engine(index: str, cache_dir: str | None, lm_name: str) -> Any:
 
 
 @task(name="retrieve")
-def retrieve(question: str, index: str, k: int) -> list[dict]:
-    """The evaluated default retrieval (``eval.defaults.BEST_CONFIG``: hybrid, distinct texts), as ``ragpress query``."""
-    from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
+def retrieve(question: str, index: str, k: int, hybrid_weight: float | None = BEST_HYBRID_WEIGHT,
+             distinct: bool = BEST_CONFIG.distinct) -> list[dict]:
+    """Top-``k`` hits as ``ragpress query`` finds them; ``hybrid_weight=None`` is plain dense (FAISS) search."""
     from retrieval.encoder import load_encoder
     from retrieval.index_store import IndexStore
     from retrieval.indexing import search_texts
@@ -46,7 +47,7 @@ def retrieve(question: str, index: str, k: int) -> list[dict]:
     encoder = load_encoder(store.model_id.rsplit("@", 1)[0])
     if encoder.model_id != store.model_id:
         raise ValueError(f"the index {index} was built with {store.model_id} but {encoder.model_id} is installed; re-index it")
-    hits = search_texts(store, encoder, [question], k, BEST_HYBRID_WEIGHT, BEST_CONFIG.distinct)[0]
+    hits = search_texts(store, encoder, [question], k, hybrid_weight, distinct)[0]
     return [asdict(hit) for hit in hits]
 
 
@@ -93,13 +94,15 @@ def prune_kv_cache(index: str, cache_dir: str | None, max_mb: float) -> dict:
 def answer_flow(question: str, index: str, k: int = 4, kv_reuse: str = "blend", compression: str | None = None,
                 rate: float = 0.5, cache_dir: str | None = None, lm_name: str = "smollm2", max_new_tokens: int = 64,
                 blend_r: float = 0.15, edge_tokens: int = 16, kv_cache_max_mb: float | None = None,
-                blend_score: str = DEFAULT_BLEND_SCORE) -> dict:
+                blend_score: str = DEFAULT_BLEND_SCORE, hybrid_weight: float | None = BEST_HYBRID_WEIGHT,
+                distinct: bool = BEST_CONFIG.distinct) -> dict:
     """Answer ``question`` from the index in ``index``; returns the answer, contexts with spans and costs.
-    ``kv_cache_max_mb``: afterwards, keep at most this many MB of chunk caches on disk (LRU)."""
+    ``kv_cache_max_mb``: afterwards, keep at most this many MB of chunk caches on disk (LRU).
+    Retrieval defaults to the evaluated ``eval.defaults.BEST_CONFIG`` (hybrid, distinct texts), as ``ragpress query``."""
     recovery_for(kv_reuse, blend_r, edge_tokens, blend_score)  # refuse a bad mode before any model loads
     if kv_cache_max_mb is not None and kv_cache_max_mb < 0:
         raise ValueError(f"kv_cache_max_mb must be >= 0 (or None for no limit), got {kv_cache_max_mb}")
-    hits = retrieve(question, index, k)
+    hits = retrieve(question, index, k, hybrid_weight, distinct)
     contexts = [hit["text"] for hit in hits]
     compressed = compress(contexts, question, compression, rate) if compression else None
     output = generate(contexts, question, index, kv_reuse, cache_dir, lm_name, max_new_tokens, blend_r, edge_tokens,

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from compression.kv_modes import DEFAULT_BLEND_SCORE  # no heavy imports: the recovery code loads lazily
-from flows.cli_retrieval import copies_label
+from flows.cli_retrieval import DISTINCT_OPTION, HYBRID_WEIGHT_OPTION, RETRIEVAL_OPTION, copies_label, retrieval_weight
 
 
 def _fail(message: str) -> None:
@@ -21,6 +21,9 @@ def ask(
     question: str = typer.Argument(..., help="the question to answer"),
     index: Path = typer.Option(..., "--index", help="index directory built by `ragpress index`"),
     k: int = typer.Option(4, "-k", "--k", help="chunks to retrieve"),
+    retrieval: str = RETRIEVAL_OPTION,
+    hybrid_weight: float = HYBRID_WEIGHT_OPTION,
+    distinct: bool = DISTINCT_OPTION,
     kv_reuse: str = typer.Option("blend", "--kv-reuse", help="none (full prefill), naive, edge or blend"),
     compression: Optional[str] = typer.Option(None, "--compression", help="compress the contexts first (e.g. extractive)"),
     rate: float = typer.Option(0.5, "--rate", help="compression rate (kept / original tokens)"),
@@ -39,8 +42,9 @@ def ask(
     """Answer QUESTION: retrieve, optionally compress, generate with reused chunk caches."""
     from compression.kv_modes import recovery_for
 
-    try:  # a bad --kv-reuse, --blend-score, --blend-r or --edge-tokens fails here, before the flow and the LM start
+    try:  # a bad --kv-reuse, --blend-score, --blend-r, --edge-tokens or --retrieval fails here, before the flow and the LM start
         recovery_for(kv_reuse, blend_r, edge_tokens, blend_score)
+        weight = retrieval_weight(retrieval, hybrid_weight)
     except ValueError as exc:
         _fail(str(exc))
     if k <= 0:
@@ -57,7 +61,7 @@ def ask(
         result = answer_flow(question=question, index=str(index), k=k, kv_reuse=kv_reuse, compression=compression, rate=rate,
                              cache_dir=str(kv_cache) if kv_cache else None, lm_name=lm, max_new_tokens=max_new_tokens,
                              blend_r=blend_r, edge_tokens=edge_tokens, kv_cache_max_mb=kv_cache_max_mb,
-                             blend_score=blend_score)
+                             blend_score=blend_score, hybrid_weight=weight, distinct=distinct)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     if as_json:

@@ -92,9 +92,24 @@ def index(
         typer.secho(f"skipped {skipped.path}: {skipped.reason}", fg=typer.colors.YELLOW, err=True)
 
 
+# Retrieval options shared by `query` and `ask` (defaults: the evaluated BEST_CONFIG).
+RETRIEVAL_OPTION = typer.Option("hybrid" if BEST_HYBRID_WEIGHT is not None else "dense", "--retrieval",
+                                help="dense (FAISS) or hybrid (dense + BM25)")
+HYBRID_WEIGHT_OPTION = typer.Option(BEST_CONFIG.hybrid_weight, "--hybrid-weight", help="weight of dense scores in hybrid retrieval")
+DISTINCT_OPTION = typer.Option(BEST_CONFIG.distinct, "--distinct/--with-copies",
+                               help="k different texts (identical ones listed as copies of the best-ranked) or the plain top k")
+
+
 def hit_json(hit) -> dict:
     return {"source": hit.source, "doc_id": hit.doc_id, "chunk_id": hit.chunk_id, "start": hit.start,
             "end": hit.end, "score": hit.score, "text": hit.text, "copies": [list(copy) for copy in hit.copies]}
+
+
+def retrieval_weight(retrieval: str, hybrid_weight: float) -> float | None:
+    """The ``hybrid_weight`` the flows take for ``--retrieval``: None is plain dense (FAISS) search."""
+    if retrieval not in ("dense", "hybrid"):
+        raise ValueError(f"unknown retrieval '{retrieval}'; valid: dense, hybrid")
+    return hybrid_weight if retrieval == "hybrid" else None
 
 
 def copies_label(copies) -> str:
@@ -107,21 +122,18 @@ def query(
     index_dir: Path = typer.Option(..., "--index", help="an index made by `ragpress index`"),
     k: int = typer.Option(5, "-k", help="number of chunks to return"),
     model: Optional[str] = typer.Option(None, "--model", help="must be the model the index was built with"),
-    retrieval: str = typer.Option("hybrid" if BEST_HYBRID_WEIGHT is not None else "dense", "--retrieval", help="dense (FAISS) or hybrid (dense + BM25)"),
-    hybrid_weight: float = typer.Option(BEST_CONFIG.hybrid_weight, "--hybrid-weight", help="weight of dense scores in hybrid retrieval"),
+    retrieval: str = RETRIEVAL_OPTION,
+    hybrid_weight: float = HYBRID_WEIGHT_OPTION,
     compress: Optional[str] = typer.Option(None, "--compress", help="compress the hits: extractive, llmlingua, ..."),
     rate: float = typer.Option(0.33, "--rate", help="compression rate when --compress is given"),
-    distinct: bool = typer.Option(BEST_CONFIG.distinct, "--distinct/--with-copies",
-                                  help="k different texts (identical ones listed as copies of the best-ranked) or the plain top k"),
+    distinct: bool = DISTINCT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print hits as JSON"),
 ) -> None:
     """Return the top-k chunks of --index for TEXT, with their exact source spans."""
     from flows.query import query_flow
 
     try:
-        if retrieval not in ("dense", "hybrid"):
-            raise ValueError(f"unknown retrieval '{retrieval}'; valid: dense, hybrid")
-        weight = hybrid_weight if retrieval == "hybrid" else None
+        weight = retrieval_weight(retrieval, hybrid_weight)
         (answered,) = query_flow([text], str(index_dir), k, model, compress, rate, weight, distinct)
     except _user_errors() as exc:
         _fail(str(exc))

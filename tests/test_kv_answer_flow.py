@@ -31,6 +31,12 @@ def test_ask_refuses_an_unknown_blend_score(app, tmp_path):
     assert "unknown blend score 'magic'; valid: deviation, attention" in result.output
 
 
+def test_ask_refuses_an_unknown_retrieval(app, tmp_path):
+    result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path), "--retrieval", "magic"])
+    assert result.exit_code == 2
+    assert "unknown retrieval 'magic'; valid: dense, hybrid" in result.output
+
+
 def test_ask_refuses_a_missing_index(app, tmp_path):
     result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path / "nothing")])
     assert result.exit_code == 2
