@@ -17,7 +17,7 @@ Runs (session 5):
   ``... --models listwise --l2 0.3`` (all features), ``... --nested`` (choices made inside each training fold)
   ``... --full-check 1,0.35,0.75,0.5,3`` (the whole compressor at rate 0.33 on both sets, ~25 min on a busy machine)
 Session 10: ``... --budget-curve`` (the current scoring's evidence alone at rates 0.2-0.5 on all four sets;
-reads rows[5::6] and rows[2::6]+rows[4::6] too, from evidence_late.py's cache)
+reads rows[5::6] and rows[2::6]+rows[4::6] too, via ``build_other``)
 """
 
 from __future__ import annotations
@@ -126,6 +126,11 @@ def build(names: tuple[str, ...] = ("dev1", "dev3"), cache: Path = CACHE) -> dic
     tmp.write_bytes(pickle.dumps(data))
     os.replace(tmp, cache)
     return data
+
+
+def build_other() -> dict[str, list[dict]]:
+    """The same features for rows[5::6] and rows[2::6] + rows[4::6] (looked at since session 8, never tuned on)."""
+    return build(("rows5", "s4"), CACHE.with_name("ragpress_evidence_other_features.pkl"))
 
 
 def paired(data: dict[str, list[dict]], extra: dict[str, list[dict]], key: str):
@@ -375,7 +380,7 @@ def full_check(weights: dict[str, float]) -> None:
 def budget_curve() -> None:
     """Evidence alone of the current scoring as the budget grows (session 10): how much a larger
     evidence budget could buy, before any loss from pruning tokens inside the chosen sentences."""
-    sets = {**build(), **build(("rows5", "s4"), CACHE.with_name("ragpress_evidence_other_features.pkl"))}
+    sets = {**build(), **build_other()}
     for name, items in sets.items():
         print(name, " ".join(f"{rate}: {evaluate(items, current_scores, (rate,)):.3f}" for rate in FIT_RATES))
 

@@ -101,11 +101,6 @@ def build_late() -> dict[str, list[dict]]:
     return data
 
 
-def build_other() -> dict[str, list[dict]]:
-    """``evidence_fit``'s features for rows[5::6] and rows[2::6] + rows[4::6] (cached in ``$TMPDIR``)."""
-    return fit.build(("rows5", "s4"), CACHE.with_name("ragpress_evidence_other_features.pkl"))
-
-
 def penalised_greedy(pool, scores: np.ndarray, budget: int, lam: float) -> list[int]:
     """Greedy evidence where every sentence already taken from a context costs its other sentences ``lam``."""
     owner = np.array([s.context for s in pool])
@@ -205,7 +200,7 @@ def main() -> None:
     from compression.relevance import zscore
 
     if {"--diagnose", "--context-penalty", "--grid"} & set(sys.argv):
-        other = build_other()
+        other = fit.build_other()
         every_set = {**fit.build(), **other}
         if "--grid" in sys.argv:
             constants_grid(every_set)

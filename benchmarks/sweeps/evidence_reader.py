@@ -157,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     sets = [(("dev1", "dev3"), fit.build())]
     if args.other:
-        sets.append((("rows5", "s4"), fit.build(("rows5", "s4"), CACHE.with_name("ragpress_evidence_other_features.pkl"))))
+        sets.append((("rows5", "s4"), fit.build_other()))
     for names, base in sets:
         extra = build_reader(names)
         data = {n: [] for n in names}
