@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -100,11 +101,6 @@ DISTINCT_OPTION = typer.Option(BEST_CONFIG.distinct, "--distinct/--with-copies",
                                help="k different texts (identical ones listed as copies of the best-ranked) or the plain top k")
 
 
-def hit_json(hit) -> dict:
-    return {"source": hit.source, "doc_id": hit.doc_id, "chunk_id": hit.chunk_id, "start": hit.start,
-            "end": hit.end, "score": hit.score, "text": hit.text, "copies": [list(copy) for copy in hit.copies]}
-
-
 def retrieval_weight(retrieval: str, hybrid_weight: float) -> float | None:
     """The ``hybrid_weight`` the flows take for ``--retrieval``: None is plain dense (FAISS) search."""
     if retrieval not in ("dense", "hybrid"):
@@ -138,7 +134,7 @@ def query(
     except _user_errors() as exc:
         _fail(str(exc))
     if as_json:
-        payload = {"question": text, "hits": [hit_json(h) for h in answered.hits], "seconds": answered.seconds}
+        payload = {"question": text, "hits": [asdict(h) for h in answered.hits], "seconds": answered.seconds}
         if answered.compressed is not None:
             payload["compressed"] = {"text": answered.compressed.text, "rate": answered.compressed.rate,
                                      "kept_spans": [[s.context, s.start, s.end] for s in answered.compressed.kept]}
