@@ -168,9 +168,8 @@ class Pipeline:
 
     def _retrieve(self, config: EvalConfig) -> list[dict]:
         started = time.perf_counter()
-        evaluator = self.evaluator()
-        scores = evaluator.evaluate(config).questions
-        tops = evaluator.retrieve_with_copies(config)
+        result, tops = self.evaluator().evaluate_and_retrieve(config)
+        scores = result.questions
         per_question = (time.perf_counter() - started) / max(1, len(tops))
         return [{"qid": s.qid, "chunks": [[c.corpus_id, c.start, c.end] for c, _ in top],
                  "copies": [[[d.corpus_id, d.start, d.end] for d in copies] for _, copies in top], "recall": s.recall,

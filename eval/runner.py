@@ -73,6 +73,15 @@ def rank_chunks(dense: np.ndarray, lexical: np.ndarray | None, config: EvalConfi
     return np.argsort(-np.asarray(scores), kind="stable")
 
 
+# One question's top k: each chunk handed on, with the chunks of identical text collapsed into it.
+TopK = tuple[tuple[IndexedChunk, tuple[IndexedChunk, ...]], ...]
+
+
+def _check_fixed_k(config: EvalConfig) -> None:
+    if config.k == "min":
+        raise ValueError("retrieve() needs a fixed k; k='min' depends on the references")
+
+
 def top_k(order: np.ndarray, chunks: Sequence[IndexedChunk], k: int, distinct: bool) -> list[tuple[int, tuple[int, ...]]]:
     """The first ``k`` chunk indices of ``order`` with the indices collapsed into each (``first_distinct``)."""
     if not distinct:
@@ -196,11 +205,21 @@ class Evaluator:
         """The top-k chunks of every question (in ``dataset.questions`` order), as ``evaluate`` scores them."""
         return [tuple(chunk for chunk, _ in top) for top in self.retrieve_with_copies(config)]
 
-    def retrieve_with_copies(self, config: EvalConfig) -> list[tuple[tuple[IndexedChunk, tuple[IndexedChunk, ...]], ...]]:
+    def retrieve_with_copies(self, config: EvalConfig) -> list[TopK]:
         """Like ``retrieve``, each chunk paired with the chunks of identical text collapsed into it."""
-        if config.k == "min":
-            raise ValueError("retrieve() needs a fixed k; k='min' depends on the references")
+        _check_fixed_k(config)
         chunking, _, orders = self._orders(config)
+        return self._tops(chunking, orders, config)
+
+    def evaluate_and_retrieve(self, config: EvalConfig) -> tuple[EvalResult, list[TopK]]:
+        """``evaluate`` and ``retrieve_with_copies`` from one ranking of every question."""
+        _check_fixed_k(config)
+        started = time.perf_counter()
+        chunking, fresh, orders = self._orders(config)
+        return self._result(config, chunking, fresh, orders, started), self._tops(chunking, orders, config)
+
+    @staticmethod
+    def _tops(chunking: _Chunking, orders: list[np.ndarray], config: EvalConfig) -> list[TopK]:
         chunks, k = chunking.chunks, int(config.k)
         return [tuple((chunks[i], tuple(chunks[j] for j in copies)) for i, copies in top_k(order, chunks, k, config.distinct))
                 for order in orders]
@@ -209,6 +228,9 @@ class Evaluator:
         """Chunk (memoised), embed (cached), retrieve top-k per question from one index, score."""
         started = time.perf_counter()
         chunking, fresh, orders = self._orders(config)
+        return self._result(config, chunking, fresh, orders, started)
+
+    def _result(self, config: EvalConfig, chunking: _Chunking, fresh: bool, orders: list[np.ndarray], started: float) -> EvalResult:
         retrieved = time.perf_counter()
         scores = tuple(
             self._score(question, orders[i], chunking, config) for i, question in enumerate(self.dataset.questions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,20 @@ def test_metrics_score_every_place_the_text_was_found(tmp_path, distinct):
     assert len(texts) == k and (len(set(texts)) == k) == distinct  # plain top 2: the cat sentence twice
     assert (len(found) > k) == distinct  # distinct: its copy is scored but not handed on twice
     assert score.retrieved_chars == sum(len(t) for t in texts)
+
+
+def test_evaluate_and_retrieve_equals_the_two_calls(tmp_path):
+    """The pipeline's one-ranking call gives what evaluate and retrieve_with_copies give apart."""
+    dataset = copied_dataset()
+    config = EvalConfig(chunker="sentence", chunk_size=16, overlap=0, k=2)
+    evaluator = Evaluator(dataset, BagOfWordsEncoder(), cache=EmbeddingCache(tmp_path))
+    result, tops = evaluator.evaluate_and_retrieve(config)
+    assert result.questions == evaluator.evaluate(config).questions
+    assert tops == evaluator.retrieve_with_copies(config)
+    (first, copies), _ = tops[0]
+    assert [c.corpus_id for c in copies] == ["copy"] and copies[0].text == first.text  # the collapsed copy
+    with pytest.raises(ValueError, match="fixed k"):
+        evaluator.evaluate_and_retrieve(replace(config, k="min"))
 
 
 def test_kept_spans_are_mirrored_onto_copies():
