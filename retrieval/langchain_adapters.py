@@ -33,9 +33,11 @@ from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, PrivateAttr
 
 from retrieval.atomic import atomic_write_text
-from retrieval.base import Chunk, Document, Encoder
+from retrieval.base import Chunk, Document, Encoder, Hit
 from retrieval.errors import InputError
+from retrieval.hybrid import HybridSearcher
 from retrieval.index_store import IndexStore
+from retrieval.indexing import search_distinct
 from retrieval.live_index import LiveIndex
 
 METADATA_FILE = "langchain_metadata.json"
@@ -212,9 +214,18 @@ class RagpressVectorStore(VectorStore):
             return []
         self._check_model(store)
         hits = store.search(_normalised([embedding]), k)[0]
+        return list(zip(self.documents_of(store, hits), (h.score for h in hits)))
+
+    def documents_of(self, store: IndexStore, hits: Sequence[Hit]) -> list[LCDocument]:
+        """LangChain documents of ``hits`` of ``store``; collapsed copies under ``ragpress_copies``."""
         entries = self._read_metadata()
-        return [(self._to_document(store, h.chunk_id, h.doc_id, h.source, h.start, h.end, h.text, entries), h.score)
-                for h in hits]
+        documents = []
+        for h in hits:
+            document = self._to_document(store, h.chunk_id, h.doc_id, h.source, h.start, h.end, h.text, entries)
+            if h.copies:
+                document.metadata["ragpress_copies"] = [{"source": s, "start": a, "end": b} for s, a, b in h.copies]
+            documents.append(document)
+        return documents
 
     def similarity_search_with_score(self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[LCDocument, float]]:
         return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, **kwargs)
@@ -255,10 +266,21 @@ class RagpressVectorStore(VectorStore):
         return store
 
 
+# The evaluated default of ``ragpress query`` (eval/defaults.BEST_HYBRID_WEIGHT; a test keeps them
+# equal): retrieval does not import eval.
+EVALUATED_HYBRID_WEIGHT = 0.8
+
+
 class RagpressRetriever(BaseRetriever):
     """A LangChain retriever over a ragpress index directory: ``invoke(question)`` -> top-``k`` documents.
 
-    ``k`` can be overridden per call: ``retriever.invoke(question, k=3)``.
+    By default it retrieves as ``ragpress query`` does: hybrid dense + BM25 scoring
+    (``hybrid_weight`` on the dense side; ``None``: the store's plain FAISS search) and ``k`` different
+    texts (``distinct``): a chunk whose text repeats a better-ranked one word for word is collapsed
+    into it, its ``{"source", "start", "end"}`` listed under the metadata key ``ragpress_copies``
+    (a namespaced key, so it never overwrites metadata of yours). ``hybrid_weight=None,
+    distinct=False`` equals ``store.similarity_search``. ``k`` can be overridden per call:
+    ``retriever.invoke(question, k=3)``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -266,7 +288,10 @@ class RagpressRetriever(BaseRetriever):
     index_dir: str
     k: int = 4
     embeddings: Embeddings | None = None
+    hybrid_weight: float | None = EVALUATED_HYBRID_WEIGHT
+    distinct: bool = True
     _store: RagpressVectorStore | None = PrivateAttr(default=None)
+    _hybrid: Any = PrivateAttr(default=None)  # HybridSearcher of the newest version searched (BM25 built once per version)
 
     @property
     def store(self) -> RagpressVectorStore:
@@ -276,4 +301,22 @@ class RagpressRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None) -> list[LCDocument]:
-        return self.store.similarity_search(query, k=self.k if k is None else k)
+        k = self.k if k is None else k
+        if self.hybrid_weight is None and not self.distinct:
+            return self.store.similarity_search(query, k=k)
+        snapshot = self.store.live.snapshot()
+        if snapshot is None or snapshot.ntotal == 0:
+            return []
+        self.store._check_model(snapshot)
+        vectors = _normalised([self.store.embeddings.embed_query(query)])
+        search = self._search_function(snapshot, query)
+        hits = search_distinct(search, vectors, k)[0] if self.distinct else search(vectors, k)[0]
+        return self.store.documents_of(snapshot, hits)
+
+    def _search_function(self, snapshot: IndexStore, query: str) -> Callable[[np.ndarray, int], list[list[Hit]]]:
+        if self.hybrid_weight is None:
+            return snapshot.search
+        if self._hybrid is None or self._hybrid.version != snapshot.version or self._hybrid.dense_weight != self.hybrid_weight:
+            self._hybrid = HybridSearcher(snapshot, self.hybrid_weight)
+        searcher = self._hybrid
+        return lambda vectors, depth: searcher.search([query], vectors, depth)

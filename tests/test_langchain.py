@@ -27,6 +27,7 @@ from retrieval.errors import InputError  # noqa: E402
 from retrieval.index_store import IndexStore  # noqa: E402
 from retrieval.indexing import index_paths  # noqa: E402
 from retrieval.langchain_adapters import (  # noqa: E402
+    EVALUATED_HYBRID_WEIGHT,
     LiveIndex,
     RagpressEmbeddings,
     RagpressRetriever,
@@ -121,7 +122,8 @@ def test_relevance_scores_and_as_retriever(filled) -> None:
 
 def test_retriever_invoke_batch_ainvoke_equal_the_store(filled) -> None:
     store, _ = filled
-    retriever = RagpressRetriever(index_dir=str(store.index_dir), k=3, embeddings=HashedWords())
+    retriever = RagpressRetriever(index_dir=str(store.index_dir), k=3, embeddings=HashedWords(), hybrid_weight=None,
+                                  distinct=False)
     questions = ["faiss vector search", "dask worker", "compress rate span"]
     expected = [store.similarity_search(q, k=3) for q in questions]
     assert [retriever.invoke(q) for q in questions] == expected
@@ -130,6 +132,33 @@ def test_retriever_invoke_batch_ainvoke_equal_the_store(filled) -> None:
     assert retriever.invoke(questions[0], k=1) == expected[0][:1]
     chain = retriever | RunnableLambda(lambda docs: [d.id for d in docs])
     assert chain.invoke(questions[1]) == [d.id for d in expected[1]]
+
+
+def test_retriever_default_retrieves_as_ragpress_query(tmp_path: Path) -> None:
+    """Hybrid dense + BM25 at the evaluated weight, k different texts, copies named in the metadata."""
+    from eval.defaults import BEST_HYBRID_WEIGHT
+    from retrieval.indexing import search_texts
+
+    assert EVALUATED_HYBRID_WEIGHT == BEST_HYBRID_WEIGHT
+    texts = _texts(30, seed=5) + ["faiss vector search index"] * 2  # the same text under two ids
+    store = RagpressVectorStore(tmp_path / "dup", HashedWords())
+    store.add_texts(texts, ids=[f"t{i}" for i in range(len(texts))])
+    retriever = RagpressRetriever(index_dir=str(store.index_dir), k=4, embeddings=HashedWords())
+    snapshot = IndexStore.open(store.index_dir)
+    for question in ("faiss vector search", "dask worker cluster", "compress rate span"):
+        expected = search_texts(snapshot, HashedWords(), [question], 4, hybrid_weight=BEST_HYBRID_WEIGHT)[0]
+        got = retriever.invoke(question)
+        assert [(d.id, d.page_content) for d in got] == [(h.doc_id, h.text) for h in expected]
+        assert len({d.page_content for d in got}) == 4
+        for document, hit in zip(got, expected):
+            copies = [{"source": s, "start": a, "end": b} for s, a, b in hit.copies]
+            assert document.metadata.get("ragpress_copies", []) == copies
+    first = retriever.invoke("faiss vector search")[0]
+    assert first.page_content == "faiss vector search index"
+    assert first.metadata["ragpress_copies"] == [{"source": "t31", "start": 0, "end": len(first.page_content)}]
+    plain = RagpressRetriever(index_dir=str(store.index_dir), k=2, embeddings=HashedWords(), hybrid_weight=None,
+                              distinct=False).invoke("faiss vector search")
+    assert [d.page_content for d in plain] == ["faiss vector search index"] * 2  # what distinct collapses
 
 
 def test_store_over_a_ragpress_index_gives_provenance(tmp_path: Path) -> None:
