@@ -147,6 +147,8 @@ def test_retriever_default_retrieves_as_ragpress_query(tmp_path: Path) -> None:
     snapshot = IndexStore.open(store.index_dir)
     for question in ("faiss vector search", "dask worker cluster", "compress rate span"):
         expected = search_texts(snapshot, HashedWords(), [question], 4, hybrid_weight=BEST_HYBRID_WEIGHT)[0]
+        dense = search_texts(snapshot, HashedWords(), [question], 4, hybrid_weight=None)[0]
+        assert [h.doc_id for h in dense] != [h.doc_id for h in expected]  # so a dense fallback would fail here
         got = retriever.invoke(question)
         assert [(d.id, d.page_content) for d in got] == [(h.doc_id, h.text) for h in expected]
         assert len({d.page_content for d in got}) == 4
