@@ -80,8 +80,10 @@ def make_engine(lm, store):
     class LinkedEngine(KVReuseEngine):
         """``linked``: prompt chunk indices whose cache is computed right after the previous prompt chunk."""
 
-        linked: frozenset = frozenset()
-        _memo: dict = {}
+        def __init__(self, lm, store) -> None:
+            super().__init__(lm, store)
+            self.linked: frozenset = frozenset()
+            self._memo: dict = {}  # (previous ids, chunk ids) -> linked ChunkKV, kept in memory for the run
 
         def linked_kv(self, prefix, previous: ChunkKV, ids) -> ChunkKV:
             memo_key = (previous.key.token_ids, tuple(ids))
