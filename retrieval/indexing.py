@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from retrieval.documents import discover, load_document
 from retrieval.errors import InputError
 from retrieval.index_store import IndexStore, config_fingerprint
 from retrieval.postprocess import NEIGHBOUR_WEIGHT, distinct_hits, with_neighbour_context
+
+if TYPE_CHECKING:
+    from retrieval.hybrid import HybridSearcher
 
 
 @dataclass(frozen=True)
@@ -267,18 +270,25 @@ def search_texts(store: IndexStore, encoder: Encoder, queries: Sequence[str], k:
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}; e.g. k=5")
     vectors = encoder.encode(list(queries))
-    if hybrid_weight is None:
-        search = store.search
-    else:
+    searcher = None
+    if hybrid_weight is not None:
         from retrieval.hybrid import HybridSearcher
 
         searcher = HybridSearcher(store, hybrid_weight)
+    return search_vectors(store, queries, vectors, k, searcher, distinct)
 
+
+def search_vectors(store: IndexStore, queries: Sequence[str], vectors: np.ndarray, k: int,
+                   searcher: HybridSearcher | None = None, distinct: bool = True) -> list[list[Hit]]:
+    """Top-``k`` hits per query (its text and its vector row): FAISS search of ``store``, or the
+    hybrid scoring of ``searcher`` (a ``retrieval.hybrid.HybridSearcher`` over ``store``), with
+    ``distinct`` as in ``search_texts``."""
+    if searcher is None:
+        search = store.search
+    else:
         def search(vectors: np.ndarray, depth: int) -> list[list[Hit]]:
             return searcher.search(list(queries), vectors, depth)
-    if not distinct:
-        return search(vectors, k)
-    return search_distinct(search, vectors, k)
+    return search_distinct(search, vectors, k) if distinct else search(vectors, k)
 
 
 def search_distinct(search: Callable[[np.ndarray, int], list[list[Hit]]], vectors: np.ndarray, k: int) -> list[list[Hit]]:

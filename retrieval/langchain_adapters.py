@@ -37,7 +37,7 @@ from retrieval.base import Chunk, Document, Encoder, Hit
 from retrieval.errors import InputError
 from retrieval.hybrid import HybridSearcher
 from retrieval.index_store import IndexStore
-from retrieval.indexing import search_distinct
+from retrieval.indexing import search_vectors
 from retrieval.live_index import LiveIndex
 
 METADATA_FILE = "langchain_metadata.json"
@@ -209,12 +209,19 @@ class RagpressVectorStore(VectorStore):
     def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4,
                                                **kwargs: Any) -> list[tuple[LCDocument, float]]:
         """Top-``k`` documents for a query vector with their cosine similarity, best first."""
-        store = self.live.snapshot()
-        if store is None or store.ntotal == 0:
+        store = self.searchable()
+        if store is None:
             return []
-        self._check_model(store)
         hits = store.search(_normalised([embedding]), k)[0]
         return list(zip(self.documents_of(store, hits), (h.score for h in hits)))
+
+    def searchable(self) -> IndexStore | None:
+        """The newest committed version, checked against this store's model; None while it holds nothing."""
+        store = self.live.snapshot()
+        if store is None or store.ntotal == 0:
+            return None
+        self._check_model(store)
+        return store
 
     def documents_of(self, store: IndexStore, hits: Sequence[Hit]) -> list[LCDocument]:
         """LangChain documents of ``hits`` of ``store``; collapsed copies under ``ragpress_copies``."""
@@ -301,22 +308,17 @@ class RagpressRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None) -> list[LCDocument]:
-        k = self.k if k is None else k
-        if self.hybrid_weight is None and not self.distinct:
-            return self.store.similarity_search(query, k=k)
-        snapshot = self.store.live.snapshot()
-        if snapshot is None or snapshot.ntotal == 0:
+        snapshot = self.store.searchable()
+        if snapshot is None:
             return []
-        self.store._check_model(snapshot)
         vectors = _normalised([self.store.embeddings.embed_query(query)])
-        search = self._search_function(snapshot, query)
-        hits = search_distinct(search, vectors, k)[0] if self.distinct else search(vectors, k)[0]
+        hits = search_vectors(snapshot, [query], vectors, self.k if k is None else k, self._searcher(snapshot), self.distinct)[0]
         return self.store.documents_of(snapshot, hits)
 
-    def _search_function(self, snapshot: IndexStore, query: str) -> Callable[[np.ndarray, int], list[list[Hit]]]:
+    def _searcher(self, snapshot: IndexStore) -> HybridSearcher | None:
+        """The hybrid searcher over ``snapshot`` (None: FAISS search), rebuilt only when the version changes."""
         if self.hybrid_weight is None:
-            return snapshot.search
+            return None
         if self._hybrid is None or self._hybrid.version != snapshot.version or self._hybrid.dense_weight != self.hybrid_weight:
             self._hybrid = HybridSearcher(snapshot, self.hybrid_weight)
-        searcher = self._hybrid
-        return lambda vectors, depth: searcher.search([query], vectors, depth)
+        return self._hybrid
