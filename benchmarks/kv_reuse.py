@@ -37,14 +37,16 @@ from retrieval.atomic import atomic_write_text  # noqa: E402
 DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data")) / "chroma"
 
 
-def load_chunks(tokenizer, chunk_tokens: int) -> list[str]:
+def load_corpus_chunks(tokenizer, chunk_tokens: int) -> list[list[str]]:
+    """Each corpus's chunks, in corpus (file name) and text order."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(tokenizer, chunk_size=chunk_tokens, chunk_overlap=0)
-    chunks = []
-    for corpus in sorted((DATA / "corpora").glob("*.md")):
-        chunks.extend(splitter.split_text(corpus.read_text(encoding="utf-8")))
-    return chunks
+    return [splitter.split_text(corpus.read_text(encoding="utf-8")) for corpus in sorted((DATA / "corpora").glob("*.md"))]
+
+
+def load_chunks(tokenizer, chunk_tokens: int) -> list[str]:
+    return [chunk for corpus in load_corpus_chunks(tokenizer, chunk_tokens) for chunk in corpus]
 
 
 def load_questions(n: int, seed: int) -> list[dict]:

@@ -38,20 +38,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
 from kv_oracle import dev_questions  # noqa: E402
-from kv_reuse import DATA, _record, load_questions, median, recoveries, retrieve  # noqa: E402
+from kv_reuse import _record, load_corpus_chunks, load_questions, median, recoveries, retrieve  # noqa: E402
 
 
 def corpus_chunks(tokenizer, chunk_tokens: int) -> tuple[list[str], list[int]]:
     """kv_reuse.py's chunks and the corpus number of each (chunks of a corpus are consecutive)."""
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
-
-    splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(tokenizer, chunk_size=chunk_tokens, chunk_overlap=0)
-    chunks, corpus = [], []
-    for number, path in enumerate(sorted((DATA / "corpora").glob("*.md"))):
-        pieces = splitter.split_text(path.read_text(encoding="utf-8"))
-        chunks += pieces
-        corpus += [number] * len(pieces)
-    return chunks, corpus
+    per_corpus = load_corpus_chunks(tokenizer, chunk_tokens)
+    return ([chunk for pieces in per_corpus for chunk in pieces],
+            [number for number, pieces in enumerate(per_corpus) for _ in pieces])
 
 
 def grouped(ranked: list[int], corpus: list[int]) -> list[int]:
