@@ -39,11 +39,11 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from retrieval.atomic import atomic_write_text  # noqa: E402
 from compression.base import Budget, CompressionResult  # noqa: E402
 from eval.base import Span  # noqa: E402
 from eval.datasets import load_chroma  # noqa: E402
 from eval.metrics import retrieval_scores  # noqa: E402
+from retrieval.atomic import atomic_write_text  # noqa: E402
 
 DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
 RESULTS = REPO / "benchmarks" / "results"

@@ -39,7 +39,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-
 from indexing import machine  # noqa: E402  (benchmarks/indexing.py: CPU, load average, versions)
 
 from retrieval import index_store  # noqa: E402

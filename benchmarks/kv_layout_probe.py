@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))  # importing kv_reuse also sets the
 
 from kv_oracle import dev_questions, fidelity, naive_cache  # noqa: E402
 from kv_reuse import DATA, load_chunks, machine_facts, retrieve, write_json  # noqa: E402
+
 from eval.metrics import token_f1  # noqa: E402
 from retrieval.atomic import atomic_write_text  # noqa: E402
 

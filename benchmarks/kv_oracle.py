@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # importing kv_reuse also sets the offline environment
 
 from kv_reuse import DATA, load_chunks, load_questions, machine_facts, recoveries, retrieve, write_json  # noqa: E402
+
 from eval.metrics import token_f1  # noqa: E402
 from retrieval.atomic import atomic_write_text  # noqa: E402
 

@@ -17,8 +17,9 @@ model's usual SDPA, so another caller sharing the model meanwhile gets exactly S
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 NAME = "ragpress_blocks"
 

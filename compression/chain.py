@@ -8,8 +8,9 @@ texts, are mapped back piece by piece, so every ``KeptSpan`` indexes ``contexts`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from compression.base import Budget, CompressionResult, Compressor, KeptSpan
 from compression.sentence_units import count_contexts

@@ -7,7 +7,7 @@ optional LM judge of ``extractive_lm``) -> select under the budget or adaptively
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,7 +7,8 @@ position's logits computed). The model and tokenizer come from ``compression.lm.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -18,8 +18,8 @@ Without a question the sentences are scored against the centroid of all sentence
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -10,11 +10,11 @@ through these helpers, so both sides of 5.24 work without warnings.
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cache_name(cls: type) -> str:
     parameters = inspect.signature(cls.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"

@@ -13,7 +13,8 @@ input's metadata plus ``kept_spans`` (``[[start, end], ...]`` into the input's t
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor

@@ -19,8 +19,9 @@ without minus with the question; one more pass over the partly pruned contexts).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,8 +30,8 @@ from compression.coarse import REORDERS, allocate, output_order, rank_contexts, 
 from compression.lm import DEFAULT_LM, load_causal_lm
 from compression.lm_scoring import IncrementalScorer, max_positions, prime, score_blocks
 from compression.protect import EVIDENCE, MUST, PROTECTED, check_detectors, unit_tiers
-from compression.relevance import SCORINGS, choose_evidence
 from compression.reassemble import merge_spans, reassemble
+from compression.relevance import SCORINGS, choose_evidence
 from compression.token_select import adjust, running_threshold, select_units, unit_scores
 from compression.units import Unit, count_tokens, split_units, tokenize
 

@@ -13,8 +13,9 @@ needed (``need``), and ``prime`` runs a shared prefix once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -9,7 +9,7 @@ Lower tiers are kept first while the budget allows.
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -9,7 +9,7 @@ Only the ranking differs from ``ExtractiveCompressor``, so comparisons isolate t
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

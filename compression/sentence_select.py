@@ -11,7 +11,7 @@ non-empty context never compresses to nothing.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,8 +7,8 @@ they differ only in how they score sentences, never in segmentation, budgeting o
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from compression.base import CompressionResult, KeptSpan
 from compression.segment import DEFAULT_MAX_CHARS, split_sentences

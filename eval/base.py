@@ -6,8 +6,9 @@ fractions in [0, 1]; reports multiply means by 100 as the benchmark does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 KMode = int | Literal["min"]
 Unit = Literal["chars", "tokens"]
@@ -120,7 +121,7 @@ class EvalConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> "EvalConfig":
+    def from_dict(cls, data: Mapping[str, object]) -> EvalConfig:
         """Build from a mapping (JSON/YAML); unknown keys are an error naming the valid ones."""
         valid = set(cls.__dataclass_fields__)
         unknown = set(data) - valid

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from eval.base import EvalDataset, Question, Reference
 

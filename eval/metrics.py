@@ -25,8 +25,8 @@ import re
 import string
 from bisect import bisect_left, bisect_right
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from eval.base import MAX_MIN_K, Span
 

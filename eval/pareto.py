@@ -15,7 +15,7 @@ Conventions shared by every function:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

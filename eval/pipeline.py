@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from functools import lru_cache
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from functools import cache
+from typing import Any
 
 from eval.base import EvalConfig, EvalDataset, Question, Span
 from eval.metrics import mean_percent, retrieval_scores, token_f1
@@ -341,7 +342,7 @@ def _default_evaluator(dataset: EvalDataset) -> Evaluator:
     return Evaluator(dataset, load_encoder())
 
 
-@lru_cache(maxsize=None)
+@cache
 def lm_model_id(name: str) -> str:
     """A causal LM's id with its weights hash (hashing the weights file once per process)."""
     from compression.lm import resolve_model_dir

@@ -9,8 +9,8 @@ compression are measured on the same yardstick.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Mapping
 
 from compression.kv_modes import KV_REUSE_MODES as KV_MODES
 from eval.base import EvalConfig
@@ -75,7 +75,7 @@ class PipelineConfig:
         return {**self.retrieval.to_dict(), **data}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> "PipelineConfig":
+    def from_dict(cls, data: Mapping[str, object]) -> PipelineConfig:
         """Build from the flat form; unknown keys are an error naming the valid ones."""
         own = {f.name for f in fields(cls)} - {"retrieval"}
         retrieval_keys = set(EvalConfig.__dataclass_fields__)

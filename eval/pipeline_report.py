@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import html
 import math
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 from eval.pareto import COST_METRICS, QUALITY_METRICS, VIEWS, front_2d, front_4d, recommend, recommend_rule
 from eval.pipeline_base import PipelineResult
@@ -186,7 +186,7 @@ def render_pipeline_html(results: Sequence[PipelineResult], title: str = "ragpre
                       for name, svg in pipeline_plots(results, recommended).items())
     datasets = ", ".join(sorted({result.dataset for result in results})) or "-"
     machine = "; ".join(f"{key} {value}" for key, value in machine_info().items())
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     command_html = f"<p>Produced by:</p><pre><code>{html.escape(command)}</code></pre>" if command else ""
     return (
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"

@@ -13,12 +13,12 @@ import json
 import os
 import platform
 from collections import defaultdict
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Mapping, Sequence
 
-from retrieval.atomic import atomic_write_text
 from eval.base import EvalResult
+from retrieval.atomic import atomic_write_text
 
 MAX_ANNOTATED = 15
 METRICS = (("recall", "Recall"), ("precision", "Precision"), ("precision_omega", "PΩ"), ("iou", "IoU"))
@@ -31,7 +31,7 @@ def machine_info() -> dict[str, object]:
 def results_json(results: Sequence[EvalResult], extra: Mapping[str, object] | None = None) -> dict:
     """The JSON document of a run: machine, time, one entry per configuration."""
     return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         **(dict(extra) if extra else {}),
         "results": [result.to_dict() for result in results],
@@ -168,7 +168,7 @@ def render_html(results: Sequence[EvalResult], title: str = "ragpress evaluation
             f"<details><summary>{html.escape(result.config.label)}: per-question scores "
             f"({result.n_chunks} chunks, model {html.escape(result.model_id)})</summary>{_html_table(rows, f'questions-{number}')}</details>"
         )
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     return (
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"

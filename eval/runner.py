@@ -9,8 +9,8 @@ re-chunks and re-embeds nothing, and the on-disk cache makes repeated sweeps che
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 

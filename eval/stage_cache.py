@@ -14,9 +14,10 @@ import ast
 import hashlib
 import json
 import os
-from functools import lru_cache
+from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from retrieval.atomic import atomic_write_text
 from retrieval.lru_files import PruneSummary, prune_least_recent, touch
@@ -66,7 +67,7 @@ def _imported(path: Path) -> set[str]:
     return names
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_fingerprint(*modules: str, root: Path = REPO) -> str:
     """SHA-256 (16 hex) of the source of ``modules`` and every repo module they import, transitively.
 

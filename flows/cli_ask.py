@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,15 +24,15 @@ def ask(
     hybrid_weight: float = HYBRID_WEIGHT_OPTION,
     distinct: bool = DISTINCT_OPTION,
     kv_reuse: str = typer.Option("blend", "--kv-reuse", help="none (full prefill), naive, edge or blend"),
-    compression: Optional[str] = typer.Option(None, "--compression", help="compress the contexts first (e.g. extractive)"),
+    compression: str | None = typer.Option(None, "--compression", help="compress the contexts first (e.g. extractive)"),
     rate: float = typer.Option(0.5, "--rate", help="compression rate (kept / original tokens)"),
     blend_r: float = typer.Option(0.15, "--blend-r", help="fraction of context tokens blend recomputes"),
     blend_score: str = typer.Option(DEFAULT_BLEND_SCORE, "--blend-score",
                                     help="which tokens blend recomputes: attention (the question's, default), deviation "
                                          "(CacheBlend's layer-1 value deviation), deviation*attention"),
     edge_tokens: int = typer.Option(16, "--edge-tokens", help="first tokens of each chunk edge recomputes"),
-    kv_cache: Optional[Path] = typer.Option(None, "--kv-cache", help="chunk-cache directory (default INDEX/kv-cache)"),
-    kv_cache_max_mb: Optional[float] = typer.Option(None, "--kv-cache-max-mb",
+    kv_cache: Path | None = typer.Option(None, "--kv-cache", help="chunk-cache directory (default INDEX/kv-cache)"),
+    kv_cache_max_mb: float | None = typer.Option(None, "--kv-cache-max-mb",
                                                     help="afterwards, evict the least recently used chunk caches beyond this size"),
     lm: str = typer.Option("smollm2", "--lm", help="'smollm2' or a local Hugging Face Llama-family model dir"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens to generate at most"),

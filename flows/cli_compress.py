@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Optional
 
 import typer
 
 
 def compress(
     method: str = typer.Option("extractive", "--method", help="compression method (see compression/registry.py)"),
-    rate: Optional[float] = typer.Option(None, "--rate", help="keep this share of the input tokens (0 < R <= 1)"),
-    target_tokens: Optional[int] = typer.Option(None, "--target-tokens", help="keep this many tokens instead of a rate"),
-    question: Optional[str] = typer.Option(None, "--question", help="make the compression question-aware"),
+    rate: float | None = typer.Option(None, "--rate", help="keep this share of the input tokens (0 < R <= 1)"),
+    target_tokens: int | None = typer.Option(None, "--target-tokens", help="keep this many tokens instead of a rate"),
+    question: str | None = typer.Option(None, "--question", help="make the compression question-aware"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON object instead of the text"),
 ) -> None:
     """Compress the text on standard input and print it with its kept spans and token counts."""

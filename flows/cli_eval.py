@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -34,7 +34,7 @@ def build_config(options: dict[str, object]) -> EvalConfig:
     return EvalConfig.from_dict({**base.to_dict(), **given})
 
 
-def parse_k(k: Optional[str]) -> object:
+def parse_k(k: str | None) -> object:
     if k is None or k == "min":
         return k
     try:
@@ -66,24 +66,24 @@ def print_results(results) -> None:
 
 
 def evaluate(
-    questions: Optional[Path] = typer.Option(None, "--questions", help="questions: Chroma CSV or JSONL (default: the own pydoc-topics set)"),
-    corpora: Optional[Path] = typer.Option(None, "--corpora", help="directory of <corpus_id>.md/.txt files (needed for a CSV)"),
-    chunker: Optional[str] = typer.Option(None, "--chunker", help="token, recursive or sentence (default: the project's best config)"),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="tokens per chunk"),
-    overlap: Optional[int] = typer.Option(None, "--overlap", help="tokens shared by neighbouring chunks"),
-    k: Optional[str] = typer.Option(None, "-k", "--k", help="chunks retrieved per question, or 'min' (chunks touching the references, max 20)"),
-    retrieval: Optional[str] = typer.Option(None, "--retrieval", help="dense, bm25 or hybrid"),
-    hybrid_weight: Optional[float] = typer.Option(None, "--hybrid-weight", help="weight of the dense score in hybrid retrieval (0..1)"),
-    context_chunks: Optional[int] = typer.Option(None, "--context-chunks", help="neighbours on each side mixed into a chunk's embedding"),
-    merge_adjacent: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="merge retrieved chunks that overlap or touch"),
-    unit: Optional[str] = typer.Option(None, "--unit", help="count metrics in 'chars' (benchmark) or 'tokens'"),
-    distinct: Optional[bool] = typer.Option(None, "--distinct/--with-copies",
+    questions: Path | None = typer.Option(None, "--questions", help="questions: Chroma CSV or JSONL (default: the own pydoc-topics set)"),
+    corpora: Path | None = typer.Option(None, "--corpora", help="directory of <corpus_id>.md/.txt files (needed for a CSV)"),
+    chunker: str | None = typer.Option(None, "--chunker", help="token, recursive or sentence (default: the project's best config)"),
+    chunk_size: int | None = typer.Option(None, "--chunk-size", help="tokens per chunk"),
+    overlap: int | None = typer.Option(None, "--overlap", help="tokens shared by neighbouring chunks"),
+    k: str | None = typer.Option(None, "-k", "--k", help="chunks retrieved per question, or 'min' (chunks touching the references, max 20)"),
+    retrieval: str | None = typer.Option(None, "--retrieval", help="dense, bm25 or hybrid"),
+    hybrid_weight: float | None = typer.Option(None, "--hybrid-weight", help="weight of the dense score in hybrid retrieval (0..1)"),
+    context_chunks: int | None = typer.Option(None, "--context-chunks", help="neighbours on each side mixed into a chunk's embedding"),
+    merge_adjacent: bool | None = typer.Option(None, "--merge/--no-merge", help="merge retrieved chunks that overlap or touch"),
+    unit: str | None = typer.Option(None, "--unit", help="count metrics in 'chars' (benchmark) or 'tokens'"),
+    distinct: bool | None = typer.Option(None, "--distinct/--with-copies",
                                             help="top k = k different texts (default), or the plain top k with identical copies"),
-    sweep: Optional[Path] = typer.Option(None, "--sweep", help="YAML/JSON grid of configurations (see eval/sweep.py)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write per-corpus, overall and per-question scores here"),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="write the static HTML report here"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="embedding cache (default $RAGPRESS_CACHE/eval-embeddings)"),
-    model: Optional[str] = typer.Option(None, "--model", help="embedding model (default: packaged all-MiniLM-L6-v2)"),
+    sweep: Path | None = typer.Option(None, "--sweep", help="YAML/JSON grid of configurations (see eval/sweep.py)"),
+    json_out: Path | None = typer.Option(None, "--json", help="write per-corpus, overall and per-question scores here"),
+    html_out: Path | None = typer.Option(None, "--html", help="write the static HTML report here"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="embedding cache (default $RAGPRESS_CACHE/eval-embeddings)"),
+    model: str | None = typer.Option(None, "--model", help="embedding model (default: packaged all-MiniLM-L6-v2)"),
 ) -> None:
     """Evaluate chunking + retrieval on questions with reference spans (recall, precision, PΩ, IoU)."""
     from eval.sweep import load_sweep

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -36,17 +35,17 @@ def print_results(run) -> None:
 
 
 def pipeline(
-    questions: Optional[Path] = typer.Option(None, "--questions", help="questions: Chroma CSV or JSONL (default: the own pydoc-topics set)"),
-    corpora: Optional[Path] = typer.Option(None, "--corpora", help="directory of <corpus_id>.md/.txt files (needed for a CSV)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="one pipeline configuration, YAML/JSON (default: the recommended one)"),
-    sweep: Optional[Path] = typer.Option(None, "--sweep", help="a grid of configurations, YAML/JSON (see eval/sweep.py)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="run this many questions, evenly spread (overrides the file's 'questions')"),
+    questions: Path | None = typer.Option(None, "--questions", help="questions: Chroma CSV or JSONL (default: the own pydoc-topics set)"),
+    corpora: Path | None = typer.Option(None, "--corpora", help="directory of <corpus_id>.md/.txt files (needed for a CSV)"),
+    config: Path | None = typer.Option(None, "--config", help="one pipeline configuration, YAML/JSON (default: the recommended one)"),
+    sweep: Path | None = typer.Option(None, "--sweep", help="a grid of configurations, YAML/JSON (see eval/sweep.py)"),
+    limit: int | None = typer.Option(None, "--limit", help="run this many questions, evenly spread (overrides the file's 'questions')"),
     fidelity: bool = typer.Option(False, "--fidelity", help="also answer with a full prefill and score each answer against it"),
     html_out: Path = typer.Option(DEFAULT_OUT / "dashboard.html", "--html", help="where to write the dashboard"),
     json_out: Path = typer.Option(DEFAULT_OUT / "results.json", "--json", help="where to write every result"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="stage cache (default $RAGPRESS_CACHE/stages)"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="stage cache (default $RAGPRESS_CACHE/stages)"),
     lm: str = typer.Option("smollm2", "--lm", help="'smollm2' or a local Hugging Face Llama-family model dir"),
-    cache_max_mb: Optional[float] = typer.Option(None, "--cache-max-mb", help="afterwards, evict the least recently used stage results beyond this size"),
+    cache_max_mb: float | None = typer.Option(None, "--cache-max-mb", help="afterwards, evict the least recently used stage results beyond this size"),
 ) -> None:
     """Run retrieve -> compress -> answer for each configuration and report every stage on one yardstick."""
     from dataclasses import replace

@@ -6,7 +6,6 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -64,11 +63,11 @@ def index(
     overlap: int = typer.Option(BEST_CONFIG.overlap, "--overlap", help="tokens shared by neighbouring chunks"),
     context_chunks: int = typer.Option(BEST_CONFIG.context_chunks, "--context-chunks",
                                        help="mix this many neighbouring chunks on each side into a chunk's vector"),
-    model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers dir or cached name"),
+    model: str | None = typer.Option(None, "--model", help="sentence-transformers dir or cached name"),
     factory: str = typer.Option("Flat", "--factory", help="FAISS index factory: Flat, HNSW32, IVF64,Flat, IVF64,PQ16 ..."),
     commit_every: int = typer.Option(64, "--commit-every", help="documents per atomic commit"),
     rebuild: bool = typer.Option(False, "--rebuild", help="replace the index instead of updating it"),
-    kv_cache: Optional[Path] = typer.Option(None, "--kv-cache", help="also precompute every chunk's LM KV cache into this dir (for `ragpress ask`)"),
+    kv_cache: Path | None = typer.Option(None, "--kv-cache", help="also precompute every chunk's LM KV cache into this dir (for `ragpress ask`)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Index (incrementally) the text files under PATHS into --index."""
@@ -117,10 +116,10 @@ def query(
     text: str = typer.Argument(..., help="the question"),
     index_dir: Path = typer.Option(..., "--index", help="an index made by `ragpress index`"),
     k: int = typer.Option(5, "-k", help="number of chunks to return"),
-    model: Optional[str] = typer.Option(None, "--model", help="must be the model the index was built with"),
+    model: str | None = typer.Option(None, "--model", help="must be the model the index was built with"),
     retrieval: str = RETRIEVAL_OPTION,
     hybrid_weight: float = HYBRID_WEIGHT_OPTION,
-    compress: Optional[str] = typer.Option(None, "--compress", help="compress the hits: extractive, llmlingua, ..."),
+    compress: str | None = typer.Option(None, "--compress", help="compress the hits: extractive, llmlingua, ..."),
     rate: float = typer.Option(0.33, "--rate", help="compression rate when --compress is given"),
     distinct: bool = DISTINCT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print hits as JSON"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,12 +13,12 @@ def serve(
     cron: str = typer.Option("0 * * * *", "--cron", help="when to re-index, five cron fields (default hourly)"),
     timezone: str = typer.Option("UTC", "--timezone", help="time zone of the cron schedule"),
     name: str = typer.Option("ragpress-index", "--name", help="deployment name (flow ragpress-index/NAME)"),
-    chunker: Optional[str] = typer.Option(None, "--chunker", help="token, recursive or sentence (default: the indexing flow's)"),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="tokens per chunk (default: the indexing flow's)"),
-    overlap: Optional[int] = typer.Option(None, "--overlap", help="tokens shared by neighbouring chunks"),
-    context_chunks: Optional[int] = typer.Option(None, "--context-chunks", help="neighbours mixed into each vector"),
-    model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers dir or cached name"),
-    factory: Optional[str] = typer.Option(None, "--factory", help="FAISS index factory (default: Flat)"),
+    chunker: str | None = typer.Option(None, "--chunker", help="token, recursive or sentence (default: the indexing flow's)"),
+    chunk_size: int | None = typer.Option(None, "--chunk-size", help="tokens per chunk (default: the indexing flow's)"),
+    overlap: int | None = typer.Option(None, "--overlap", help="tokens shared by neighbouring chunks"),
+    context_chunks: int | None = typer.Option(None, "--context-chunks", help="neighbours mixed into each vector"),
+    model: str | None = typer.Option(None, "--model", help="sentence-transformers dir or cached name"),
+    factory: str | None = typer.Option(None, "--factory", help="FAISS index factory (default: Flat)"),
 ) -> None:
     """Serve the indexing flow on --cron for FOLDER (needs a Prefect server: PREFECT_API_URL)."""
     from flows.serve import indexing_deployment

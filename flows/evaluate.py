@@ -9,12 +9,13 @@ the static HTML report when asked.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from eval.base import EvalConfig, EvalDataset, EvalResult
 from eval.datasets import load_pydoc_topics, load_questions

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 from prefect import flow, task, unmapped
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from eval.defaults import BEST_CONFIG
 from retrieval.base import Chunk, Document
@@ -31,8 +31,8 @@ from retrieval.indexing import (
     chunk_documents,
     embed_documents,
     index_config,
-    require_documents,
     plan_update,
+    require_documents,
 )
 
 

@@ -11,12 +11,18 @@ summary (the Pareto front and the recommended configuration), and writes the HTM
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from eval.base import EvalConfig, EvalDataset
@@ -61,10 +67,11 @@ def answer_stage(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Ret
 @task(name="publish-pipeline-report", cache_policy=NO_CACHE)
 def publish(results: Sequence[PipelineResult], recommended: int, html_out: str | None, json_out: str | None,
             command: str | None) -> None:
+    import json
+
     from eval.pipeline_report import markdown_pipeline_summary, pipeline_table_rows, write_pipeline_html
     from eval.report import machine_info
     from retrieval.atomic import atomic_write_text
-    import json
 
     key = artifact_key(f"pipeline-{results[0].dataset}")
     create_table_artifact(table=pipeline_table_rows(results), key=key, description=f"{len(results)} pipeline configuration(s)")

@@ -8,8 +8,8 @@ fix for empty, binary, NUL-containing or non-UTF-8 files.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from retrieval.base import Document
 from retrieval.errors import InputError

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -7,7 +7,7 @@ of the stored vectors (BM25 needs every chunk's score anyway), whatever the FAIS
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -36,11 +36,12 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -306,7 +307,7 @@ class IndexStore:
 
     @classmethod
     def open(cls, directory: str | Path, *, version: int | None = None, mmap: bool = True, verify: bool = True,
-             nprobe: int = 16, ef_search: int = 64) -> "IndexStore":
+             nprobe: int = 16, ef_search: int = 64) -> IndexStore:
         """Open the committed index in ``directory`` with whatever model/dim/factory it was built with."""
         directory = Path(directory)
         snapshot = _load_snapshot(directory, version, mmap, verify)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ class IndexPlan:
     def is_empty(self) -> bool:
         return not (self.new or self.changed or self.deleted or self.relocated)
 
-    def batches(self, size: int) -> Iterator["IndexPlan"]:
+    def batches(self, size: int) -> Iterator[IndexPlan]:
         """Sub-plans of at most ``size`` documents to embed; the first one also carries the deletions
         and relocations (metadata only, so they never wait behind embedding work)."""
         if size <= 0:

@@ -21,8 +21,9 @@ import hashlib
 import json
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -264,7 +265,7 @@ class RagpressVectorStore(VectorStore):
     @classmethod
     def from_texts(cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, *,
                    ids: list[str] | None = None, index_dir: str | Path | None = None,
-                   **kwargs: Any) -> "RagpressVectorStore":
+                   **kwargs: Any) -> RagpressVectorStore:
         """A store in ``index_dir`` (required: the index is persistent) holding ``texts``."""
         if index_dir is None:
             raise ValueError("RagpressVectorStore.from_texts needs index_dir=... (where the index is written)")

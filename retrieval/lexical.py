@@ -6,7 +6,7 @@ BM25 itself comes from ``rank_bm25`` (Okapi BM25); this module only tokenises an
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

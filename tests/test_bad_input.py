@@ -9,13 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_kill import FakeEncoder, small_chunker
+
 from retrieval.base import Chunk, Document
 from retrieval.documents import discover, load_document
 from retrieval.encoder import load_encoder
-from retrieval.errors import (EmbeddingModelUnavailable, EmptyIndexError, IndexCorruptedError, IndexMismatchError,
-                              IndexStoreError, InputError)
+from retrieval.errors import (
+    EmbeddingModelUnavailable,
+    EmptyIndexError,
+    IndexCorruptedError,
+    IndexMismatchError,
+    IndexStoreError,
+    InputError,
+)
 from retrieval.index_store import IndexStore
 from retrieval.indexing import index_paths, search_texts
 
@@ -36,7 +42,7 @@ def write(path: Path, data: bytes) -> Path:
     ("utf-16 text".encode("utf-16"), r"binary file.*re-encode it as UTF-8 \(iconv -f utf-16"),
     (b"x" * 9000 + b"\x00tail", r"NUL byte at byte offset 9000; remove NUL bytes"),
     (b"caf\xe9 au lait", r"invalid UTF-8 at byte offset 3 .*re-encode the file as UTF-8"),
-    ("ok ".encode() * 5 + b"\xe6\x9d", r"invalid UTF-8 at byte offset 15"),
+    (b"ok " * 5 + b"\xe6\x9d", r"invalid UTF-8 at byte offset 15"),
 ])
 def test_bad_files_are_named_with_the_problem(tmp_path: Path, data: bytes, message: str) -> None:
     path = write(tmp_path / "bad.txt", data)

@@ -214,9 +214,8 @@ def test_cli_eval_prints_per_corpus_and_overall_scores(prefect_harness, tmp_path
     import typer
     from typer.testing import CliRunner
 
-    from flows.cli_eval import register
-
     from eval.testing import write_chroma_files
+    from flows.cli_eval import register
 
     questions, corpora = write_chroma_files(tiny_dataset(), tmp_path)
     app = typer.Typer()

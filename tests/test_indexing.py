@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers_kill import FakeEncoder, small_chunker
+
 from retrieval.chunkers import make_chunker
 from retrieval.documents import load_document
 from retrieval.index_store import IndexStore

@@ -7,8 +7,8 @@ standard suites run when that package is installed.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import hashlib
+import inspect
 import re
 from pathlib import Path
 

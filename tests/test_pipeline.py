@@ -243,9 +243,8 @@ def test_spread_sample_keeps_order_and_covers_the_file():
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_pipeline_flow_reports_every_config_and_recommends_one(counting, tmp_path):
-    from flows.pipeline import pipeline_flow
-
     from eval.testing import write_chroma_files
+    from flows.pipeline import pipeline_flow
 
     questions, corpora = write_chroma_files(tiny_dataset(), tmp_path)
     configs = [config(kv_mode=mode).to_dict() for mode in ("none", "naive")] + [config(compression="extractive").to_dict()]

@@ -8,6 +8,7 @@ import html
 import re
 
 import pytest
+from test_report_chromium import chromium, run_chromium
 
 from eval.pareto import front_4d
 from eval.pipeline_report import (
@@ -18,7 +19,6 @@ from eval.pipeline_report import (
     write_pipeline_html,
 )
 from eval.testing import SYNTHETIC_FRONT, SYNTHETIC_PIPELINE, SYNTHETIC_RECOMMENDED, synthetic_pipeline_results
-from test_report_chromium import chromium, run_chromium
 
 COMMAND = "ragpress pipeline --sweep grid.yaml --questions q.csv"
 

@@ -12,7 +12,16 @@ import pytest
 
 from compression.base import Budget
 from compression.llmlingua import LLMLinguaCompressor
-from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR, Sentence, best_neighbour, choose_evidence, fused_scores, zscore
+from compression.relevance import (
+    LEXICAL,
+    NEIGHBOUR,
+    PRIOR,
+    Sentence,
+    best_neighbour,
+    choose_evidence,
+    fused_scores,
+    zscore,
+)
 from tests.test_llmlingua import _check_provenance, _ids, _text, one_torch_thread, tiny_model, tiny_tokenizer  # noqa: F401
 from tests.test_relevance import _word_units
 

@@ -29,10 +29,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from eval import runner  # noqa: E402
 from eval.datasets import load_chroma, load_pydoc_topics  # noqa: E402
 from eval.defaults import BASELINE_CONFIG, BEST_CONFIG  # noqa: E402
 from eval.embedding_cache import EmbeddingCache  # noqa: E402
-from eval import runner  # noqa: E402
 from eval.runner import Evaluator  # noqa: E402
 from eval.sweep import load_sweep  # noqa: E402
 from retrieval.encoder import load_encoder  # noqa: E402

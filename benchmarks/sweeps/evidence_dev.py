@@ -32,9 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import numpy as np  # noqa: E402
-
 import compression_llmlingua as bench  # noqa: E402
+import numpy as np  # noqa: E402
 
 SETS = {
     "dev1": "rows[1::6] (development set)",

@@ -50,6 +50,7 @@ FEATURES = (
 def question_data(question: dict, hits: list[dict], corpora: dict, tokenizer, encoder, stemmer) -> dict:
     """Features, labels and budgets of one question's candidate sentences (contexts in retrieval order)."""
     import compression_llmlingua as bench
+
     from compression.base import Budget
     from compression.llmlingua import LLMLinguaCompressor, _inner
     from compression.relevance import best_neighbour, semantic_scores, zscore
@@ -108,10 +109,10 @@ def build(names: tuple[str, ...] = ("dev1", "dev3"), cache: Path = CACHE) -> dic
     """Every question's features for the sets ``names`` (evidence_dev.SETS), cached in ``cache``."""
     if cache.exists():
         return pickle.loads(cache.read_bytes())
+    import compression_llmlingua as bench
     import snowballstemmer
     from evidence_dev import MemoEncoder, retrieved
 
-    import compression_llmlingua as bench
     from compression.extractive_models import default_encoder
     from compression.lm import load_causal_lm
 
@@ -353,10 +354,10 @@ def fitted_choose_evidence(weights: dict[str, float]):
 
 def full_check(weights: dict[str, float]) -> None:
     """The whole compressor at rate 0.33 with the question on the development sets, current vs ``weights``."""
+    import compression_llmlingua as bench
     from evidence_dev import MemoEncoder, retrieved
 
     import compression.llmlingua as llmlingua
-    import compression_llmlingua as bench
     from compression.base import Budget
     from compression.extractive_models import default_encoder
 

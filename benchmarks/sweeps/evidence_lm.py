@@ -202,10 +202,10 @@ def full_check(cross_weights: list[float]) -> None:
     """The whole compressor at rate 0.33 with the question on the development sets, current vs cross-chunk neighbours."""
     import statistics
 
+    import compression_llmlingua as bench
     from evidence_dev import MemoEncoder, retrieved
 
     import compression.llmlingua as llmlingua
-    import compression_llmlingua as bench
     from compression.base import Budget
     from compression.extractive_models import default_encoder
 

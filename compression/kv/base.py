@@ -7,8 +7,9 @@ at the positions the record says. Everything that decides whether a cache may be
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -92,7 +93,7 @@ class Prompt:
         """How many leading context tokens have a reused cache equal to a full prefill's."""
         return len(self.chunk_ids[0]) if self.chunk_ids and 0 not in self.cut else 0
 
-    def keep(self, positions: Sequence[Sequence[int]]) -> "Prompt":
+    def keep(self, positions: Sequence[Sequence[int]]) -> Prompt:
         """The prompt made of the kept tokens only (``positions[i]``: indices into chunk i); chunks
         that keep nothing are left out. This is what the LM reads from compressed context."""
         chunks, cut = [], set()

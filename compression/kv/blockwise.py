@@ -14,7 +14,8 @@ tokens spread over the context. Llama layers only (``SUPPORTED``); other models 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

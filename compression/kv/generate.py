@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from compression.hf_cache import cache_arg, returned_cache
 from compression.kv.assemble import assemble, chunk_cache, encode_prefix
-from compression.kv.blockwise import DEFAULT_BLOCK, grow_cache, run_in_place, supported
 from compression.kv.base import Generation, KVStore, PrefixKV, Prompt
+from compression.kv.blockwise import DEFAULT_BLOCK, grow_cache, run_in_place, supported
 from compression.kv.keys import tokenizer_signature
 from compression.kv.prompt import DEFAULT_SYSTEM, build_prompt
 from compression.kv.recovery import Recovery, additive

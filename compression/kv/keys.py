@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from compression.kv.base import CacheKey, CacheMismatch, PrefixKV
 from compression.kv.rope import rope_signature

@@ -11,8 +11,9 @@ rule's choice from the cost of its recompute. r = 1 puts the full-prefill cache 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -7,7 +7,8 @@ prefix = system turn + start of the user turn; one ``Document:\\n<text>\\n\\n`` 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from compression.kv.base import Prompt
 

@@ -13,7 +13,8 @@ down (``assemble``) and reads ``Prompt.keep(positions)``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from compression.kv.base import Prompt
 from compression.kv.prompt import document_block
