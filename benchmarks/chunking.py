@@ -36,7 +36,7 @@ from chonkie import TokenChunker as ChonkieTokenChunker  # noqa: E402
 from langchain_text_splitters.base import Tokenizer as LCTokenizer  # noqa: E402
 from langchain_text_splitters.base import split_text_on_tokens  # noqa: E402
 
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 from retrieval.chunk_token import TokenChunker  # noqa: E402
 from retrieval.tokenizer import BLOCKS_PER_BATCH, block_bounds, load_tokenizer  # noqa: E402
 

@@ -43,7 +43,7 @@ from compression.base import Budget, CompressionResult  # noqa: E402
 from eval.base import Span  # noqa: E402
 from eval.datasets import load_chroma  # noqa: E402
 from eval.metrics import retrieval_scores  # noqa: E402
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 
 DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
 RESULTS = REPO / "benchmarks" / "results"
@@ -156,10 +156,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from compression.extractive import ExtractiveCompressor
-    from compression.extractive_scoring import ScoreWeights
+    from sentence_baselines import LeadSentenceCompressor, RandomSentenceCompressor
+
+    from compression.extractive.compressor import ExtractiveCompressor
+    from compression.extractive.scoring import ScoreWeights
     from compression.registry import make_compressor
-    from compression.sentence_baselines import LeadSentenceCompressor, RandomSentenceCompressor
 
     dataset = load_chroma(DATA / "chroma" / "questions.csv", DATA / "chroma" / "corpora")
     started = time.time()

@@ -42,9 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from compression.base import Budget  # noqa: E402
-from compression.llmlingua import LLMLinguaCompressor  # noqa: E402
+from compression.llmlingua.compressor import LLMLinguaCompressor  # noqa: E402
 from compression.lm import load_causal_lm, resolve_model_dir  # noqa: E402
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 
 DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
 RESULTS = REPO / "benchmarks" / "results"

@@ -34,7 +34,7 @@ from eval.embedding_cache import EmbeddingCache  # noqa: E402
 from eval.report import machine_info, results_json  # noqa: E402
 from eval.runner import Evaluator  # noqa: E402
 from eval.sweep import load_sweep  # noqa: E402
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 # The report's appendix (all five corpora in one index, k = 5): best IoU and best recall rows.

@@ -41,8 +41,8 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 from indexing import machine  # noqa: E402  (benchmarks/indexing.py: CPU, load average, versions)
 
+from filestore import atomic_write_text, fsync_path  # noqa: E402
 from retrieval import index_store  # noqa: E402
-from retrieval.atomic import atomic_write_text, fsync_path  # noqa: E402
 from retrieval.base import Chunk, Document  # noqa: E402
 from retrieval.index_store import FORMAT_VERSION, IndexStore  # noqa: E402
 

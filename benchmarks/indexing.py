@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 from retrieval.chunkers import make_chunker  # noqa: E402
 from retrieval.encoder import TruncationWarning, load_encoder  # noqa: E402
 from retrieval.index_store import IndexStore  # noqa: E402

@@ -32,7 +32,7 @@ from kv_oracle import dev_questions, fidelity, naive_cache  # noqa: E402
 from kv_reuse import DATA, load_chunks, machine_facts, retrieve, write_json  # noqa: E402
 
 from eval.metrics import token_f1  # noqa: E402
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 
 FILLER_TEXT = "The following documents were collected from several sources. " * 20
 

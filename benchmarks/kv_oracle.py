@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))  # importing kv_reuse also sets the
 from kv_reuse import DATA, load_chunks, load_questions, machine_facts, recoveries, retrieve, write_json  # noqa: E402
 
 from eval.metrics import token_f1  # noqa: E402
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 
 RULES = ("naive=none", "blend-q=blend:r=0.15,score=attention", "blend-l1=blend:r=0.15", "blend-l3=blend:r=0.15,check_layer=3")
 

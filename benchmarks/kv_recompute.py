@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))  # importing kv_reuse also sets the
 
 from kv_reuse import DATA, load_chunks, load_questions, machine_facts, retrieve, write_json  # noqa: E402
 
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eval.metrics import token_f1  # noqa: E402  (SQuAD-style answer F1)
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 
 DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data")) / "chroma"
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from eval.pipeline_report import markdown_pipeline_summary  # noqa: E402
 from eval.pipeline_sweep import load_pipeline_sweep  # noqa: E402
 from eval.report import machine_info  # noqa: E402
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data")) / "chroma"

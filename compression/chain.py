@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compression.base import Budget, CompressionResult, Compressor, KeptSpan
-from compression.sentence_units import count_contexts
+from compression.extractive.units import count_contexts
 from retrieval.base import TokenCounter
 
 JOINER = " "
@@ -114,7 +114,7 @@ def extractive_then_llmlingua(
     *, first_stage_factor: float = 2.0, extractive: dict[str, Any] | None = None, llmlingua: dict[str, Any] | None = None
 ) -> ChainCompressor:
     """The registered "extractive+llmlingua": sentences first, then token pruning of what is left."""
-    from compression.extractive import ExtractiveCompressor
+    from compression.extractive.compressor import ExtractiveCompressor
     from compression.registry import make_compressor
 
     first = ExtractiveCompressor(**(extractive or {}))

@@ -9,8 +9,8 @@ from compression.base import Compressor
 
 # name -> "module:factory"; factories take keyword options and return a Compressor.
 COMPRESSORS: dict[str, str] = {
-    "llmlingua": "compression.llmlingua:LLMLinguaCompressor",
-    "extractive": "compression.extractive:ExtractiveCompressor",
+    "llmlingua": "compression.llmlingua.compressor:LLMLinguaCompressor",
+    "extractive": "compression.extractive.compressor:ExtractiveCompressor",
     "extractive+llmlingua": "compression.chain:extractive_then_llmlingua",
 }
 

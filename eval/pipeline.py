@@ -226,7 +226,7 @@ class Pipeline:
         # the weights hash), the texts, and the code that tokenises, caches and generates.
         parts = {"lm": self.lm_id(), "question": question.text, "contexts": text_digest(kept.texts), "kept": kept.local, "kv_mode": mode,
                  "blend_r": config.blend_r if mode == "blend" else None, "edge_tokens": config.edge_tokens if mode == "edge" else None,
-                 "max_new_tokens": config.max_new_tokens, "code": code_fingerprint("compression.kv.generate", "compression.kv.subset", "compression.kv_modes")}
+                 "max_new_tokens": config.max_new_tokens, "code": code_fingerprint("compression.kv.generate", "compression.kv.subset", "compression.kv.modes")}
         cached = self.cache.get("answer", parts)
         self._count("answer", cached is not None)
         if cached is None:
@@ -236,8 +236,8 @@ class Pipeline:
         return Answered(**cached)
 
     def _answer(self, engine: Any, question: Question, kept: Compressed, mode: str, config: PipelineConfig) -> dict:
+        from compression.kv.modes import recovery_for
         from compression.kv.subset import kept_tokens
-        from compression.kv_modes import recovery_for
 
         recovery = recovery_for(mode, config.blend_r, config.edge_tokens)
         prompt = engine.prompt(kept.texts, question.text)

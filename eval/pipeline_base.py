@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
-from compression.kv_modes import KV_REUSE_MODES as KV_MODES
+from compression.kv.modes import KV_REUSE_MODES as KV_MODES
 from eval.base import EvalConfig
 
 COMPRESSION_METHODS = ("none", "extractive", "llmlingua", "extractive+llmlingua")

@@ -20,7 +20,7 @@ from pathlib import Path
 from eval.pareto import COST_METRICS, QUALITY_METRICS, VIEWS, front_2d, front_4d, recommend, recommend_rule
 from eval.pipeline_base import PipelineResult
 from eval.report import BASE_CSS, figure, html_table, machine_info, render_figure
-from retrieval.atomic import atomic_write_text
+from filestore import atomic_write_text
 
 SHORT = {"answer_f1": "F1", "compression_recall": "recall", "tokens_sent": "tokens", "ttft_median_s": "TTFT"}
 # Colour by compression method, marker by KV mode: the two choices a reader compares most.

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from eval.base import EvalResult
-from retrieval.atomic import atomic_write_text
+from filestore import atomic_write_text
 
 MAX_ANNOTATED = 15
 METRICS = (("recall", "Recall"), ("precision", "Precision"), ("precision_omega", "PΩ"), ("iou", "IoU"))

@@ -19,8 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from retrieval.atomic import atomic_write_text
-from retrieval.lru_files import PruneSummary, prune_least_recent, touch
+from filestore import PruneSummary, atomic_write_text, prune_least_recent, touch
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from compression.kv_modes import DEFAULT_BLEND_SCORE, recovery_for
+from compression.kv.modes import DEFAULT_BLEND_SCORE, recovery_for
 from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30

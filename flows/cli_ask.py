@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from compression.kv_modes import DEFAULT_BLEND_SCORE  # no heavy imports: the recovery code loads lazily
+from compression.kv.modes import DEFAULT_BLEND_SCORE  # no heavy imports: the recovery code loads lazily
 from flows.cli_retrieval import DISTINCT_OPTION, HYBRID_WEIGHT_OPTION, RETRIEVAL_OPTION, copies_label, retrieval_weight
 
 
@@ -39,7 +39,7 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Answer QUESTION: retrieve, optionally compress, generate with reused chunk caches."""
-    from compression.kv_modes import recovery_for
+    from compression.kv.modes import recovery_for
 
     try:  # a bad --kv-reuse, --blend-score, --blend-r, --edge-tokens or --retrieval fails here, before the flow and the LM start
         recovery_for(kv_reuse, blend_r, edge_tokens, blend_score)

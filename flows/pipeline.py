@@ -71,7 +71,7 @@ def publish(results: Sequence[PipelineResult], recommended: int, html_out: str |
 
     from eval.pipeline_report import markdown_pipeline_summary, pipeline_table_rows, write_pipeline_html
     from eval.report import machine_info
-    from retrieval.atomic import atomic_write_text
+    from filestore import atomic_write_text
 
     key = artifact_key(f"pipeline-{results[0].dataset}")
     create_table_artifact(table=pipeline_table_rows(results), key=key, description=f"{len(results)} pipeline configuration(s)")

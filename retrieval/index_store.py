@@ -47,7 +47,7 @@ import faiss
 import numpy as np
 import orjson
 
-from retrieval.atomic import atomic_write_text, fsync_path
+from filestore import atomic_write_text, fsync_path
 from retrieval.base import Chunk, Document, Hit
 from retrieval.errors import EmptyIndexError, IndexCorruptedError, IndexMismatchError, IndexStoreError, InputError
 

@@ -33,7 +33,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, PrivateAttr
 
-from retrieval.atomic import atomic_write_text
+from filestore import atomic_write_text
 from retrieval.base import Chunk, Document, Encoder, Hit
 from retrieval.errors import InputError
 from retrieval.hybrid import HybridSearcher

@@ -69,9 +69,10 @@ def build_tiny_kv_engine(seed: int):
     """A ``KVReuseEngine`` over a tiny random Llama and the byte tokenizer, caches in memory."""
     from types import SimpleNamespace
 
+    from fakes import ByteTokenizer
+
     from compression.kv.generate import KVReuseEngine
     from compression.kv.store import MemoryStore
-    from eval.testing import ByteTokenizer
 
     lm = SimpleNamespace(model=build_tiny_llama(seed=seed, max_position_embeddings=1024), tokenizer=ByteTokenizer(),
                          model_id=f"tiny@{seed}", weights_hash=str(seed) * 64, dtype="float32")

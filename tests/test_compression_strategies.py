@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compression.coarse import allocate, output_order, rank_contexts, select_contexts
-from compression.protect import MUST, PROTECTED, SCORED, find_numbers, unit_tiers
-from compression.reassemble import merge_spans, reassemble
-from compression.token_select import adjust, running_threshold, select_units
-from compression.units import Unit, split_units
+from compression.llmlingua.coarse import allocate, output_order, rank_contexts, select_contexts
+from compression.llmlingua.protect import MUST, PROTECTED, SCORED, find_numbers, unit_tiers
+from compression.llmlingua.reassemble import merge_spans, reassemble
+from compression.llmlingua.select import adjust, running_threshold, select_units
+from compression.llmlingua.units import Unit, split_units
 
 
 def _offsets_by_char(text: str) -> list[tuple[int, int]]:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import ANIMALS, PLANETS, BagOfWordsEncoder
 from helpers_kill import FakeEncoder, small_chunker
 
 from eval.base import EvalConfig, EvalDataset, Question, Reference
 from eval.embedding_cache import EmbeddingCache
 from eval.pipeline import corpus_spans
 from eval.runner import Evaluator, chunk_corpora, default_chunker_factory
-from eval.testing import ANIMALS, PLANETS, BagOfWordsEncoder
 from retrieval.base import Hit
 from retrieval.index_store import IndexStore
 from retrieval.indexing import index_paths, search_texts

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from fakes import BagOfWordsEncoder, tiny_dataset
 
 from eval.base import EvalConfig
 from eval.embedding_cache import EmbeddingCache
 from eval.runner import Evaluator, chunk_corpora, default_chunker_factory
 from eval.sweep import load_sweep
-from eval.testing import BagOfWordsEncoder, tiny_dataset
 from retrieval.tokenizer import load_tokenizer
 
 
@@ -212,9 +212,9 @@ def test_fuse_and_neighbour_context_by_hand():
 @pytest.mark.real_model
 def test_cli_eval_prints_per_corpus_and_overall_scores(prefect_harness, tmp_path):
     import typer
+    from fakes import write_chroma_files
     from typer.testing import CliRunner
 
-    from eval.testing import write_chroma_files
     from flows.cli_eval import register
 
     questions, corpora = write_chroma_files(tiny_dataset(), tmp_path)

@@ -6,20 +6,21 @@ every expectation can be computed by hand or by brute force; one slow test uses 
 
 from __future__ import annotations
 
+import importlib.util
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compression.base import Budget, CompressionResult, KeptSpan
 from compression.chain import ChainCompressor, map_back, rejoin
-from compression.extractive import ExtractiveCompressor
-from compression.extractive_lm import last_logits, lm_relevance
-from compression.extractive_scoring import ScoreWeights, embedding_scores, window_texts
+from compression.extractive.compressor import ExtractiveCompressor
+from compression.extractive.lm_judge import last_logits, lm_relevance
+from compression.extractive.scoring import ScoreWeights, embedding_scores, window_texts
+from compression.extractive.select import adaptive_threshold, select
+from compression.extractive.units import segment_contexts
 from compression.registry import make_compressor
-from compression.sentence_baselines import LeadSentenceCompressor, RandomSentenceCompressor
-from compression.sentence_select import adaptive_threshold, select
-from compression.sentence_units import segment_contexts
 
 
 class WordCounter:
@@ -209,7 +210,18 @@ def test_embedding_scores_match_the_formula(context):
         embedding_scores(units, passages, question, encoder, context="whole")
 
 
+def _sentence_baselines():
+    """The question-blind baselines of the extractive compression benchmark (benchmarks/sentence_baselines.py)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sentence_baselines.py"
+    spec = importlib.util.spec_from_file_location("sentence_baselines", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_lead_and_random_baselines():
+    baselines = _sentence_baselines()
+    LeadSentenceCompressor, RandomSentenceCompressor = baselines.LeadSentenceCompressor, baselines.RandomSentenceCompressor
     counter = WordCounter()
     lead = LeadSentenceCompressor(counter=counter).compress(CONTEXTS, Budget(target_tokens=15))
     assert lead.text == "The tower was built in 1889 for the fair. It is made of iron."
@@ -291,7 +303,7 @@ def test_lm_relevance_batched_equals_one_by_one(tiny_llama):
     single = lm_relevance(model, tokenizer, "What about towers?", sentences, batch_size=1)
     np.testing.assert_allclose(batched, single, atol=1e-5)
     # reference: an unpadded forward pass over the full prompt, last position
-    from compression.extractive_lm import answer_token_ids, build_prompt
+    from compression.extractive.lm_judge import answer_token_ids, build_prompt
 
     yes, no = answer_token_ids(tokenizer)
     ids = torch.tensor([tokenizer(build_prompt(tokenizer, "What about towers?", sentences[1]))["input_ids"]])

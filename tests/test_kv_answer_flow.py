@@ -56,7 +56,7 @@ def test_recovery_for_maps_modes():
     assert recovery_for("naive", 0.15, 16).name == "none"
     assert recovery_for("edge", 0.15, 8).n_tokens == 8
     assert recovery_for("blend", 0.3, 16).r == 0.3
-    assert recovery_for("blend", 0.3, 16).score == "attention"  # measured best (compression/kv_modes.py)
+    assert recovery_for("blend", 0.3, 16).score == "attention"  # measured best (compression/kv/modes.py)
     assert recovery_for("blend", 0.3, 16, blend_score="deviation").score == "deviation"
     with pytest.raises(ValueError, match="unknown blend score 'dev'; valid: deviation, attention"):
         recovery_for("blend", 0.3, 16, blend_score="dev")

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compression.base import Budget, KeptSpan
-from compression.llmlingua import LLMLinguaCompressor
+from compression.llmlingua.compressor import LLMLinguaCompressor
+from compression.llmlingua.scoring import IncrementalScorer, full_pass_surprisal
 from compression.lm import ModelUnavailable
-from compression.lm_scoring import IncrementalScorer, full_pass_surprisal
 from compression.registry import make_compressor
 
 WORDS = (

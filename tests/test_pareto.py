@@ -6,11 +6,11 @@ import dataclasses
 import math
 
 import pytest
+from fakes import SYNTHETIC_FRONT, SYNTHETIC_RECOMMENDED, synthetic_pipeline_results
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eval.pareto import VIEWS, front_2d, front_4d, pareto_front, recommend
-from eval.testing import SYNTHETIC_FRONT, SYNTHETIC_RECOMMENDED, synthetic_pipeline_results
 
 
 def _missing(value) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fakes import BagOfWordsEncoder, ByteTokenizer, tiny_dataset
 
 from compression.base import CompressionResult, KeptSpan
 from eval.base import EvalConfig
@@ -21,7 +22,6 @@ from eval.pipeline import Pipeline, corpus_spans, spread_sample
 from eval.pipeline_base import PipelineConfig
 from eval.runner import Evaluator
 from eval.stage_cache import StageCache, code_fingerprint
-from eval.testing import BagOfWordsEncoder, ByteTokenizer, tiny_dataset
 
 RETRIEVAL = EvalConfig(chunker="sentence", chunk_size=30, overlap=0, k=2, retrieval="dense")
 
@@ -243,7 +243,8 @@ def test_spread_sample_keeps_order_and_covers_the_file():
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_pipeline_flow_reports_every_config_and_recommends_one(counting, tmp_path):
-    from eval.testing import write_chroma_files
+    from fakes import write_chroma_files
+
     from flows.pipeline import pipeline_flow
 
     questions, corpora = write_chroma_files(tiny_dataset(), tmp_path)

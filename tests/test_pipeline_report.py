@@ -8,6 +8,7 @@ import html
 import re
 
 import pytest
+from fakes import SYNTHETIC_FRONT, SYNTHETIC_PIPELINE, SYNTHETIC_RECOMMENDED, synthetic_pipeline_results
 from test_report_chromium import chromium, run_chromium
 
 from eval.pareto import front_4d
@@ -18,7 +19,6 @@ from eval.pipeline_report import (
     render_pipeline_html,
     write_pipeline_html,
 )
-from eval.testing import SYNTHETIC_FRONT, SYNTHETIC_PIPELINE, SYNTHETIC_RECOMMENDED, synthetic_pipeline_results
 
 COMMAND = "ragpress pipeline --sweep grid.yaml --questions q.csv"
 

@@ -1,4 +1,4 @@
-"""Question evidence (compression/relevance.py) and the shared primed prefix (lm_scoring.prime).
+"""Question evidence (compression/llmlingua/relevance.py) and the shared primed prefix (lm_scoring.prime).
 
 References: hand-made sentences and spans, rank_bm25 called directly, and an unprimed scorer.
 """
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from compression.base import Budget
-from compression.coarse import allocate
-from compression.llmlingua import LLMLinguaCompressor
-from compression.lm_scoring import IncrementalScorer, full_pass_surprisal, prime
-from compression.relevance import choose_evidence, sentence_of_units, sentences
-from compression.units import Unit
+from compression.llmlingua.coarse import allocate
+from compression.llmlingua.compressor import LLMLinguaCompressor
+from compression.llmlingua.relevance import choose_evidence, sentence_of_units, sentences
+from compression.llmlingua.scoring import IncrementalScorer, full_pass_surprisal, prime
+from compression.llmlingua.units import Unit
 from tests.test_llmlingua import _check_provenance, _ids, _text, one_torch_thread, tiny_model, tiny_tokenizer  # noqa: F401
 
 
@@ -143,7 +143,7 @@ def test_plain_ranking_probes_then_scores_only_kept_contexts(tiny_model, tiny_to
     (reference: one full pass per context) and only the kept ones are scored further."""
     import math
 
-    from compression.coarse import select_contexts
+    from compression.llmlingua.coarse import select_contexts
 
     contexts = [_text(60 + i, 50) for i in range(4)]
     comp = LLMLinguaCompressor(model=tiny_model, tokenizer=tiny_tokenizer, window=32, protect=(), rank_tokens=8)
@@ -171,8 +171,8 @@ def test_plain_ranking_probes_then_scores_only_kept_contexts(tiny_model, tiny_to
 
 def test_batched_blocks_equal_one_scorer_per_block(tiny_model, tiny_tokenizer, monkeypatch):
     """One forward over several contexts (block-diagonal mask) gives each the scores it gets alone."""
-    import compression.lm_scoring as lm_scoring
-    from compression.lm_scoring import score_blocks
+    import compression.llmlingua.scoring as lm_scoring
+    from compression.llmlingua.scoring import score_blocks
 
     blocks = [_ids(tiny_tokenizer, _text(70 + i, 12 + 9 * i)) for i in range(4)]
     needs = [np.array([k % 3 != 2 for k in range(len(b))]) for b in blocks]
@@ -186,7 +186,7 @@ def test_batched_blocks_equal_one_scorer_per_block(tiny_model, tiny_tokenizer, m
 
 def test_batched_and_one_by_one_compress_alike(tiny_model, tiny_tokenizer, monkeypatch):
     """The compressor's batched pass gives the same result as scoring each context with its own scorer."""
-    import compression.llmlingua as llmlingua
+    import compression.llmlingua.compressor as llmlingua
 
     def one_by_one(model, prefix, blocks, needs):
         out = []

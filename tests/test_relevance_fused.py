@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from compression.base import Budget
-from compression.llmlingua import LLMLinguaCompressor
-from compression.relevance import (
+from compression.llmlingua.compressor import LLMLinguaCompressor
+from compression.llmlingua.relevance import (
     LEXICAL,
     NEIGHBOUR,
     PRIOR,
@@ -107,8 +107,8 @@ def test_compressor_uses_the_given_encoder(tiny_model, tiny_tokenizer):
 
 def test_block_attention_equals_mask_and_one_pass(tiny_model, tiny_tokenizer, monkeypatch):
     """Block-by-block attention gives each block the scores of its own full pass, and of the masked packed pass."""
-    import compression.lm_scoring as lm_scoring
-    from compression.lm_scoring import full_pass_surprisal, score_blocks
+    import compression.llmlingua.scoring as lm_scoring
+    from compression.llmlingua.scoring import full_pass_surprisal, score_blocks
 
     assert lm_scoring.supported(tiny_model)  # the tiny Llama runs on SDPA: the block path is the one tested
     blocks = [_ids(tiny_tokenizer, _text(100 + i, 8 + 11 * i)) for i in range(4)]
@@ -129,7 +129,7 @@ def test_block_attention_switch_is_undone_and_other_calls_are_sdpa(tiny_model):
     """Inside the switch a call without block bounds is plain SDPA; the switch is undone even on error."""
     import torch
 
-    from compression.block_attention import blocks_attention
+    from compression.llmlingua.block_attention import blocks_attention
 
     ids = torch.tensor([[0, 7, 11, 13, 17, 19]])
     with torch.inference_mode():
@@ -146,7 +146,7 @@ def test_block_attention_switch_is_undone_and_other_calls_are_sdpa(tiny_model):
 
 def test_block_attention_nested_callers_keep_the_switch(tiny_model):
     """A caller leaving while another is still inside (threads sharing one model) does not undo the switch."""
-    from compression.block_attention import NAME, blocks_attention
+    from compression.llmlingua.block_attention import NAME, blocks_attention
 
     with blocks_attention(tiny_model):
         with blocks_attention(tiny_model):
@@ -157,7 +157,7 @@ def test_block_attention_nested_callers_keep_the_switch(tiny_model):
 
 def test_record_boundaries_start_sentences():
     """Chat-log records ("...'}, {'content': ...") are separate sentences even without sentence punctuation."""
-    from compression.relevance import sentences
+    from compression.llmlingua.relevance import sentences
 
     text = "[{'content': 'Which theme am I using', 'role': 'user'}, {'content': 'Parallax 3.0 it is', 'role': 'assistant'}]"
     units = _word_units(text)

@@ -8,12 +8,12 @@ import shutil
 import subprocess
 
 import pytest
+from fakes import BagOfWordsEncoder, tiny_dataset
 
 from eval.base import EvalConfig
 from eval.embedding_cache import EmbeddingCache
 from eval.report import markdown_summary, render_html, table_rows, write_html
 from eval.runner import Evaluator
-from eval.testing import BagOfWordsEncoder, tiny_dataset
 
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -1,4 +1,4 @@
-"""Dev-only: evidence kept with the question (rate 0.33 unless --rates), fast, for tuning ``compression/relevance.py``.
+"""Dev-only: evidence kept with the question (rate 0.33 unless --rates), fast, for tuning ``compression/llmlingua/relevance.py``.
 
 Same data, retrieval and survival measure as ``benchmarks/compression_llmlingua.py`` (imported from
 it). Two modes:
@@ -8,7 +8,7 @@ it). Two modes:
   chosen sentences. Per-question lines with ``--detail``.
 * ``full`` (minutes): the whole ``LLMLinguaCompressor`` at rate 0.33 with the question.
 
-Variants are module constants of ``compression.relevance`` set for the run
+Variants are module constants of ``compression.llmlingua.relevance`` set for the run
 (``--variant PRIOR=2,NEIGHBOUR=0.3 --variant LEXICAL=0.5``; the STEM / COVERAGE / STRONG / DUPLICATE
 switches of session 4 exist only at commit 90d332a). Tuning uses the development sets only; the other
 sets print their mean alone (no per-question lines), so they cannot be studied by accident.
@@ -63,9 +63,9 @@ def retrieved(names: list[str]) -> dict[str, list[tuple[dict, list[dict]]]]:
 def evidence_masks(question: str, contexts: list[str], tokenizer, encoder, rate: float = 0.33) -> list[np.ndarray]:
     """Characters of each context inside the evidence sentences the compressor would choose."""
     from compression.base import Budget
-    from compression.llmlingua import LLMLinguaCompressor, _inner
-    from compression.relevance import choose_evidence
-    from compression.units import count_tokens, split_units, tokenize
+    from compression.llmlingua.compressor import LLMLinguaCompressor, _inner
+    from compression.llmlingua.relevance import choose_evidence
+    from compression.llmlingua.units import count_tokens, split_units, tokenize
 
     target = Budget(rate=rate).tokens_for(count_tokens(tokenizer, "\n\n".join(contexts)))
     units = []
@@ -87,14 +87,14 @@ def main() -> None:
     parser.add_argument("--rates", nargs="+", type=float, default=[0.33], help="evidence mode: mean over these rates")
     parser.add_argument("--detail", action="store_true", help="per-question lines (development sets only)")
     parser.add_argument(
-        "--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]", help="compression.relevance constants for one run (repeatable)"
+        "--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]", help="compression.llmlingua.relevance constants for one run (repeatable)"
     )
     args = parser.parse_args()
 
-    import compression.relevance as relevance
+    import compression.llmlingua.relevance as relevance
     from compression.base import Budget
-    from compression.extractive_models import default_encoder
-    from compression.llmlingua import LLMLinguaCompressor
+    from compression.extractive.models import default_encoder
+    from compression.llmlingua.compressor import LLMLinguaCompressor
     from compression.lm import load_causal_lm
 
     tokenizer, encoder = load_causal_lm().tokenizer, MemoEncoder(default_encoder())
@@ -107,7 +107,7 @@ def main() -> None:
         for item in filter(None, variant.split(",")):
             name, value = item.split("=", 1)
             if name not in defaults:
-                raise SystemExit(f"compression.relevance has no constant {name}")
+                raise SystemExit(f"compression.llmlingua.relevance has no constant {name}")
             setattr(relevance, name, type(defaults[name])(float(value)))
         compressor = LLMLinguaCompressor(encoder=encoder) if args.mode == "full" else None
         for name, items in sets.items():

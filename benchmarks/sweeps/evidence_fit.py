@@ -1,4 +1,4 @@
-"""Dev-only: fit the evidence-sentence scoring of ``compression/relevance.py`` instead of hand-tuning it.
+"""Dev-only: fit the evidence-sentence scoring of ``compression/llmlingua/relevance.py`` instead of hand-tuning it.
 
 For every development question (rows[1::6], rows[3::6]) and every candidate sentence of its top-5
 chunks, cheap features (no LM pass) and a label (the sentence's reference characters) are computed
@@ -52,9 +52,9 @@ def question_data(question: dict, hits: list[dict], corpora: dict, tokenizer, en
     import compression_llmlingua as bench
 
     from compression.base import Budget
-    from compression.llmlingua import LLMLinguaCompressor, _inner
-    from compression.relevance import best_neighbour, semantic_scores, zscore
-    from compression.units import count_tokens
+    from compression.llmlingua.compressor import LLMLinguaCompressor, _inner
+    from compression.llmlingua.relevance import best_neighbour, semantic_scores, zscore
+    from compression.llmlingua.units import count_tokens
     from retrieval.lexical import BM25Index, lexical_tokens
 
     contexts = [h["text"] for h in hits]
@@ -113,7 +113,7 @@ def build(names: tuple[str, ...] = ("dev1", "dev3"), cache: Path = CACHE) -> dic
     import snowballstemmer
     from evidence_dev import MemoEncoder, retrieved
 
-    from compression.extractive_models import default_encoder
+    from compression.extractive.models import default_encoder
     from compression.lm import load_causal_lm
 
     tokenizer, encoder = load_causal_lm().tokenizer, MemoEncoder(default_encoder())
@@ -148,7 +148,7 @@ def paired(data: dict[str, list[dict]], extra: dict[str, list[dict]], key: str):
 def current_scores(d: dict) -> np.ndarray:
     """relevance.fused_scores as it is, from the cached features (their neighbour column is z cosine +
     z BM25, i.e. LEXICAL = 1)."""
-    from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR
+    from compression.llmlingua.relevance import LEXICAL, NEIGHBOUR, PRIOR
 
     X = d["X"]
     return X[:, 0] + LEXICAL * X[:, 1] + NEIGHBOUR * X[:, 3] + PRIOR * X[:, 4]
@@ -156,7 +156,7 @@ def current_scores(d: dict) -> np.ndarray:
 
 def evaluate(items: list[dict], score_fn, rates=RATES) -> float:
     """Mean over questions and ``rates`` of the found reference characters inside the greedy evidence."""
-    from compression.relevance import _greedy
+    from compression.llmlingua.relevance import _greedy
 
     shares = []
     for d in items:
@@ -308,7 +308,7 @@ def nested_residual(train: list[dict], test: list[dict], l2s=(0.1, 1.0, 10.0)) -
 def sentence_pool(contexts: list[str], tokenizer):
     """The candidate sentences of ``contexts`` in retrieval order (the order every sweep's features follow),
     their ``(context, start, end)`` character spans and their texts."""
-    from compression.units import split_units, tokenize
+    from compression.llmlingua.units import split_units, tokenize
 
     units = [split_units(t, tokenize(tokenizer, t)[1]) for t in contexts]
     pool, _, pieces = candidate_pool(contexts, units, range(len(contexts)))
@@ -357,9 +357,9 @@ def full_check(weights: dict[str, float]) -> None:
     import compression_llmlingua as bench
     from evidence_dev import MemoEncoder, retrieved
 
-    import compression.llmlingua as llmlingua
+    import compression.llmlingua.compressor as llmlingua
     from compression.base import Budget
-    from compression.extractive_models import default_encoder
+    from compression.extractive.models import default_encoder
 
     corpora = bench.load_corpora()
     encoder, original = MemoEncoder(default_encoder()), llmlingua.choose_evidence

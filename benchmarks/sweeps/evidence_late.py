@@ -86,7 +86,7 @@ def build_late() -> dict[str, list[dict]]:
     import torch
     from evidence_dev import retrieved
 
-    from compression.extractive_models import default_encoder
+    from compression.extractive.models import default_encoder
     from compression.lm import load_causal_lm
 
     torch.set_num_threads(2)
@@ -134,7 +134,7 @@ def diagnose(data: dict[str, list[dict]], rate: float = 0.33) -> None:
     """Where the reference characters the current evidence choice loses sit (shares of all lost characters)."""
     from collections import Counter
 
-    from compression.relevance import _greedy
+    from compression.llmlingua.relevance import _greedy
 
     for name, items in data.items():
         where, lost_total, shares = Counter(), 0, []
@@ -182,7 +182,7 @@ def constants_grid(data: dict[str, list[dict]]) -> None:
     """The fused score's constants over a grid; the best 8 by the mean over all sets, and the current ones."""
     import itertools
 
-    from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR
+    from compression.llmlingua.relevance import LEXICAL, NEIGHBOUR, PRIOR
 
     rows = []
     for constants in itertools.product((0.5, 1.0, 1.5), (0.25, 0.5, 0.75), (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)):
@@ -197,7 +197,7 @@ def constants_grid(data: dict[str, list[dict]]) -> None:
 
 
 def main() -> None:
-    from compression.relevance import zscore
+    from compression.llmlingua.relevance import zscore
 
     if {"--diagnose", "--context-penalty", "--grid"} & set(sys.argv):
         other = fit.build_other()

@@ -117,7 +117,7 @@ def chunk_cosines() -> dict[str, list[np.ndarray]]:
     """MiniLM cosine of each top-5 chunk to its question (the dense retriever's own score), per development question."""
     from evidence_dev import retrieved
 
-    from compression.extractive_models import default_encoder
+    from compression.extractive.models import default_encoder
 
     encoder = default_encoder()
     out = {}
@@ -163,7 +163,7 @@ def source_links() -> dict[str, list[list[tuple[int, int]]]]:
 def cross_scores(d: dict, cross_weight: float) -> np.ndarray:
     """The fused score with the neighbour term taken over in-chunk neighbours and the cross-chunk links
     (a link's neighbour score weighted ``cross_weight`` relative to an in-chunk neighbour's)."""
-    from compression.relevance import NEIGHBOUR, PRIOR
+    from compression.llmlingua.relevance import NEIGHBOUR, PRIOR
 
     X = d["X"]
     own = X[:, 0] + X[:, 1]
@@ -205,9 +205,9 @@ def full_check(cross_weights: list[float]) -> None:
     import compression_llmlingua as bench
     from evidence_dev import MemoEncoder, retrieved
 
-    import compression.llmlingua as llmlingua
+    import compression.llmlingua.compressor as llmlingua
     from compression.base import Budget
-    from compression.extractive_models import default_encoder
+    from compression.extractive.models import default_encoder
 
     corpora, encoder, original = bench.load_corpora(), MemoEncoder(default_encoder()), llmlingua.choose_evidence
     compressor = llmlingua.LLMLinguaCompressor(encoder=encoder)
@@ -230,7 +230,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--full-check"]:
         full_check([float(w) for w in sys.argv[2:]])
         return
-    from compression.relevance import LEXICAL, NEIGHBOUR, PRIOR, best_neighbour, zscore
+    from compression.llmlingua.relevance import LEXICAL, NEIGHBOUR, PRIOR, best_neighbour, zscore
 
     data = fit.build()
     for d, e in fit.paired(data, build_lm(), "upr"):

@@ -67,7 +67,7 @@ def question_features(question: str, hits: list[dict], lm, encoder, every_signal
     """The signals of one question's candidate sentences (``evidence_fit``'s pool order); with
     ``every_signal`` false only the reader's answer signals (no attention pass, no HyDE answer)."""
     from compression.kv.prompt import build_prompt, document_block
-    from compression.relevance import semantic_scores
+    from compression.llmlingua.relevance import semantic_scores
     from retrieval.lexical import BM25Index
 
     contexts = [h["text"] for h in hits]
@@ -111,7 +111,7 @@ def build_reader(names: tuple[str, ...], fit_sets=("dev1", "dev3")) -> dict[str,
         import torch
         from evidence_dev import MemoEncoder, retrieved
 
-        from compression.extractive_models import default_encoder
+        from compression.extractive.models import default_encoder
         from compression.lm import load_causal_lm
 
         torch.set_num_threads(2)
@@ -131,7 +131,7 @@ def build_reader(names: tuple[str, ...], fit_sets=("dev1", "dev3")) -> dict[str,
 
 def with_signal(weights: dict[str, float]):
     """The current fused score plus ``weight`` x z(signal) for each signal (z over the question's sentences)."""
-    from compression.relevance import zscore
+    from compression.llmlingua.relevance import zscore
 
     def score(d):
         return fit.current_scores(d) + sum(w * zscore(d[s]) for s, w in weights.items())

@@ -18,7 +18,7 @@ import torch
 
 from compression.kv.base import CacheCorrupted, CacheKey, ChunkKV
 from compression.kv.keys import key_digest, key_from_json, require_match
-from retrieval.lru_files import PruneSummary, prune_least_recent, touch
+from filestore import PruneSummary, prune_least_recent, touch
 
 FORMAT = "ragpress-kv/1"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from compression.base import KeptSpan
-from compression.units import Unit
+from compression.llmlingua.units import Unit
 
 CONTEXT_SEPARATOR = "\n\n"
 

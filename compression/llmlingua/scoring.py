@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from compression.block_attention import blocks_attention, supported
 from compression.hf_cache import cache_arg
+from compression.llmlingua.block_attention import blocks_attention, supported
 
 # Inputs longer than the LM window restart the cache from the prefix plus this many kept tokens.
 REPRIME_TOKENS = 32

@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 
 from compression.base import Budget, CompressionResult, KeptSpan
-from compression.coarse import REORDERS, allocate, output_order, rank_contexts, select_contexts
+from compression.llmlingua.coarse import REORDERS, allocate, output_order, rank_contexts, select_contexts
+from compression.llmlingua.protect import EVIDENCE, MUST, PROTECTED, check_detectors, unit_tiers
+from compression.llmlingua.reassemble import merge_spans, reassemble
+from compression.llmlingua.relevance import SCORINGS, choose_evidence
+from compression.llmlingua.scoring import IncrementalScorer, max_positions, prime, score_blocks
+from compression.llmlingua.select import adjust, running_threshold, select_units, unit_scores
+from compression.llmlingua.units import Unit, count_tokens, split_units, tokenize
 from compression.lm import DEFAULT_LM, load_causal_lm
-from compression.lm_scoring import IncrementalScorer, max_positions, prime, score_blocks
-from compression.protect import EVIDENCE, MUST, PROTECTED, check_detectors, unit_tiers
-from compression.reassemble import merge_spans, reassemble
-from compression.relevance import SCORINGS, choose_evidence
-from compression.token_select import adjust, running_threshold, select_units, unit_scores
-from compression.units import Unit, count_tokens, split_units, tokenize
 
 # Budget fixes after re-tokenising the output (the joined text can tokenise a little differently).
 MAX_FIX_ROUNDS = 4
@@ -153,7 +153,7 @@ class LLMLinguaCompressor:
         if self.relevance != "fused":
             return None
         if self._encoder is None:
-            from compression.extractive_models import default_encoder
+            from compression.extractive.models import default_encoder
 
             self._encoder = default_encoder()
         return self._encoder

@@ -6,7 +6,7 @@ are scored against it and taken greedily, whole, until the evidence budget is sp
 the budget is token-pruned as usual. Two scorings (``SCORINGS``):
 
 * ``"fused"`` (default): the z-score of the sentence's MiniLM cosine to the question (the
-  extractive compressor's scorer and encoder, ``compression.extractive_scoring``) plus
+  extractive compressor's scorer and encoder, ``compression.extractive.scoring``) plus
   ``LEXICAL`` times the z-score of its Okapi BM25 score (``retrieval.lexical``), plus
   ``NEIGHBOUR`` times the better adjacent sentence's fused score in the same context (evidence
   spans consecutive sentences), plus ``PRIOR / (1 + rank)`` of its context (the retriever already
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from compression.llmlingua.units import Unit
 from compression.segment import split_sentences
-from compression.units import Unit
 
 SCORINGS = ("fused", "bm25")
 # A record boundary inside a line: "}, {" (the new sentence starts at the brace).
@@ -129,8 +129,8 @@ def choose_evidence(
 
 def semantic_scores(question: str, pool: Sequence[Sentence], pieces: Sequence[str], encoder: Any) -> np.ndarray:
     """Cosine of each sentence to the question, by the extractive compressor's scorer (sentence view only)."""
-    from compression.extractive_scoring import ScoreWeights, embedding_scores
-    from compression.sentence_units import Unit as SentenceUnit
+    from compression.extractive.scoring import ScoreWeights, embedding_scores
+    from compression.extractive.units import Unit as SentenceUnit
 
     # Only the sentence view is used, so passages, spans and token counts are placeholders.
     units = [SentenceUnit(s.context, 0, 0, piece, s.context, s.n_tokens) for s, piece in zip(pool, pieces)]

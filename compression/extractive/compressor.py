@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from compression.base import Budget, CompressionResult
-from compression.extractive_scoring import CONTEXT_VIEWS, ScoreWeights, embedding_scores
+from compression.extractive.scoring import CONTEXT_VIEWS, ScoreWeights, embedding_scores
+from compression.extractive.select import SELECTION_MODES, rank, select
+from compression.extractive.units import Unit, assemble, count_contexts, fit_to_budget, segment_contexts
 from compression.segment import DEFAULT_MAX_CHARS
-from compression.sentence_select import SELECTION_MODES, rank, select
-from compression.sentence_units import Unit, assemble, count_contexts, fit_to_budget, segment_contexts
 from retrieval.base import Encoder, TokenCounter
 
 
@@ -71,7 +71,7 @@ class ExtractiveCompressor:
     @property
     def counter(self) -> TokenCounter:
         if self._counter is None:
-            from compression.extractive_models import default_counter
+            from compression.extractive.models import default_counter
 
             self._counter = default_counter()
         return self._counter
@@ -79,7 +79,7 @@ class ExtractiveCompressor:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            from compression.extractive_models import default_encoder
+            from compression.extractive.models import default_encoder
 
             self._encoder = default_encoder()
         return self._encoder
@@ -104,7 +104,7 @@ class ExtractiveCompressor:
         return scores
 
     def _lm_scores(self, units: Sequence[Unit], question: str) -> np.ndarray:
-        from compression.extractive_lm import lm_relevance
+        from compression.extractive.lm_judge import lm_relevance
         from compression.lm import load_causal_lm
 
         loaded = load_causal_lm(self.lm)

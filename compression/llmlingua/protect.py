@@ -1,7 +1,7 @@
 """What must survive pruning: forced strings, user-marked spans and cheaply detected spans.
 
 Units get a tier: 0 = must be kept (user-marked spans, forced strings), 1 = evidence (sentences
-most relevant to the question, chosen per call by compression/relevance.py), 2 = protected
+most relevant to the question, chosen per call by compression/llmlingua/relevance.py), 2 = protected
 (numbers, named entities, structure such as newlines and list markers), 3 = pruned by score.
 Lower tiers are kept first while the budget allows.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from compression.units import Unit
+from compression.llmlingua.units import Unit
 
 MUST, EVIDENCE, PROTECTED, SCORED = 0, 1, 2, 3
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from compression.protect import MUST, SCORED
-from compression.units import Unit
+from compression.llmlingua.protect import MUST, SCORED
+from compression.llmlingua.units import Unit
 
 
 def unit_scores(units: Sequence[Unit], token_scores: np.ndarray) -> np.ndarray:

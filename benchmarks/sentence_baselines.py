@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from compression.base import Budget, CompressionResult
+from compression.extractive.select import rank, select
+from compression.extractive.units import Unit, assemble, count_contexts, fit_to_budget, segment_contexts
 from compression.segment import DEFAULT_MAX_CHARS
-from compression.sentence_select import rank, select
-from compression.sentence_units import Unit, assemble, count_contexts, fit_to_budget, segment_contexts
 from retrieval.base import TokenCounter
 
 
@@ -30,7 +30,7 @@ class _RankedBaseline:
     @property
     def counter(self) -> TokenCounter:
         if self._counter is None:
-            from compression.extractive_models import default_counter
+            from compression.extractive.models import default_counter
 
             self._counter = default_counter()
         return self._counter

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compression.sentence_units import SENTENCE_SEPARATOR, Unit
+from compression.extractive.units import SENTENCE_SEPARATOR, Unit
 from retrieval.base import Encoder
 
 
