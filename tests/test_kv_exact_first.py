@@ -69,12 +69,3 @@ def test_a_cut_first_chunk_is_not_exact_and_recovery_may_recompute_it(engine):
     assert blend.n_picked(read) == round(0.9 * len(read.context_ids))
     picked = blend.select(engine.lm.model, reused, read)
     assert any(start <= p < end for p in picked)
-
-
-def test_attention_scaling_treats_a_cut_first_chunk_as_stale():
-    from compression.kv.scaling import stale_positions
-
-    prompt = Prompt((0, 0), ((1, 2, 3), (4, 5)), (9,))
-    assert stale_positions(prompt, [5]).tolist() == [False] * 5 + [False, True]
-    cut = prompt.keep([[0, 2], [0, 1]])
-    assert stale_positions(cut, [3]).tolist() == [False, False, True, False, True, True]

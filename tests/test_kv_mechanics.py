@@ -144,13 +144,13 @@ def test_edge_selects_the_first_tokens_of_every_chunk(setup):
 
 
 def test_unknown_recovery_and_bad_options_are_refused():
-    with pytest.raises(ValueError, match="valid: blend, cascade, edge, none, scaled"):
+    with pytest.raises(ValueError, match="valid: blend, edge, none"):
         make_recovery("magic")
     with pytest.raises(ValueError, match="r=0.15"):
         make_recovery("blend", r=1.5)
     with pytest.raises(ValueError, match="valid: deviation, attention"):
         make_recovery("blend", score="loudest")
-    assert set(RECOVERIES) == {"none", "edge", "blend", "cascade", "scaled"}
+    assert set(RECOVERIES) == {"none", "edge", "blend"}
 
 
 def test_rope_scaling_that_depends_on_length_is_refused():

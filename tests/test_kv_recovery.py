@@ -1,5 +1,5 @@
-"""Recovery selection and the cascade (gradual filtering) recompute, on a tiny random Llama,
-against a full prefill of the same prompt."""
+"""Recovery selection and the early-layer refresh on a tiny random Llama, against a full prefill
+of the same prompt."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from compression.kv.assemble import assemble, cache_tensors
-from compression.kv.base import Prompt
-from compression.kv.generate import full_prefill, greedy_continue, recompute
-from compression.kv.recovery import CascadeRecovery, make_recovery
+from compression.kv.generate import full_prefill, recompute
+from compression.kv.recovery import make_recovery
 from tests.test_kv_mechanics import ATOL, three_chunk_setup
 
 
@@ -43,49 +42,6 @@ def test_blend_never_spends_its_budget_on_the_first_chunk(setup, score):
     model, prompt, prefix, chunks, _, _ = setup
     selected = make_recovery("blend", r=0.5, score=score).select(model, assemble(model, prefix, chunks), prompt)
     assert len(selected) == round(0.5 * 27) and min(selected) >= 6 + 9
-
-
-@pytest.mark.parametrize("score", ["deviation", "attention"])
-def test_cascade_keeping_every_token_equals_full_prefill(setup, score):
-    model, prompt, prefix, chunks, reference_cache, reference = setup
-    options = {"score": score, "exact_layers": 2 if score == "deviation" else 0}
-    cache, selected, logits = recovered(model, prompt, prefix, chunks, make_recovery("cascade", r=1.0, r_first=1.0, **options))
-    assert selected == []  # the cache was refreshed in place
-    torch.testing.assert_close(logits, reference, atol=ATOL, rtol=0)
-    for mine, theirs in zip(cache_tensors(cache), cache_tensors(reference_cache)):
-        torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
-    assert greedy_continue(model, cache, logits, 6, set()) == greedy_continue(model, reference_cache, reference, 6, set())
-
-
-def test_cascade_with_every_layer_exact_equals_full_prefill(setup):
-    """exact_layers = all layers: the exact pass covers the whole model, whatever r says."""
-    model, prompt, prefix, chunks, _, reference = setup
-    _, _, logits = recovered(model, prompt, prefix, chunks, make_recovery("cascade", r=0.0, r_first=0.0, exact_layers=4))
-    torch.testing.assert_close(logits, reference, atol=ATOL, rtol=0)
-
-
-def test_partial_cascade_moves_towards_full_prefill(setup):
-    model, prompt, prefix, chunks, _, reference = setup
-    _, _, naive = recovered(model, prompt, prefix, chunks, make_recovery("none"))
-    naive_error = (naive - reference).abs().max()
-    assert naive_error > 1e-3
-    for options in ({"r": 0.3, "r_first": 0.6}, {"r": 0.3, "r_first": 0.6, "score": "deviation", "exact_layers": 2}):
-        _, _, partial = recovered(model, prompt, prefix, chunks, make_recovery("cascade", **options))
-        assert (partial - reference).abs().max() < naive_error, options
-
-
-def test_cascade_fraction_shrinks_linearly_and_bad_options_are_refused():
-    cascade = CascadeRecovery(r=0.1, r_first=0.5, exact_layers=2)
-    assert [round(cascade.fraction(layer, 6), 3) for layer in range(2, 6)] == [0.5, 0.367, 0.233, 0.1]
-    prompt = Prompt((0,), ((1,) * 10, (1,) * 20), (2,))  # 30 context tokens, 20 reusable
-    # 2 exact layers x 30 + kept 15, 11, 7, 3 over layers 2..5 -> (60 + 36) / 6 = 16
-    assert cascade.recomputed_tokens(prompt, 6) == 16
-    with pytest.raises(ValueError, match="r <= r_first"):
-        make_recovery("cascade", r=0.5, r_first=0.2)
-    with pytest.raises(ValueError, match="valid: attention, deviation"):
-        make_recovery("cascade", score="loudest")
-    with pytest.raises(ValueError, match=">= 2 for score=deviation"):
-        make_recovery("cascade", score="deviation")
 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])

@@ -15,7 +15,6 @@ from compression.kv.blockwise import DEFAULT_BLOCK, grow_cache, run_in_place, su
 from compression.kv.keys import tokenizer_signature
 from compression.kv.prompt import DEFAULT_SYSTEM, build_prompt
 from compression.kv.recovery import Recovery, additive
-from compression.kv.scaling import attention_bias, scaled_prefill
 
 
 @torch.inference_mode()
@@ -76,42 +75,28 @@ def full_prefill(model: Any, prompt: Prompt) -> tuple[Any, torch.Tensor]:
 
 
 @torch.inference_mode()
-def greedy_continue(model: Any, cache: Any, first_logits: torch.Tensor, max_new_tokens: int, eos_ids: set[int],
-                    bias: torch.Tensor | None = None) -> list[int]:
-    """Greedy tokens starting from the first-token distribution, until EOS or ``max_new_tokens``.
-    ``bias``: the attention bias of a scaled reuse (``reuse_prefill``), kept for every new token."""
+def greedy_continue(model: Any, cache: Any, first_logits: torch.Tensor, max_new_tokens: int, eos_ids: set[int]) -> list[int]:
+    """Greedy tokens starting from the first-token distribution, until EOS or ``max_new_tokens``."""
     tokens: list[int] = []
     logits = first_logits
-    with attention_bias(model, bias):
-        for _ in range(max_new_tokens):
-            token = int(logits.argmax())
-            if token in eos_ids:
-                break
-            tokens.append(token)
-            if len(tokens) == max_new_tokens:
-                break
-            out = model(input_ids=torch.tensor([[token]]), use_cache=True, **cache_arg(model, cache))
-            logits = out.logits[0, -1]
+    for _ in range(max_new_tokens):
+        token = int(logits.argmax())
+        if token in eos_ids:
+            break
+        tokens.append(token)
+        if len(tokens) == max_new_tokens:
+            break
+        out = model(input_ids=torch.tensor([[token]]), use_cache=True, **cache_arg(model, cache))
+        logits = out.logits[0, -1]
     return tokens
 
 
 @torch.inference_mode()
-def reuse_prefill(model: Any, cache: Any, prompt: Prompt, recovery: Recovery) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
-    """Recover the assembled ``cache`` and prefill the question: first-token logits, the selected
-    positions, and the attention bias decoding must keep (None unless the recovery scales attention)."""
+def reuse_prefill(model: Any, cache: Any, prompt: Prompt, recovery: Recovery) -> tuple[torch.Tensor, list[int]]:
+    """Recover the assembled ``cache`` and prefill the question: first-token logits and the
+    selected positions."""
     selected = recovery.select(model, cache, prompt)
-    logits, bias = finish_prefill(model, cache, prompt, selected, recovery)
-    return logits, selected, bias
-
-
-@torch.inference_mode()
-def finish_prefill(model: Any, cache: Any, prompt: Prompt, selected: Sequence[int], recovery: Recovery) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Recompute ``selected`` and prefill the question (through APE-style scaling if ``recovery``
-    has one): first-token logits and the attention bias decoding must keep."""
-    scaling = getattr(recovery, "scaling", None)
-    if scaling is None or scaling.identity:
-        return recompute(model, cache, prompt, selected), None
-    return scaled_prefill(model, cache, prompt, selected, scaling)
+    return recompute(model, cache, prompt, selected), selected
 
 
 class KVReuseEngine:
@@ -140,9 +125,8 @@ class KVReuseEngine:
 
     @torch.inference_mode()
     def prefill(self, prompt: Prompt, recovery: Recovery,
-                keep: Sequence[Sequence[int]] | None = None) -> tuple[Any, torch.Tensor, int, int, torch.Tensor | None]:
-        """Cache ready for decoding, first-token logits, tokens prefilled, tokens reused, and the
-        attention bias decoding must keep (``reuse_prefill``).
+                keep: Sequence[Sequence[int]] | None = None) -> tuple[Any, torch.Tensor, int, int]:
+        """Cache ready for decoding, first-token logits, tokens prefilled and tokens reused.
 
         ``keep[i]``: the tokens of chunk i the LM reads (compressed context: their entries are
         taken from the chunk's cache, see ``compression.kv.subset``); all when None.
@@ -152,12 +136,12 @@ class KVReuseEngine:
         chunks = [chunk_cache(self.lm, prefix, prompt.chunk_ids[i], self.store, self._tokenizer_sig)[0] for i in used]
         cache = assemble(self.lm.model, prefix, chunks, None if keep is None else [keep[i] for i in used])
         read = prompt if keep is None else prompt.keep(keep)
-        logits, selected, bias = reuse_prefill(self.lm.model, cache, read, recovery)
-        # A recovery that refreshes the cache itself (cascade) says how much it recomputed.
+        logits, selected = reuse_prefill(self.lm.model, cache, read, recovery)
+        # A recovery that recomputes tokens inside select (blend with resume) says how many.
         counted = getattr(recovery, "recomputed_tokens", None)
         extra = counted(read, len(self.lm.model.model.layers)) if counted else 0
         prefilled = len(selected) + extra + len(read.suffix_ids)
-        return cache, logits, prefilled, len(read.all_ids) - prefilled, bias
+        return cache, logits, prefilled, len(read.all_ids) - prefilled
 
     @torch.inference_mode()
     def generate(self, prompt: Prompt, recovery: Recovery | None, max_new_tokens: int = 64,
@@ -168,11 +152,11 @@ class KVReuseEngine:
         if recovery is None:
             read = prompt if keep is None else prompt.keep(keep)
             cache, logits = full_prefill(self.lm.model, read)
-            prefilled, reused, mode, bias = len(read.all_ids), 0, "full", None
+            prefilled, reused, mode = len(read.all_ids), 0, "full"
         else:
-            cache, logits, prefilled, reused, bias = self.prefill(prompt, recovery, keep)
+            cache, logits, prefilled, reused = self.prefill(prompt, recovery, keep)
             mode = recovery.name
         ttft = time.perf_counter() - start
-        tokens = greedy_continue(self.lm.model, cache, logits, max_new_tokens, self.eos_ids, bias)
+        tokens = greedy_continue(self.lm.model, cache, logits, max_new_tokens, self.eos_ids)
         text = self.lm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
         return Generation(text, tuple(tokens), logits, ttft, prefilled, reused, mode)

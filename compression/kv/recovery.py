@@ -15,11 +15,6 @@
   (``Prompt.exact_tokens``; a first chunk that compression cut is not, and may be picked).
   ``resume=True`` recomputes the picked tokens from the layer after the check layer on (their
   early layers were just computed exactly), inside ``select``.
-- cascade (CacheBlend's gradual filtering): a shrinking set of tokens is recomputed layer by
-  layer, the set at each layer being the tokens whose values deviated most at the layer before.
-- scaled (APE-style attention scaling): another recovery, then the question and generated tokens
-  see the reused (not recomputed) tokens past the exact ones at logit / T + log S
-  (``compression.kv.scaling``; applied by the engine after the selected tokens' recompute).
 """
 
 from __future__ import annotations
@@ -33,7 +28,6 @@ import torch
 from compression.hf_cache import cache_arg
 from compression.kv.base import Prompt
 from compression.kv.blockwise import run_in_place, supported
-from compression.kv.scaling import AttentionScaling
 
 
 class Recovery(Protocol):
@@ -249,151 +243,13 @@ class BlendRecovery:
         return scores, hidden
 
 
-@torch.inference_mode()
-def refresh_layer(layer: Any, cache: Any, hidden: torch.Tensor, positions: torch.Tensor, context_end: int,
-                  rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run one decoder layer for the tokens at ``positions`` (their hidden states ``hidden``).
-
-    They attend to the layer's cached KV with their own stale entries masked, and to each
-    other's fresh KV; the fresh KV then replaces the stale one in place. Returns the layer's
-    output hidden states and the squared value deviation (fresh vs stale) of every token.
-    """
-    layer_cache = cache.layers[layer.self_attn.layer_idx]
-    stale_values = layer_cache.values[0, :, positions].clone()
-    is_stale = torch.zeros(context_end, dtype=torch.bool)
-    is_stale[positions] = True
-    old_allowed = (torch.arange(context_end)[None, :] <= positions[:, None]) & ~is_stale[None, :]
-    mask = additive(torch.cat([old_allowed, positions[None, :] <= positions[:, None]], dim=1), hidden.dtype)
-    embeddings = rotary(hidden, position_ids=positions[None])
-    hidden = layer(hidden, attention_mask=mask, position_embeddings=embeddings, position_ids=positions[None],
-                   use_cache=True, **cache_arg(layer, cache))
-    for name in ("keys", "values"):
-        tensor = getattr(layer_cache, name)
-        tensor[:, :, positions] = tensor[:, :, context_end:]
-        setattr(layer_cache, name, tensor[:, :, :context_end])
-    deviation = (layer_cache.values[0, :, positions] - stale_values).pow(2).sum(dim=(0, 2))
-    return hidden, deviation
-
-
-@dataclass(frozen=True)
-class CascadeRecovery:
-    """CacheBlend's gradual filtering. The first ``exact_layers`` layers are recomputed for every
-    context token (exact); from there a shrinking set of tokens goes on layer by layer, a fraction
-    ``r_first`` of the context at the first such layer down to ``r`` at the last, each layer
-    keeping the tokens whose values deviated most at the layer before. The first set is ranked
-    by the question's attention on the reused cache (``score="attention"``, which needs no exact
-    layers) or by the value deviation at the last exact layer (``"deviation"``, needs
-    ``exact_layers >= 2``: layer 0 never deviates). The cache is refreshed in place, so ``select``
-    returns no positions. Cost ~ (exact_layers + mean fraction * other layers) / layers of a full
-    prefill, plus one question prefill for ``"attention"``.
-    """
-
-    r: float = 0.0
-    r_first: float = 0.4
-    exact_layers: int = 0
-    score: str = "attention"
-    name: str = "cascade"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.r <= self.r_first <= 1.0:
-            raise ValueError(f"cascade recovery needs 0 <= r <= r_first <= 1, got r={self.r}, r_first={self.r_first}")
-        if self.score not in ("attention", "deviation"):
-            raise ValueError(f"unknown cascade score '{self.score}'; valid: attention, deviation")
-        if self.exact_layers < (2 if self.score == "deviation" else 0):
-            raise ValueError(f"exact_layers must be >= 0, and >= 2 for score=deviation, got {self.exact_layers}")
-
-    def fraction(self, layer: int, n_layers: int) -> float:
-        """Fraction of the context recomputed at ``layer`` (after the exact early layers)."""
-        first, last = self.exact_layers, n_layers - 1
-        if last <= first:
-            return self.r_first
-        return self.r_first + (self.r - self.r_first) * (layer - first) / (last - first)
-
-    def recomputed_tokens(self, prompt: Prompt, n_layers: int) -> int:
-        """Tokens a full-depth recompute of the same cost would cover: token-layers / layers."""
-        n_context, first = len(prompt.context_ids), prompt.exact_tokens
-        early = min(self.exact_layers, n_layers)
-        kept = [min(n_context - first, round(self.fraction(layer, n_layers) * n_context)) for layer in range(early, n_layers)]
-        return round((early * n_context + sum(kept)) / n_layers)
-
-    @torch.inference_mode()
-    def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
-        inner, prefix_len = model.model, len(prompt.prefix_ids)
-        n_context, n_layers = len(prompt.context_ids), len(inner.layers)
-        context_end, first = prefix_len + n_context, prompt.exact_tokens
-        if n_context == 0:
-            return []
-        attention = question_attention(model, cache, prompt) if self.score == "attention" else None
-        hidden, early, deviation = self._exact_layers(model, cache, prompt)
-        scores = attention if attention is not None else deviation
-        scores[:first] = float("-inf")  # a whole first chunk's cache is exact already
-        chosen = torch.arange(n_context)
-        for index in range(early, n_layers):
-            n_keep = min(len(chosen), n_context - first, round(self.fraction(index, n_layers) * n_context))
-            if n_keep == 0:
-                break
-            order = torch.topk(scores[chosen], n_keep).indices.sort().values
-            chosen, hidden = chosen[order], hidden[:, order]
-            hidden, deviation = refresh_layer(inner.layers[index], cache, hidden, chosen + prefix_len, context_end, inner.rotary_emb)
-            scores = torch.full((n_context,), float("-inf"))
-            scores[chosen] = deviation
-        return []
-
-    def _exact_layers(self, model: Any, cache: Any, prompt: Prompt) -> tuple[torch.Tensor, int, torch.Tensor | None]:
-        """Hidden states of all context tokens after the exact layers (their KV written into
-        ``cache``), how many layers that is, and the value deviation at the last of them."""
-        early = min(self.exact_layers, len(model.model.layers))
-        if early == 0:
-            return model.model.embed_tokens(torch.tensor([prompt.context_ids])), 0, None
-        hidden, deviation = refresh_early_layers(model, cache, prompt, early)
-        return hidden, early, deviation
-
-
-@dataclass(frozen=True)
-class ScaledRecovery:
-    """``base`` selects (and may refresh the cache); the question and the generated tokens then see
-    the still-stale chunk tokens through APE-style attention scaling (``compression.kv.scaling``:
-    logit / temperature + log scale, in layers from ``from_layer`` on). ``select`` only selects:
-    the engine applies ``scaling`` after the recompute of the selected tokens."""
-
-    base: Any
-    scaling: AttentionScaling = AttentionScaling()
-    name: str = "scaled"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.base, CascadeRecovery):
-            raise ValueError("scaled recovery cannot wrap cascade (it refreshes tokens in place unseen); use none, edge or blend")
-
-    def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
-        return self.base.select(model, cache, prompt)
-
-    def recomputed_tokens(self, prompt: Prompt, n_layers: int) -> int:
-        counted = getattr(self.base, "recomputed_tokens", None)
-        return counted(prompt, n_layers) if counted else 0
-
-
-def make_scaled(temperature: float = 1.0, scale: float = 1.0, from_layer: int = 0, base: str = "none", **options: Any) -> ScaledRecovery:
-    """``make_recovery("scaled", temperature=0.9, scale=0.8, base="blend", r=0.15)``: other options go to the base."""
-    if base == "scaled":
-        raise ValueError("scaled recovery cannot wrap itself; base: none, edge or blend")
-    return ScaledRecovery(make_recovery(base, **options), AttentionScaling(temperature, scale, from_layer))
-
-
-RECOVERIES: dict[str, Any] = {"none": NoRecovery, "edge": EdgeRecovery, "blend": BlendRecovery, "cascade": CascadeRecovery,
-                              "scaled": make_scaled}
-
-
-SCALING_OPTIONS = ("temperature", "scale", "from_layer")
+RECOVERIES: dict[str, Any] = {"none": NoRecovery, "edge": EdgeRecovery, "blend": BlendRecovery}
 
 
 def make_recovery(name: str, **options: Any) -> Recovery:
-    """The recovery registered as ``name``; unknown names list the valid ones. ``temperature``,
-    ``scale`` and ``from_layer`` on none/edge/blend add APE-style attention scaling (``scaled``)."""
+    """The recovery registered as ``name``; unknown names list the valid ones."""
     try:
         factory = RECOVERIES[name]
     except KeyError:
         raise ValueError(f"unknown KV recovery '{name}'; valid: {', '.join(sorted(RECOVERIES))}") from None
-    scaling = {key: options.pop(key) for key in SCALING_OPTIONS if key in options and name != "scaled"}
-    if scaling:
-        return make_scaled(base=name, **scaling, **options)
     return factory(**options)

@@ -26,7 +26,7 @@ per-context diminishing returns, the LM's own answer and its attention) did not 
 question sets, and the constants stay the best of their grid on all four non-benchmark question
 sets together. A search of the package registries found no package that carries a stronger
 reader (a cross-encoder's weights) for offline use.
-``benchmarks/results/evidence_tried.md`` has every figure and where the remaining loss sits
+``BENCHMARKS.md`` ("What did not work") has the figures and where the remaining loss sits
 (reference sentences in lower-ranked chunks, outscored by a top chunk on the same subject).
 """
 
