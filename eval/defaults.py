@@ -22,7 +22,7 @@ BEST_HYBRID_WEIGHT = BEST_CONFIG.hybrid_weight if BEST_CONFIG.retrieval == "hybr
 
 # The configuration ``ragpress pipeline`` and the demo run when no file is given: the one the
 # pipeline grid recommends (benchmarks/pipeline_grid.py -> benchmarks/results/pipeline_grid.md, rule in
-# eval/pareto.py: recommend). Since blend recomputes the tokens the question attends to (session 6), the
+# eval/pareto.py: recommend). With blend recomputing the tokens the question attends to, the
 # best answer F1 of the grid is BEST_CONFIG's top 5, extractive at a third, blend (26.9, 220 tokens sent);
 # no configuration is within both tolerances (fixed-token 200/0 dense, no compression, naive: 24.9, just
 # over 2 points below, with recall 86.9 vs 67.3), so the rule falls back to the best answer F1. On 20

@@ -1,11 +1,11 @@
 """Running scattered tokens through the model in place, in causal blocks (the fast exact recompute).
 
-Recomputing a scattered subset of the context (plus the question) used to append the fresh
-KV after the context and mask the stale entries with one dense ``[queries, context + queries]``
-mask: every query paid attention over the whole context, and the CPU flash kernel cannot skip
+The dense recompute of a scattered subset of the context (plus the question), ``generate.recompute_dense``,
+appends the fresh KV after the context and masks the stale entries with one dense ``[queries, context + queries]``
+mask: every query pays attention over the whole context, and the CPU flash kernel cannot skip
 masked blocks. Here each layer writes a token's fresh KV straight into its own slot, so a query
 at position p simply attends to keys 0..p: unselected tokens' (stale) entries and the selected
-tokens' fresh ones, the same set as before. Projections and MLP run over all the tokens at once
+tokens' fresh ones, the same set as the dense path. Projections and MLP run over all the tokens at once
 (each weight matrix is read once per layer: running the layer block by block was slower, being
 memory-bound), while attention is split into blocks of consecutive selected positions, each
 reading keys only up to its last position (the causal bound), which roughly halves attention for
