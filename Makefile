@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install install-test install-bench demo test test-slow test-all
+.PHONY: install install-test install-bench demo lint test test-slow test-all
 
 install:
 	bash scripts/install.sh
@@ -18,8 +18,13 @@ install-bench:
 demo: install
 	$(VENV)/bin/ragpress demo
 
-# The default run: everything not marked slow (< 10 minutes on 2 cores).
-test: install-test
+# ruff (pyflakes, isort, bugbear, pyupgrade, public docstrings) and mypy, configured in pyproject.toml.
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# The checks, then everything not marked slow (< 10 minutes on 2 cores).
+test: lint
 	$(PYTEST) -m "not slow"
 
 test-slow: install-test

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from support import ByteTokenizer, build_tiny_llama, tokenizer_corpus
 
 # Offline and quiet before anything imports huggingface or prefect.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,29 +37,6 @@ def prefect_harness():
         yield
 
 
-def build_tiny_llama(seed: int = 0, **overrides):
-    """A randomly initialised Llama small enough for exact mechanics tests on CPU."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = dict(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-    )
-    config.update(overrides)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**config))
-    model.eval()
-    return model
-
-
 @pytest.fixture
 def tiny_llama():
     """Factory fixture: ``tiny_llama(seed=..., **config_overrides)``."""
@@ -68,8 +46,6 @@ def tiny_llama():
 def build_tiny_kv_engine(seed: int):
     """A ``KVReuseEngine`` over a tiny random Llama and the byte tokenizer, caches in memory."""
     from types import SimpleNamespace
-
-    from fakes import ByteTokenizer
 
     from compression.kv.generate import KVReuseEngine
     from compression.kv.store import MemoryStore
@@ -83,3 +59,34 @@ def build_tiny_kv_engine(seed: int):
 def tiny_kv_engine():
     """Factory fixture: ``tiny_kv_engine(seed)``."""
     return build_tiny_kv_engine
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run ~20x faster on one thread on this shared 2-core machine (no oversubscription)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    """A byte-level BPE trained in memory: offline, deterministic, with a BOS token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(tokenizer_corpus(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A tiny random Llama over ``tiny_tokenizer``'s 320 ids."""
+    return build_tiny_llama(seed=0, vocab_size=320)

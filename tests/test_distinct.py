@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import ANIMALS, PLANETS, BagOfWordsEncoder
 from helpers_kill import FakeEncoder, small_chunker
+from support import ANIMALS, PLANETS, BagOfWordsEncoder
 
 from eval.base import EvalConfig, EvalDataset, Question, Reference
 from eval.embedding_cache import EmbeddingCache

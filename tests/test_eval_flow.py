@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from fakes import BagOfWordsEncoder, tiny_dataset
+from support import BagOfWordsEncoder, tiny_dataset
 
 from eval.base import EvalConfig
 from eval.embedding_cache import EmbeddingCache
@@ -212,7 +212,7 @@ def test_fuse_and_neighbour_context_by_hand():
 @pytest.mark.real_model
 def test_cli_eval_prints_per_corpus_and_overall_scores(prefect_harness, tmp_path):
     import typer
-    from fakes import write_chroma_files
+    from support import write_chroma_files
     from typer.testing import CliRunner
 
     from flows.cli_eval import register

@@ -6,46 +6,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from support import ATOL, three_chunk_setup
 
 from compression.hf_cache import returned_cache
-from compression.kv.assemble import assemble, cache_tensors, encode_chunk, encode_prefix
-from compression.kv.base import CacheKey, ChunkKV, Prompt
+from compression.kv.assemble import assemble, cache_tensors
+from compression.kv.base import Prompt
 from compression.kv.blockwise import run_in_place
 from compression.kv.generate import full_prefill, greedy_continue, recompute, recompute_dense
 from compression.kv.recovery import RECOVERIES, make_recovery
 from compression.kv.rope import check_rope, inv_freq, rerotate
 
-ATOL = 1e-4
-
-
-def random_ids(generator: torch.Generator, n: int) -> tuple[int, ...]:
-    return tuple(torch.randint(3, 256, (n,), generator=generator).tolist())
-
 
 @pytest.fixture
 def setup(tiny_llama):
     return three_chunk_setup(tiny_llama)
-
-
-def three_chunk_setup(tiny_llama):
-    """A 4-layer tiny Llama (so blend's early layers do not cover the whole model) and a 3-chunk prompt
-    (chunk lengths 9, 11, 7 after a 6-token prefix): model, prompt, prefix KV, chunk KVs."""
-    model = tiny_llama(num_hidden_layers=4)
-    generator = torch.Generator().manual_seed(7)
-    prompt = Prompt(
-        prefix_ids=random_ids(generator, 6),
-        chunk_ids=(random_ids(generator, 9), random_ids(generator, 11), random_ids(generator, 7)),
-        suffix_ids=random_ids(generator, 5),
-    )
-    prefix = encode_prefix(model, prompt.prefix_ids)
-    chunks = [chunk_kv(model, prefix, ids) for ids in prompt.chunk_ids]
-    return model, prompt, prefix, chunks
-
-
-def chunk_kv(model, prefix, ids) -> ChunkKV:
-    keys, values = encode_chunk(model, prefix, ids)
-    key = CacheKey("tiny", "w", "float32", "tok", tuple(ids), prefix.digest, len(prefix.token_ids), "default")
-    return ChunkKV(key=key, keys=keys, values=values)
 
 
 def test_one_chunk_at_its_own_position_equals_full_prefill(setup):

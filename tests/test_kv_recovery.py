@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import ATOL, three_chunk_setup
 
 from compression.kv.assemble import assemble, cache_tensors
 from compression.kv.generate import full_prefill, recompute
 from compression.kv.recovery import make_recovery
-from tests.test_kv_mechanics import ATOL, three_chunk_setup
 
 
 @pytest.fixture

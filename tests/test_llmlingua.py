@@ -6,13 +6,13 @@ original text itself (every kept span must be an exact slice of it).
 
 from __future__ import annotations
 
-import random
 import re
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import build_tiny_llama, check_provenance, sample_text, token_ids
 
 from compression.base import Budget, KeptSpan
 from compression.llmlingua.compressor import LLMLinguaCompressor
@@ -20,48 +20,8 @@ from compression.llmlingua.scoring import IncrementalScorer, full_pass_surprisal
 from compression.lm import ModelUnavailable
 from compression.registry import make_compressor
 
-WORDS = (
-    "the quick brown fox jumps over lazy dog engine oil Fuel Dilution measured at 2011 by Sega in Japan "
-    "report shows that a large share of samples was above the limit while others stayed below it"
-).split()
-
-
-def _corpus() -> list[str]:
-    rng = random.Random(0)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(40)]
-    return lines + ["- item one\n- item two\n1. first\n```\nx = f(1)\n```", "戦場のヴァルキュリア3 , lit ."]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run ~20x faster on one thread on this shared 2-core machine (no oversubscription)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer():
-    """A byte-level BPE trained in memory: offline, deterministic, with a BOS token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>")
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    from tests.conftest import build_tiny_llama
-
-    return build_tiny_llama(seed=0, vocab_size=320)
+# The tiny models run much faster on one torch thread on a small shared machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -69,41 +29,11 @@ def compressor(tiny_model, tiny_tokenizer):
     return LLMLinguaCompressor(model=tiny_model, tokenizer=tiny_tokenizer, window=32)
 
 
-def _text(seed: int, n_words: int) -> str:
-    rng = random.Random(seed)
-    words = []
-    for i in range(n_words):
-        words.append(rng.choice(WORDS))
-        if i % 17 == 16:
-            words.append(rng.choice([".\n", ".\n\n- ", "."]))
-    return " ".join(words)
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _check_provenance(contexts, result):
-    """Every span is an exact slice, and the text is the kept pieces in order, contexts joined by a blank line."""
-    pieces: dict[int, list[str]] = {}
-    order = []
-    for span in result.kept:
-        assert 0 <= span.start < span.end <= len(contexts[span.context])
-        if span.context not in pieces:
-            order.append(span.context)
-        pieces.setdefault(span.context, []).append(contexts[span.context][span.start : span.end])
-    for spans in ({s.context for s in result.kept},):
-        for c in spans:
-            own = [s for s in result.kept if s.context == c]
-            assert all(a.end < b.start for a, b in zip(own, own[1:])), "spans must be sorted, disjoint and merged"
-    assert result.text == "\n\n".join("".join(pieces[c]) for c in order)
-
-
 # -- windowed KV reuse ------------------------------------------------------------------------
 
 
 def test_windowed_scores_equal_one_pass(tiny_model, tiny_tokenizer):
-    ids = _ids(tiny_tokenizer, _text(1, 60))
+    ids = token_ids(tiny_tokenizer, sample_text(1, 60))
     reference = full_pass_surprisal(tiny_model, [0], ids)
     scorer = IncrementalScorer(tiny_model, [0])
     parts, start = [], 0
@@ -127,7 +57,7 @@ def _masked_full_pass(model, seq, visible):
 
 def test_pruned_prefix_matches_one_masked_pass(tiny_model, tiny_tokenizer):
     """After pruning, the next window sees exactly the prefix and the kept tokens, at their original positions."""
-    ids = _ids(tiny_tokenizer, _text(2, 40))
+    ids = token_ids(tiny_tokenizer, sample_text(2, 40))
     first, second = ids[:30], ids[30:50]
     keep = [i % 3 != 2 for i in range(len(first))]
     scorer = IncrementalScorer(tiny_model, [0])
@@ -148,8 +78,8 @@ def test_pruned_prefix_matches_one_masked_pass(tiny_model, tiny_tokenizer):
 
 
 def test_question_continuation_leaves_cache_unchanged(tiny_model, tiny_tokenizer):
-    ids = _ids(tiny_tokenizer, _text(3, 30))
-    question = _ids(tiny_tokenizer, " fox engine oil")
+    ids = token_ids(tiny_tokenizer, sample_text(3, 30))
+    question = token_ids(tiny_tokenizer, " fox engine oil")
     plain = IncrementalScorer(tiny_model, [0])
     plain.score(ids[:20])
     probed = IncrementalScorer(tiny_model, [0])
@@ -161,18 +91,16 @@ def test_question_continuation_leaves_cache_unchanged(tiny_model, tiny_tokenizer
 
 
 def test_inputs_longer_than_the_lm_window(tiny_tokenizer):
-    from tests.conftest import build_tiny_llama
-
     model = build_tiny_llama(seed=1, vocab_size=320, max_position_embeddings=96)
-    text = _text(4, 200)
-    assert len(_ids(tiny_tokenizer, text)) > 3 * 96
+    text = sample_text(4, 200)
+    assert len(token_ids(tiny_tokenizer, text)) > 3 * 96
     scorer = IncrementalScorer(model, [0])
-    ids = _ids(tiny_tokenizer, text)
+    ids = token_ids(tiny_tokenizer, text)
     scores = np.concatenate([scorer.score(ids[i : i + 24]) for i in range(0, len(ids), 24)])
     assert scores.shape == (len(ids),) and np.isfinite(scores).all()
     result = LLMLinguaCompressor(model=model, tokenizer=tiny_tokenizer, window=24).compress([text], Budget(rate=0.4))
     assert abs(result.rate - 0.4) <= 0.02
-    _check_provenance([text], result)
+    check_provenance([text], result)
 
 
 # -- budget ----------------------------------------------------------------------------------
@@ -181,21 +109,21 @@ def test_inputs_longer_than_the_lm_window(tiny_tokenizer):
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), n_words=st.integers(60, 240), rate=st.floats(0.1, 0.95), n_contexts=st.integers(1, 4))
 def test_budget_is_met_within_002(compressor, tiny_tokenizer, seed, n_words, rate, n_contexts):
-    contexts = [_text(seed + i, n_words // n_contexts + 10) for i in range(n_contexts)]
+    contexts = [sample_text(seed + i, n_words // n_contexts + 10) for i in range(n_contexts)]
     result = compressor.compress(contexts, Budget(rate=rate))
     joined = "\n\n".join(contexts)
-    assert result.original_tokens == len(_ids(tiny_tokenizer, joined))
-    assert result.compressed_tokens == len(_ids(tiny_tokenizer, result.text))
+    assert result.original_tokens == len(token_ids(tiny_tokenizer, joined))
+    assert result.compressed_tokens == len(token_ids(tiny_tokenizer, result.text))
     assert abs(result.rate - rate) <= 0.02, (result.rate, rate)
-    _check_provenance(contexts, result)
+    check_provenance(contexts, result)
 
 
 def test_target_token_budget_and_question(compressor, tiny_tokenizer):
-    contexts = [_text(10 + i, 80) for i in range(5)]
-    n = len(_ids(tiny_tokenizer, "\n\n".join(contexts)))
+    contexts = [sample_text(10 + i, 80) for i in range(5)]
+    n = len(token_ids(tiny_tokenizer, "\n\n".join(contexts)))
     result = compressor.compress(contexts, Budget(target_tokens=n // 5), question="when was the fox measured in Japan?")
     assert abs(result.compressed_tokens - n // 5) <= 0.02 * n
-    _check_provenance(contexts, result)
+    check_provenance(contexts, result)
     # With a question no retrieved context is dropped whole (each gets a minimum share) ...
     assert len({s.context for s in result.kept}) == len(contexts)
     # ... without one, the coarse stage keeps whole contexts under the budget: at 20% some vanish.
@@ -215,7 +143,7 @@ def test_full_rate_and_empty_inputs(compressor):
 
 
 def test_forced_tokens_and_marked_spans_survive(tiny_model, tiny_tokenizer):
-    text = _text(20, 150)
+    text = sample_text(20, 150)
     start = text.index("fox")
     marked = KeptSpan(0, start, start + 30)
     comp = LLMLinguaCompressor(model=tiny_model, tokenizer=tiny_tokenizer, window=32, force_tokens=["Sega"], protect=())
@@ -229,7 +157,7 @@ def test_forced_tokens_and_marked_spans_survive(tiny_model, tiny_tokenizer):
 
 
 def test_numbers_protected_and_words_never_cut(compressor):
-    text = _text(30, 200) + " Fuel Dilution rose to 2011 units"
+    text = sample_text(30, 200) + " Fuel Dilution rose to 2011 units"
     result = compressor.compress([text], Budget(rate=0.5))
     kept_text = result.text
     for number in re.findall(r"\d+", text):
@@ -242,7 +170,7 @@ def test_numbers_protected_and_words_never_cut(compressor):
 
 
 def test_structure_newlines_and_list_markers_kept(compressor):
-    lines = [f"- {_text(40 + i, 12)}" for i in range(12)]
+    lines = [f"- {sample_text(40 + i, 12)}" for i in range(12)]
     text = "\n".join(lines)
     result = compressor.compress([text], Budget(rate=0.5))
     assert result.text.count("\n") == text.count("\n")
@@ -273,7 +201,7 @@ def test_one_compressor_shared_by_two_threads(tiny_model, tiny_tokenizer):
 
     comp = LLMLinguaCompressor(model=tiny_model, tokenizer=tiny_tokenizer, window=32, relevance="bm25")
     jobs = [
-        ([_text(300 + k, 90), _text(310 + k, 70)], Budget(rate=0.3 + 0.1 * (k % 2)), "when was the fox measured in Japan?" if k % 2 else None)
+        ([sample_text(300 + k, 90), sample_text(310 + k, 70)], Budget(rate=0.3 + 0.1 * (k % 2)), "when was the fox measured in Japan?" if k % 2 else None)
         for k in range(3)
     ]
     serial = [comp.compress(*job) for job in jobs]

@@ -6,9 +6,9 @@ import dataclasses
 import math
 
 import pytest
-from fakes import SYNTHETIC_FRONT, SYNTHETIC_RECOMMENDED, synthetic_pipeline_results
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import SYNTHETIC_FRONT, SYNTHETIC_RECOMMENDED, synthetic_pipeline_results
 
 from eval.pareto import VIEWS, front_2d, front_4d, pareto_front, recommend
 

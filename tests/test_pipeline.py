@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from fakes import BagOfWordsEncoder, ByteTokenizer, tiny_dataset
+from support import BagOfWordsEncoder, ByteTokenizer, tiny_dataset
 
 from compression.base import CompressionResult, KeptSpan
 from eval.base import EvalConfig
@@ -243,7 +243,7 @@ def test_spread_sample_keeps_order_and_covers_the_file():
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_pipeline_flow_reports_every_config_and_recommends_one(counting, tmp_path):
-    from fakes import write_chroma_files
+    from support import write_chroma_files
 
     from flows.pipeline import pipeline_flow
 

@@ -8,8 +8,14 @@ import html
 import re
 
 import pytest
-from fakes import SYNTHETIC_FRONT, SYNTHETIC_PIPELINE, SYNTHETIC_RECOMMENDED, synthetic_pipeline_results
-from test_report_chromium import chromium, run_chromium
+from support import (
+    SYNTHETIC_FRONT,
+    SYNTHETIC_PIPELINE,
+    SYNTHETIC_RECOMMENDED,
+    chromium,
+    run_chromium,
+    synthetic_pipeline_results,
+)
 
 from eval.pareto import front_4d
 from eval.pipeline_report import (

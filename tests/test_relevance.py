@@ -7,28 +7,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import check_provenance, sample_text, token_ids, word_units
 
 from compression.base import Budget
 from compression.llmlingua.coarse import allocate
 from compression.llmlingua.compressor import LLMLinguaCompressor
 from compression.llmlingua.relevance import choose_evidence, sentence_of_units, sentences
 from compression.llmlingua.scoring import IncrementalScorer, full_pass_surprisal, prime
-from compression.llmlingua.units import Unit
-from tests.test_llmlingua import _check_provenance, _ids, _text, one_torch_thread, tiny_model, tiny_tokenizer  # noqa: F401
 
-
-def _word_units(text: str) -> list[Unit]:
-    """One unit per word (with its leading blanks), one token per unit: enough for sentence grouping."""
-    import re
-
-    starts = [m.start() for m in re.finditer(r"\s*\S+", text)]
-    ends = starts[1:] + [len(text)]
-    return [Unit(a, b, k, k + 1, False) for k, (a, b) in enumerate(zip(starts, ends))]
+# The tiny models run much faster on one torch thread on a small shared machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_units_grouped_into_sentences():
     text = "The fox ran. Oil was measured in 2011.\nNew line here"
-    units = _word_units(text)
+    units = word_units(text)
     groups = sentence_of_units(text, units)
     words = [text[u.start : u.end].strip() for u in units]
     expected = {"The": 0, "fox": 0, "ran.": 0, "Oil": 1, "was": 1, "measured": 1, "in": 1, "2011.": 1, "New": 2, "line": 2, "here": 2}
@@ -40,7 +33,7 @@ def test_evidence_is_bm25_times_rank_prior_within_budget():
     from rank_bm25 import BM25Okapi
 
     texts = ["Cats sleep a lot. Engine oil dilution was measured.", "Oil dilution in engines rises. Dogs bark."]
-    units = [_word_units(t) for t in texts]
+    units = [word_units(t) for t in texts]
     question = "engine oil dilution measured"
     order = [1, 0]  # context 1 ranked first
     chosen = choose_evidence(question, texts, units, order, budget=100)
@@ -69,7 +62,7 @@ def test_min_weight_never_drops_a_context():
 
 
 def test_primed_prefix_scores_equal_one_pass(tiny_model, tiny_tokenizer):
-    ids = _ids(tiny_tokenizer, _text(5, 40))
+    ids = token_ids(tiny_tokenizer, sample_text(5, 40))
     prefix = [0] + ids[:3]
     reference = full_pass_surprisal(tiny_model, prefix, ids[3:])
     primed = prime(tiny_model, prefix)
@@ -83,13 +76,13 @@ def test_primed_prefix_scores_equal_one_pass(tiny_model, tiny_tokenizer):
 
 
 def test_question_keeps_evidence_sentence_whole(tiny_model, tiny_tokenizer):
-    filler = [_text(20 + i, 60) for i in range(4)]
+    filler = [sample_text(20 + i, 60) for i in range(4)]
     evidence = " The engine oil Fuel Dilution was measured by Sega in Japan."
     contexts = [filler[0], filler[1] + evidence + " " + filler[2], filler[3]]
     comp = LLMLinguaCompressor(model=tiny_model, tokenizer=tiny_tokenizer, window=32, protect=())
     result = comp.compress(contexts, Budget(rate=0.3), question="Who measured the engine oil Fuel Dilution in Japan?")
     assert abs(result.rate - 0.3) <= 0.02
-    _check_provenance(contexts, result)
+    check_provenance(contexts, result)
     start = contexts[1].index(evidence.strip())
     assert any(s.context == 1 and s.start <= start and start + len(evidence.strip()) <= s.end for s in result.kept)
     assert {s.context for s in result.kept} == {0, 1, 2}
@@ -108,16 +101,16 @@ def test_question_options_validated():
 
 @pytest.mark.parametrize("options", [dict(rank="question"), dict(contrastive=True), dict(rank="question", contrastive=True, evidence=0.5)])
 def test_question_variants_meet_the_budget(tiny_model, tiny_tokenizer, options):
-    contexts = [_text(40 + i, 70) for i in range(4)]
+    contexts = [sample_text(40 + i, 70) for i in range(4)]
     comp = LLMLinguaCompressor(model=tiny_model, tokenizer=tiny_tokenizer, window=32, **options)
     result = comp.compress(contexts, Budget(rate=0.33), question="when was the fox measured in Japan?")
     assert abs(result.rate - 0.33) <= 0.02
-    _check_provenance(contexts, result)
+    check_provenance(contexts, result)
 
 
 def test_need_mask_scores_equal_one_pass(tiny_model, tiny_tokenizer):
     """Unneeded tokens come back NaN (no output-layer work) and change nothing else, pruning included."""
-    ids = _ids(tiny_tokenizer, _text(6, 50))
+    ids = token_ids(tiny_tokenizer, sample_text(6, 50))
     reference = full_pass_surprisal(tiny_model, [0], ids)
     need = np.array([k % 4 != 1 for k in range(len(ids))])
     need[29] = False  # the last kept token of the first window is an unneeded one
@@ -145,7 +138,7 @@ def test_plain_ranking_probes_then_scores_only_kept_contexts(tiny_model, tiny_to
 
     from compression.llmlingua.coarse import select_contexts
 
-    contexts = [_text(60 + i, 50) for i in range(4)]
+    contexts = [sample_text(60 + i, 50) for i in range(4)]
     comp = LLMLinguaCompressor(model=tiny_model, tokenizer=tiny_tokenizer, window=32, protect=(), rank_tokens=8)
     calls = []
     original = LLMLinguaCompressor._score_windows
@@ -159,10 +152,10 @@ def test_plain_ranking_probes_then_scores_only_kept_contexts(tiny_model, tiny_to
         result = comp.compress(contexts, Budget(rate=0.25))
     finally:
         LLMLinguaCompressor._score_windows = original
-    ids = [_ids(tiny_tokenizer, c) for c in contexts]
+    ids = [token_ids(tiny_tokenizer, c) for c in contexts]
     ppl = [float(full_pass_surprisal(tiny_model, [0], i[:8]).mean()) for i in ids]
     order = sorted(range(4), key=lambda k: -ppl[k])
-    target = round(0.25 * len(_ids(tiny_tokenizer, "\n\n".join(contexts))))
+    target = round(0.25 * len(token_ids(tiny_tokenizer, "\n\n".join(contexts))))
     kept = select_contexts(order, [len(i) for i in ids], math.ceil(target * comp.coarse_keep))
     assert len(kept) < 4 and calls[:4] == [(c, 0, 8) for c in contexts]
     assert calls[4:] == [(contexts[k], 8, len(ids[k])) for k in kept]
@@ -174,7 +167,7 @@ def test_batched_blocks_equal_one_scorer_per_block(tiny_model, tiny_tokenizer, m
     import compression.llmlingua.scoring as lm_scoring
     from compression.llmlingua.scoring import score_blocks
 
-    blocks = [_ids(tiny_tokenizer, _text(70 + i, 12 + 9 * i)) for i in range(4)]
+    blocks = [token_ids(tiny_tokenizer, sample_text(70 + i, 12 + 9 * i)) for i in range(4)]
     needs = [np.array([k % 3 != 2 for k in range(len(b))]) for b in blocks]
     monkeypatch.setattr(lm_scoring, "BLOCK_BATCH_TOKENS", len(blocks[0]) + len(blocks[1]) + 1)  # forces two groups
     got = score_blocks(tiny_model, [0], blocks, needs)
@@ -195,7 +188,7 @@ def test_batched_and_one_by_one_compress_alike(tiny_model, tiny_tokenizer, monke
             out.append(scores)
         return out
 
-    contexts = [_text(80 + i, 25) for i in range(3)]
+    contexts = [sample_text(80 + i, 25) for i in range(3)]
     comp = LLMLinguaCompressor(model=tiny_model, tokenizer=tiny_tokenizer, window=256)
     runs = []
     for scorer in (llmlingua.score_blocks, one_by_one):
@@ -203,4 +196,4 @@ def test_batched_and_one_by_one_compress_alike(tiny_model, tiny_tokenizer, monke
         runs.append([comp.compress(contexts, Budget(rate=r), question=q) for r in (0.3, 0.6) for q in (None, "when was the fox measured in Japan?")])
     assert runs[0] == runs[1]
     for result in runs[0]:
-        _check_provenance(contexts, result)
+        check_provenance(contexts, result)

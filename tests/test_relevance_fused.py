@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import check_provenance, sample_text, token_ids, word_units
 
 from compression.base import Budget
 from compression.llmlingua.compressor import LLMLinguaCompressor
@@ -22,8 +23,9 @@ from compression.llmlingua.relevance import (
     fused_scores,
     zscore,
 )
-from tests.test_llmlingua import _check_provenance, _ids, _text, one_torch_thread, tiny_model, tiny_tokenizer  # noqa: F401
-from tests.test_relevance import _word_units
+
+# The tiny models run much faster on one torch thread on a small shared machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class KeywordEncoder:
@@ -60,7 +62,7 @@ def test_fused_evidence_by_hand():
     from rank_bm25 import BM25Okapi
 
     texts = ["Cats sleep a lot. The engine oil thinned out.", "Dilution was measured. Dogs bark loudly today."]
-    units = [_word_units(t) for t in texts]
+    units = [word_units(t) for t in texts]
     question = "How much fuel dilution was measured in the engine oil?"
     order = [1, 0]  # context 1 ranked first
     pool = [("Dilution was measured.", 1, 3), ("Dogs bark loudly today.", 1, 4), ("Cats sleep a lot.", 0, 4), ("The engine oil thinned out.", 0, 5)]
@@ -87,14 +89,14 @@ def test_fused_evidence_by_hand():
 def test_compressor_uses_the_given_encoder(tiny_model, tiny_tokenizer):
     """The fused scorer finds a sentence with no question word (BM25 cannot) and keeps it whole."""
     topic = {"engine", "oil", "fuel", "dilution"}  # filler without the question's topic words
-    filler = [" ".join(w for w in _text(90 + i, 60).split(" ") if w.lower() not in topic) for i in range(3)]
+    filler = [" ".join(w for w in sample_text(90 + i, 60).split(" ") if w.lower() not in topic) for i in range(3)]
     evidence = "Engines ran oily and diluted."  # no word of the question, as BM25 tokenises
     contexts = [filler[0] + " " + evidence + " " + filler[1], filler[2]]
     question = "how much oil dilution in the engine?"
     comp = LLMLinguaCompressor(model=tiny_model, tokenizer=tiny_tokenizer, window=32, protect=(), encoder=KeywordEncoder())
     result = comp.compress(contexts, Budget(rate=0.3), question=question)
     assert abs(result.rate - 0.3) <= 0.02
-    _check_provenance(contexts, result)
+    check_provenance(contexts, result)
     start = contexts[0].index(evidence)
     assert any(s.context == 0 and s.start <= start and start + len(evidence) <= s.end for s in result.kept)
     # Reference: BM25 alone does not keep it whole.
@@ -111,7 +113,7 @@ def test_block_attention_equals_mask_and_one_pass(tiny_model, tiny_tokenizer, mo
     from compression.llmlingua.scoring import full_pass_surprisal, score_blocks
 
     assert lm_scoring.supported(tiny_model)  # the tiny Llama runs on SDPA: the block path is the one tested
-    blocks = [_ids(tiny_tokenizer, _text(100 + i, 8 + 11 * i)) for i in range(4)]
+    blocks = [token_ids(tiny_tokenizer, sample_text(100 + i, 8 + 11 * i)) for i in range(4)]
     needs = [np.array([k % 4 != 3 for k in range(len(b))]) for b in blocks]
     prefix = [0, 5, 9]  # a prefix of several tokens: block rows must see all of it
     by_blocks = score_blocks(tiny_model, prefix, blocks, needs)
@@ -160,6 +162,6 @@ def test_record_boundaries_start_sentences():
     from compression.llmlingua.relevance import sentences
 
     text = "[{'content': 'Which theme am I using', 'role': 'user'}, {'content': 'Parallax 3.0 it is', 'role': 'assistant'}]"
-    units = _word_units(text)
+    units = word_units(text)
     got = [text[units[s.first].start : units[s.last].end].strip() for s in sentences(0, text, units)]
     assert got == ["[{'content': 'Which theme am I using', 'role': 'user'},", "{'content': 'Parallax 3.0 it is', 'role': 'assistant'}]"]

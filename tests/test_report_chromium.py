@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 
 import pytest
-from fakes import BagOfWordsEncoder, tiny_dataset
+from support import BagOfWordsEncoder, chromium, run_chromium, tiny_dataset
 
 from eval.base import EvalConfig
 from eval.embedding_cache import EmbeddingCache
 from eval.report import markdown_summary, render_html, table_rows, write_html
 from eval.runner import Evaluator
-
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-)
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("chromium is not installed but CI=true: the CI set-up must apt-get install chromium")
-    pytest.skip("chromium is not installed (apt-get install -y chromium); skipped outside CI")
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +27,6 @@ def test_report_is_self_contained(results):
     # one 'all' row per config plus one row per corpus and config
     assert page.count("<tr>") - 1 >= len(table_rows(results))
     assert markdown_summary(results).count("data:image/png;base64,") == 3
-
-
-def run_chromium(binary, tmp_path, *args):
-    profile = tmp_path / "profile"
-    command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.slow

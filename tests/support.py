@@ -1,11 +1,18 @@
-"""Small stand-ins for evaluation tests (no model needed): a bag-of-words encoder, a tiny dataset."""
+"""Code shared by the tests (fixtures live in conftest.py): stand-ins for the models (a bag-of-words
+encoder, a byte tokenizer, tiny random Llamas), tiny datasets and hand-made pipeline results, and
+checks used by several test modules."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import random
 import re
+import shutil
+import subprocess
 
 import numpy as np
+import pytest
 
 from eval.base import EvalConfig, EvalDataset, Question, Reference
 
@@ -164,3 +171,152 @@ def write_chroma_files(dataset: EvalDataset, directory) -> tuple:
             refs = [{"content": r.content, "start_index": r.start, "end_index": r.end} for r in q.references]
             writer.writerow([q.text, json.dumps(refs), q.corpus_id])
     return questions, corpora
+
+
+# -- tiny random Llamas and the KV-reuse setup ------------------------------------------------
+
+
+def build_tiny_llama(seed: int = 0, **overrides):
+    """A randomly initialised Llama small enough for exact mechanics tests on CPU."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+    )
+    config.update(overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    model.eval()
+    return model
+
+
+ATOL = 1e-4
+
+
+def random_ids(generator, n: int) -> tuple[int, ...]:
+    """``n`` token ids in 3..255 drawn from a seeded ``torch.Generator``."""
+    import torch
+
+    return tuple(torch.randint(3, 256, (n,), generator=generator).tolist())
+
+
+def chunk_kv(model, prefix, ids):
+    """A chunk's KV (``ChunkKV``) computed after ``prefix``, under a fixed test key."""
+    from compression.kv.assemble import encode_chunk
+    from compression.kv.base import CacheKey, ChunkKV
+
+    keys, values = encode_chunk(model, prefix, ids)
+    key = CacheKey("tiny", "w", "float32", "tok", tuple(ids), prefix.digest, len(prefix.token_ids), "default")
+    return ChunkKV(key=key, keys=keys, values=values)
+
+
+def three_chunk_setup(tiny_llama):
+    """A 4-layer tiny Llama (so blend's early layers do not cover the whole model) and a 3-chunk prompt
+    (chunk lengths 9, 11, 7 after a 6-token prefix): model, prompt, prefix KV, chunk KVs."""
+    import torch
+
+    from compression.kv.assemble import encode_prefix
+    from compression.kv.base import Prompt
+
+    model = tiny_llama(num_hidden_layers=4)
+    generator = torch.Generator().manual_seed(7)
+    prompt = Prompt(
+        prefix_ids=random_ids(generator, 6),
+        chunk_ids=(random_ids(generator, 9), random_ids(generator, 11), random_ids(generator, 7)),
+        suffix_ids=random_ids(generator, 5),
+    )
+    prefix = encode_prefix(model, prompt.prefix_ids)
+    chunks = [chunk_kv(model, prefix, ids) for ids in prompt.chunk_ids]
+    return model, prompt, prefix, chunks
+
+
+# -- LLMLingua-style compression: text, tokenizer corpus, provenance ---------------------------
+
+
+WORDS = (
+    "the quick brown fox jumps over lazy dog engine oil Fuel Dilution measured at 2011 by Sega in Japan "
+    "report shows that a large share of samples was above the limit while others stayed below it"
+).split()
+
+
+def tokenizer_corpus() -> list[str]:
+    """Lines of WORDS (plus markdown and non-Latin text) to train the in-memory tokenizer on."""
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(40)]
+    return lines + ["- item one\n- item two\n1. first\n```\nx = f(1)\n```", "戦場のヴァルキュリア3 , lit ."]
+
+
+def sample_text(seed: int, n_words: int) -> str:
+    """Seeded words of WORDS with sentence ends, newlines and list items among them."""
+    rng = random.Random(seed)
+    words = []
+    for i in range(n_words):
+        words.append(rng.choice(WORDS))
+        if i % 17 == 16:
+            words.append(rng.choice([".\n", ".\n\n- ", "."]))
+    return " ".join(words)
+
+
+def token_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def check_provenance(contexts, result):
+    """Every span is an exact slice, and the text is the kept pieces in order, contexts joined by a blank line."""
+    pieces: dict[int, list[str]] = {}
+    order = []
+    for span in result.kept:
+        assert 0 <= span.start < span.end <= len(contexts[span.context])
+        if span.context not in pieces:
+            order.append(span.context)
+        pieces.setdefault(span.context, []).append(contexts[span.context][span.start : span.end])
+    for spans in ({s.context for s in result.kept},):
+        for c in spans:
+            own = [s for s in result.kept if s.context == c]
+            assert all(a.end < b.start for a, b in zip(own, own[1:])), "spans must be sorted, disjoint and merged"
+    assert result.text == "\n\n".join("".join(pieces[c]) for c in order)
+
+
+def word_units(text: str) -> list:
+    """One unit per word (with its leading blanks), one token per unit: enough for sentence grouping."""
+    from compression.llmlingua.units import Unit
+
+    starts = [m.start() for m in re.finditer(r"\s*\S+", text)]
+    ends = starts[1:] + [len(text)]
+    return [Unit(a, b, k, k + 1, False) for k, (a, b) in enumerate(zip(starts, ends))]
+
+
+# -- headless Chromium ------------------------------------------------------------------------
+
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)
+
+
+def chromium() -> str:
+    """Path of the headless Chromium binary; skips the test when there is none (fails under CI)."""
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("chromium is not installed but CI=true: the CI set-up must apt-get install chromium")
+    pytest.skip("chromium is not installed (apt-get install -y chromium); skipped outside CI")
+
+
+def run_chromium(binary, tmp_path, *args):
+    """Run Chromium headless with a throw-away profile under ``tmp_path``."""
+    profile = tmp_path / "profile"
+    command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
