@@ -291,12 +291,12 @@ def run(args) -> dict:
         contexts, question = texts[qi], questions[qi]["question"]
         n_in = len(tok("\n\n".join(contexts), add_special_tokens=False)["input_ids"])
         row = dict(question=qi, input_tokens=n_in)
-        _, row["floor"] = cpu_seconds(lambda: floor_pass(lm.model, tok("\n\n".join(contexts), add_special_tokens=False)["input_ids"]))
+        _, row["floor"] = cpu_seconds(lambda contexts=contexts: floor_pass(lm.model, tok("\n\n".join(contexts), add_special_tokens=False)["input_ids"]))
         for rate in RATES:
             for mode, q in (("plain", None), ("question", question)):
-                res, row[f"ragpress/{mode}/{rate}"] = cpu_seconds(lambda: ragpress(contexts, rate, q))
+                res, row[f"ragpress/{mode}/{rate}"] = cpu_seconds(lambda contexts=contexts, rate=rate, q=q: ragpress(contexts, rate, q))
                 row[f"ragpress_rate/{mode}/{rate}"] = res.rate
-                out, row[f"llmlingua/{mode}/{rate}"] = cpu_seconds(lambda: llmlingua(contexts, rate, q))
+                out, row[f"llmlingua/{mode}/{rate}"] = cpu_seconds(lambda contexts=contexts, rate=rate, q=q: llmlingua(contexts, rate, q))
                 row[f"llmlingua_rate/{mode}/{rate}"] = len(tok(out, add_special_tokens=False)["input_ids"]) / n_in
         speed.append(row)
         print(json.dumps(row), flush=True)

@@ -74,4 +74,6 @@ class Compressor(Protocol):
         contexts: Sequence[str],
         budget: Budget,
         question: str | None = None,
-    ) -> CompressionResult: ...
+    ) -> CompressionResult:
+        """Compress ``contexts`` to ``budget``; every kept piece is an exact span of its context."""
+        ...

@@ -41,6 +41,7 @@ class ChainCompressor:
         self.name = name or f"{first.name}+{second.name}"
 
     def compress(self, contexts: Sequence[str], budget: Budget, question: str | None = None) -> CompressionResult:
+        """The first compressor at ``first_stage_factor`` times the budget, then the second, spans mapped back."""
         original = count_contexts(contexts, self.counter)
         limit = budget.tokens_for(original)
         first_limit = min(original, round(limit * self.first_stage_factor))

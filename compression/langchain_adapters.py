@@ -70,6 +70,7 @@ class RagpressDocumentCompressor(BaseDocumentCompressor):
     _built: Compressor | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any) -> None:
+        """Check the budget when the compressor is built (a target token count overrides the rate)."""
         if self.target_tokens is not None:
             self.rate = None
         Budget(rate=self.rate, target_tokens=self.target_tokens)  # bad budgets fail at construction
@@ -90,6 +91,7 @@ class RagpressDocumentCompressor(BaseDocumentCompressor):
 
     def compress_documents(self, documents: Sequence[LCDocument], query: str,
                            callbacks: Callbacks | None = None) -> Sequence[LCDocument]:
+        """The compressed documents: kept text, with the kept spans in each one's metadata."""
         documents = list(documents)
         if not documents:
             return []

@@ -116,6 +116,7 @@ class EvalConfig:
         return " ".join(parts)
 
     def to_dict(self) -> dict:
+        """The configuration as plain JSON values."""
         data = asdict(self)
         data["chunker_options"] = dict(self.chunker_options)
         return data
@@ -174,6 +175,7 @@ class EvalResult:
     timings: Mapping[str, float]
 
     def to_dict(self) -> dict:
+        """The result as plain JSON values."""
         return {
             "config": self.config.to_dict(),
             "label": self.config.label,

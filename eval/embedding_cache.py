@@ -23,10 +23,12 @@ MAX_SHARDS = 16  # above this, loading compacts the shards into one
 
 
 def default_cache_dir() -> Path:
+    """``$RAGPRESS_CACHE/eval-embeddings`` (default ``~/.cache/ragpress``)."""
     return Path(os.environ.get("RAGPRESS_CACHE", Path.home() / ".cache" / "ragpress")) / "eval-embeddings"
 
 
 def text_key(text: str) -> str:
+    """The cache key of a text: its SHA-256."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

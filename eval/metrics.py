@@ -35,6 +35,8 @@ Range = tuple[int, int]
 
 @dataclass(frozen=True)
 class RetrievalScores:
+    """Recall, precision and IoU of retrieved ranges against references, and the retrieved length."""
+
     recall: float
     precision: float
     iou: float
@@ -43,6 +45,8 @@ class RetrievalScores:
 
 @dataclass(frozen=True)
 class OmegaScore:
+    """Precision-Ω over every chunk that touches a reference, and how many such chunks there are."""
+
     precision_omega: float
     touching_chunks: int
 
@@ -64,6 +68,7 @@ def total_length(ranges: Iterable[Range]) -> int:
 
 
 def union_length(ranges: Iterable[Range]) -> int:
+    """Length covered by ``ranges`` with overlaps counted once."""
     return total_length(union_ranges(ranges))
 
 
@@ -184,6 +189,7 @@ class TokenRanges:
         self._ends = [end for _, end in token_offsets]
 
     def __call__(self, span: Range) -> Range:
+        """The token range that covers character range ``span``."""
         first = bisect_right(self._ends, span[0])  # first token ending after the span starts
         if span[1] <= span[0]:
             return (first, first)

@@ -61,6 +61,8 @@ class Compressed:
 
 @dataclass(frozen=True)
 class Answered:
+    """One question's answer and what producing it cost."""
+
     answer: str
     retrieved_tokens: int  # prompt context tokens before compression
     tokens_sent: int  # prompt context tokens after compression (what the LM reads)
@@ -131,11 +133,13 @@ class Pipeline:
 
     # -- lazily built collaborators --------------------------------------------------------
     def evaluator(self) -> Evaluator:
+        """The retrieval evaluator of the dataset, built on first use."""
         if self._evaluator is None:
             self._evaluator = self._evaluator_factory(self.dataset)
         return self._evaluator
 
     def engine(self) -> Any:
+        """The KV-reuse answer engine, built on first use."""
         if self._engine is None:
             self._engine = self._engine_factory()
         return self._engine
@@ -145,6 +149,7 @@ class Pipeline:
         return self._lm_id or lm_model_id(self.lm_name)
 
     def compressor(self, method: str) -> Any:
+        """The compressor of ``method``, built once."""
         if method not in self._compressors:
             self._compressors[method] = self._compressor_factory(method)
         return self._compressors[method]
@@ -256,6 +261,7 @@ class Pipeline:
 
     # -- one configuration, stage by stage -------------------------------------------------
     def compress_all(self, config: PipelineConfig, retrieved: Sequence[Retrieved]) -> list[Compressed]:
+        """Compress every question's retrieved context (stage cache first)."""
         return [self.compress(q, r, config.compression, config.rate) for q, r in zip(self.dataset.questions, retrieved)]
 
     def answer_all(self, config: PipelineConfig, retrieved: Sequence[Retrieved], compressed: Sequence[Compressed]) -> list[QuestionRun]:
@@ -271,6 +277,7 @@ class Pipeline:
         return runs
 
     def result(self, config: PipelineConfig, runs: Sequence[QuestionRun], hits: dict[str, int], seconds: float) -> PipelineResult:
+        """The result record of ``config``: runs, per-stage summary, cache hits and wall time."""
         return PipelineResult(config, self.dataset.name, summarise_runs(runs), tuple(runs), dict(hits), seconds)
 
     def run(self, config: PipelineConfig) -> PipelineResult:

@@ -121,6 +121,7 @@ class QuestionRun:
 
     @property
     def achieved_rate(self) -> float:
+        """Tokens sent / tokens retrieved (1.0 when nothing was retrieved)."""
         return self.tokens_sent / self.retrieved_tokens if self.retrieved_tokens else 1.0
 
 
@@ -165,6 +166,7 @@ class PipelineResult:
     seconds: float
 
     def to_dict(self) -> dict:
+        """The result as plain JSON values."""
         return {
             "config": self.config.to_dict(),
             "label": self.config.label,

@@ -37,6 +37,7 @@ div.wide{overflow-x:auto} #configs td:nth-child(2){min-width:24em}
 
 
 def view_title(quality: str, cost: str) -> str:
+    """Title of the plot of a quality metric against a cost."""
     return f"{QUALITY_METRICS[quality]} against {COST_METRICS[cost]}"
 
 
@@ -205,6 +206,7 @@ def render_pipeline_html(results: Sequence[PipelineResult], title: str = "ragpre
 
 def write_pipeline_html(results: Sequence[PipelineResult], path: Path | str, title: str = "ragpress pipeline",
                         recommended: int | None = None, command: str | None = None) -> None:
+    """Write the dashboard page atomically."""
     atomic_write_text(path, render_pipeline_html(results, title, recommended, command))
 
 

@@ -25,6 +25,7 @@ METRICS = (("recall", "Recall"), ("precision", "Precision"), ("precision_omega",
 
 
 def machine_info() -> dict[str, object]:
+    """Python version, platform and CPU count of this machine."""
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
 
 
@@ -39,6 +40,7 @@ def results_json(results: Sequence[EvalResult], extra: Mapping[str, object] | No
 
 
 def write_json(results: Sequence[EvalResult], path: Path, extra: Mapping[str, object] | None = None) -> None:
+    """Write the JSON report atomically."""
     atomic_write_text(path, json.dumps(results_json(results, extra), indent=1) + "\n")
 
 
@@ -112,6 +114,7 @@ def _render(plt, fig, fmt: str) -> str:
 
 
 def plots(results: Sequence[EvalResult], fmt: str = "svg") -> dict[str, str]:
+    """The report's plots by title, as SVG text or PNG data URIs."""
     return {
         "IoU against chunk size": plot_against_chunk_size(results, "iou", fmt),
         "Recall against chunk size": plot_against_chunk_size(results, "recall", fmt),
@@ -181,6 +184,7 @@ def render_html(results: Sequence[EvalResult], title: str = "ragpress evaluation
 
 
 def write_html(results: Sequence[EvalResult], path: Path, title: str = "ragpress evaluation") -> None:
+    """Write the HTML report atomically."""
     atomic_write_text(path, render_html(results, title))
 
 

@@ -26,6 +26,8 @@ ChunkerFactory = Callable[[EvalConfig], Chunker]
 
 @dataclass(frozen=True)
 class IndexedChunk:
+    """A chunk of the evaluation index with its corpus and character span."""
+
     corpus_id: str
     start: int
     end: int
@@ -97,6 +99,7 @@ def spans_of(chunks: Iterable[IndexedChunk], merge: bool) -> list[Span]:
 
 
 def summarise(scores: Sequence[QuestionScore]) -> MetricSummary:
+    """Means (×100) of the question scores."""
     return MetricSummary(
         n_questions=len(scores),
         recall=mean_percent([s.recall for s in scores]),

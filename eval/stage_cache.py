@@ -114,6 +114,7 @@ class StageCache:
         return entry.get("value")
 
     def put(self, stage: str, parts: Mapping[str, Any], value: Any) -> None:
+        """Store ``value`` under the key ``parts`` of ``stage`` (atomic write)."""
         path = self._path(stage, parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"key": parts, "value": value}, sort_keys=True, ensure_ascii=False))

@@ -53,6 +53,7 @@ def expand_grid(grid: Mapping[str, object], build: Callable[[Mapping[str, Any]],
 
 
 def grid_configs(grid: Mapping[str, object]) -> list[EvalConfig]:
+    """Every ``EvalConfig`` of a grid (lists of values are crossed)."""
     return expand_grid(grid, EvalConfig.from_dict)
 
 

@@ -54,6 +54,8 @@ def atomic_write_text(path: str | Path, text: str, *, durable: bool = False) -> 
 
 @dataclass(frozen=True)
 class PruneSummary:
+    """What a prune removed and kept: file counts and bytes."""
+
     removed: int
     kept: int
     freed_bytes: int

@@ -27,6 +27,7 @@ def kv_cache_dir(index: str, cache_dir: str | None) -> Path:
 
 
 def make_engine(index: str, cache_dir: str | None, lm_name: str) -> Any:
+    """A KV-reuse engine over the default LM, chunk caches in memory and on disk next to the index."""
     from compression.kv.generate import KVReuseEngine
     from compression.kv.store import DiskStore, MemoryStore, TieredStore
     from compression.lm import load_causal_lm
@@ -51,6 +52,7 @@ def retrieve(question: str, index: str, k: int, hybrid_weight: float | None = BE
 
 @task(name="compress")
 def compress(contexts: list[str], question: str, method: str, rate: float) -> dict:
+    """Compress the retrieved contexts; the kept spans as JSON values."""
     from compression.base import Budget
     from compression.registry import make_compressor
 

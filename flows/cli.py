@@ -29,6 +29,7 @@ for module_name in COMMAND_MODULES:
 
 
 def main() -> None:
+    """Run the ``ragpress`` command line."""
     app()
 
 

@@ -88,4 +88,5 @@ def _print(result: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``ask`` to the CLI."""
     app.command("ask")(ask)

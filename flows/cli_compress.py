@@ -31,7 +31,7 @@ def compress(
         cpu_seconds = time.process_time() - started
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if not as_json:
         typer.echo(result.text)
         typer.echo(
@@ -53,4 +53,5 @@ def compress(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``compress`` to the CLI."""
     app.command("compress")(compress)

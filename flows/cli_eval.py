@@ -35,6 +35,7 @@ def build_config(options: dict[str, object]) -> EvalConfig:
 
 
 def parse_k(k: str | None) -> object:
+    """``--k``: an integer, ``min``, or None."""
     if k is None or k == "min":
         return k
     try:
@@ -44,6 +45,7 @@ def parse_k(k: str | None) -> object:
 
 
 def print_results(results) -> None:
+    """One table row per configuration and corpus."""
     from rich.console import Console
     from rich.table import Table
 
@@ -122,4 +124,5 @@ def evaluate(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``eval`` to the CLI."""
     app.command("eval")(evaluate)

@@ -17,6 +17,7 @@ def _fail(message: str) -> None:
 
 
 def print_results(run) -> None:
+    """One table row per configuration, the recommended one marked."""
     from rich.console import Console
     from rich.table import Table
 
@@ -95,4 +96,5 @@ def pipeline(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``pipeline`` to the CLI."""
     app.command("pipeline")(pipeline)

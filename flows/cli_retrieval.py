@@ -143,6 +143,7 @@ def query(
 
 
 def print_hits(answered) -> None:
+    """A question's hits, one line each, with the places their text was also found."""
     typer.secho(f"? {answered.question}   ({answered.seconds['search'] * 1000:.0f} ms)", bold=True)
     for rank, hit in enumerate(answered.hits, 1):
         preview = " ".join(hit.text.split())[:110]
@@ -189,6 +190,7 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``demo``, ``chunk``, ``index`` and ``query`` to the CLI."""
     app.command("demo")(demo)
     app.command("chunk")(chunk)
     app.command("index")(index)

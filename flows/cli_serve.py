@@ -29,7 +29,7 @@ def serve(
                                          model=model, factory=factory)
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     from prefect import serve as prefect_serve
 
     typer.echo(f"serving ragpress-index/{name}: {folder} -> {index_dir} on '{cron}' ({timezone}); Ctrl-C stops")
@@ -37,4 +37,5 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
+    """Add ``serve`` to the CLI."""
     app.command("serve")(serve)

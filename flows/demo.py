@@ -30,6 +30,8 @@ DEMO_PIPELINE_QUESTIONS = 8
 
 @dataclass(frozen=True)
 class DemoResult:
+    """What the demo built and measured, and where it wrote it."""
+
     workdir: str
     index: IndexSummary
     answers: tuple[Answered, ...]

@@ -34,6 +34,7 @@ def load_dataset(questions: str | None, corpora: str | None) -> EvalDataset:
 
 @task(name="evaluate-config", cache_policy=NO_CACHE)
 def evaluate_config(evaluator: Evaluator, config: EvalConfig) -> EvalResult:
+    """Evaluate one configuration."""
     return evaluator.evaluate(config)
 
 
@@ -44,6 +45,7 @@ def artifact_key(text: str) -> str:
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
 def publish_artifacts(results: Sequence[EvalResult], name: str) -> None:
+    """Publish the results as Prefect table and markdown artifacts."""
     key = artifact_key(f"eval-{name}")
     create_table_artifact(table=table_rows(results), key=key, description=f"Evaluation of {len(results)} configuration(s) on {name}")
     create_markdown_artifact(markdown=markdown_summary(results, f"Evaluation on {name}"), key=f"{key}-summary")
@@ -51,6 +53,7 @@ def publish_artifacts(results: Sequence[EvalResult], name: str) -> None:
 
 @task(name="write-reports", cache_policy=NO_CACHE)
 def write_reports(results: Sequence[EvalResult], json_out: str | None, html_out: str | None, extra: dict) -> None:
+    """Write the JSON and HTML reports that were asked for."""
     if json_out:
         write_json(results, Path(json_out), extra)
     if html_out:

@@ -46,6 +46,7 @@ class ChunkerSpec:
     context_chunks: int = BEST_CONFIG.context_chunks
 
     def build(self):
+        """The chunker this spec describes."""
         return make_chunker(self.name, chunk_size=self.chunk_size, overlap=self.overlap)
 
 
@@ -73,17 +74,20 @@ def io_error(_task: Any, _run: Any, state: Any) -> bool:
 
 @task(name="load-documents", retries=2, retry_delay_seconds=1, retry_condition_fn=io_error)
 def load_task(paths: list[str]) -> tuple[list[Document], list[SkippedFile]]:
+    """The documents under ``paths`` and the files skipped (with why)."""
     return require_documents(paths)
 
 
 @task(name="chunk-document", cache_key_fn=_chunk_key, persist_result=True)
 def chunk_task(document: Document, spec: ChunkerSpec, chunker_config: dict[str, Any]) -> list[Chunk]:
+    """One document's chunks (cached by its content and the chunker)."""
     return chunk_documents([document], spec.build())[0][1]
 
 
 @task(name="embed-document", cache_key_fn=_embed_key, persist_result=True)
 def embed_task(document: Document, chunks: list[Chunk], spec: ChunkerSpec, model: str | None, model_id: str,
                chunker_config: dict[str, Any]) -> np.ndarray:
+    """One document's chunk vectors (cached by its content, the chunker and the model)."""
     return embed_documents([(document, chunks)], load_encoder(model), spec.context_chunks)
 
 

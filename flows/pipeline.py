@@ -45,28 +45,33 @@ class PipelineRun:
 
 @task(name="select-questions", cache_policy=NO_CACHE)
 def select_questions(dataset: EvalDataset, limit: int | None) -> EvalDataset:
+    """The dataset with ``limit`` questions spread evenly over it (all when None)."""
     return EvalDataset(dataset.name, dataset.corpora, spread_sample(dataset.questions, limit))
 
 
 @task(name="retrieve", cache_policy=NO_CACHE, task_run_name="retrieve {config.label}")
 def retrieve_stage(pipeline: Pipeline, config: EvalConfig) -> list[Retrieved]:
+    """Retrieve for every question."""
     return pipeline.retrieve(config)
 
 
 @task(name="compress", cache_policy=NO_CACHE, task_run_name="compress {label}")
 def compress_stage(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Retrieved], label: str) -> list[Compressed]:
+    """Compress every question's retrieved context."""
     return pipeline.compress_all(config, retrieved)
 
 
 @task(name="answer", cache_policy=NO_CACHE, task_run_name="answer {label}")
 def answer_stage(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Retrieved], compressed: list[Compressed],
                  label: str) -> list[QuestionRun]:
+    """Answer every question and score every stage."""
     return pipeline.answer_all(config, retrieved, compressed)
 
 
 @task(name="publish-pipeline-report", cache_policy=NO_CACHE)
 def publish(results: Sequence[PipelineResult], recommended: int, html_out: str | None, json_out: str | None,
             command: str | None) -> None:
+    """Publish the results as artifacts and write the dashboard and JSON that were asked for."""
     import json
 
     from eval.pipeline_report import markdown_pipeline_summary, pipeline_table_rows, write_pipeline_html

@@ -29,6 +29,7 @@ class Answered:
 @task(name="search", retries=1, retry_delay_seconds=1, retry_condition_fn=io_error)
 def search_task(index_dir: str, questions: list[str], k: int, model: str | None,
                 hybrid_weight: float | None, distinct: bool = BEST_CONFIG.distinct) -> tuple[list[list[Hit]], float]:
+    """The hits of every question and the search time."""
     started = time.perf_counter()
     store = IndexStore.open(index_dir)
     hits = search_texts(store, load_encoder(model), questions, k, hybrid_weight, distinct)
@@ -37,6 +38,7 @@ def search_task(index_dir: str, questions: list[str], k: int, model: str | None,
 
 @task(name="compress")
 def compress_task(hits: list[Hit], question: str, method: str, rate: float) -> tuple[CompressionResult, float]:
+    """The compressed hits of one question and the compression time."""
     from compression.registry import make_compressor
 
     started = time.perf_counter()

@@ -69,7 +69,9 @@ class TokenCounter(Protocol):
 class Chunker(Protocol):
     """Splits a text into chunks with exact character spans."""
 
-    def chunk(self, text: str) -> list[Chunk]: ...
+    def chunk(self, text: str) -> list[Chunk]:
+        """Chunks of ``text`` with exact character spans."""
+        ...
 
 
 class Encoder(Protocol):
@@ -78,4 +80,6 @@ class Encoder(Protocol):
     model_id: str
     dim: int
 
-    def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray: ...
+    def encode(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
+        """One L2-normalised float32 vector per text."""
+        ...

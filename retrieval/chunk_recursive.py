@@ -50,6 +50,7 @@ class RecursiveChunker:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
 
     def chunk(self, text: str) -> list[Chunk]:
+        """Chunks of ``text``, split at the coarsest separator that fits the chunk size."""
         self._text = text
         self._lengths: dict[Span, int] = {}
         try:

@@ -78,6 +78,7 @@ class SentenceChunker:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
 
     def chunk(self, text: str) -> list[Chunk]:
+        """Chunks of whole sentences, up to the chunk size each."""
         if not text.strip():
             return []
         chunks: list[Chunk] = []

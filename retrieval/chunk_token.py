@@ -128,6 +128,7 @@ class TokenChunker:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
 
     def chunk(self, text: str) -> list[Chunk]:
+        """Chunks of ``text``: windows of ``chunk_size`` tokens."""
         return self.chunk_span(text, 0, len(text))
 
     def chunk_span(self, text: str, lo: int, hi: int) -> list[Chunk]:

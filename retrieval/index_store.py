@@ -96,6 +96,7 @@ def config_fingerprint(config: Mapping[str, Any] | None) -> str:
 
 
 def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while data := handle.read(block):
@@ -380,14 +381,17 @@ class IndexStore:
 
     @property
     def documents(self) -> Mapping[str, DocRecord]:
+        """The indexed documents by path (read-only)."""
         return MappingProxyType(self._docs)
 
     @property
     def chunker_config(self) -> dict[str, Any]:
+        """The chunker configuration the index was built with."""
         return dict(self._chunker_config)
 
     @property
     def dirty(self) -> bool:
+        """Whether changes wait to be committed."""
         return self._dirty
 
     def chunks(self) -> list[ChunkRecord]:

@@ -45,10 +45,12 @@ class IndexPlan:
 
     @property
     def to_embed(self) -> tuple[Document, ...]:
+        """The documents whose chunks must be embedded: new and changed ones."""
         return self.new + self.changed
 
     @property
     def is_empty(self) -> bool:
+        """Whether the plan changes nothing."""
         return not (self.new or self.changed or self.deleted or self.relocated)
 
     def batches(self, size: int) -> Iterator[IndexPlan]:
@@ -74,6 +76,8 @@ class IndexPlan:
 
 @dataclass(frozen=True)
 class SkippedFile:
+    """A file that was not indexed, and why."""
+
     path: str
     reason: str
 

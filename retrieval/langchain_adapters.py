@@ -67,6 +67,7 @@ class RagpressEmbeddings(Embeddings):
 
     @property
     def encoder(self) -> Encoder:
+        """The encoder, loaded on first use."""
         if self._encoder is None:
             from retrieval.encoder import load_encoder  # loads the model on first use only
 
@@ -75,12 +76,15 @@ class RagpressEmbeddings(Embeddings):
 
     @property
     def model_id(self) -> str:
+        """The id (name and weights hash) of the embedding model."""
         return self.encoder.model_id
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text."""
         return self.encoder.encode(list(texts)).tolist()
 
     def embed_query(self, text: str) -> list[float]:
+        """The vector of one query."""
         return self.encoder.encode([text])[0].tolist()
 
 
@@ -112,10 +116,12 @@ class RagpressVectorStore(VectorStore):
 
     @property
     def embeddings(self) -> Embeddings:
+        """The embedding model of the store."""
         return self._embedding
 
     @property
     def model_id(self) -> str:
+        """The id of the embedding model the vectors come from."""
         return self._model_id or _embedding_model_id(self._embedding)
 
     # ----------------------------------------------------------------- write
@@ -236,12 +242,15 @@ class RagpressVectorStore(VectorStore):
         return documents
 
     def similarity_search_with_score(self, query: str, k: int = 4, **kwargs: Any) -> list[tuple[LCDocument, float]]:
+        """The ``k`` nearest documents to ``query`` with their cosine scores."""
         return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, **kwargs)
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4, **kwargs: Any) -> list[LCDocument]:
+        """The ``k`` nearest documents to ``embedding``."""
         return [doc for doc, _ in self.similarity_search_with_score_by_vector(embedding, k, **kwargs)]
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[LCDocument]:
+        """The ``k`` nearest documents to ``query``."""
         return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
@@ -303,6 +312,7 @@ class RagpressRetriever(BaseRetriever):
 
     @property
     def store(self) -> RagpressVectorStore:
+        """The vector store over ``index_dir``, opened on first use."""
         if self._store is None:
             self._store = RagpressVectorStore(self.index_dir, self.embeddings)
         return self._store

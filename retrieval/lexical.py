@@ -31,6 +31,7 @@ class BM25Index:
         self.size = len(texts)
 
     def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every document for ``query``."""
         return np.asarray(self._bm25.get_scores(lexical_tokens(query)), dtype=np.float64)
 
 

@@ -75,6 +75,7 @@ class HFTokenCounter:
             return [self.encode_block(t) for t in texts]  # a lone surrogate somewhere
 
     def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of ``text`` and their character offsets (encoded block by block)."""
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
         for shift, enc in self.iter_blocks(text):
@@ -83,6 +84,7 @@ class HFTokenCounter:
         return ids, offsets
 
     def count(self, text: str) -> int:
+        """Number of tokens in ``text``."""
         return sum(len(enc) for _, enc in self.iter_blocks(text))
 
 

@@ -116,7 +116,7 @@ def test_moved_corpus_is_relocated_without_re_embedding(tmp_path: Path) -> None:
     assert {c.source for c in after.chunks()} == {str(p.resolve()) for p in moved.rglob("*.txt")}
     kept = [c.id for c in before.chunks() if c.doc_id != "part0/doc000.txt"]
     assert np.array_equal(after.vectors_of(kept), before.vectors_of(kept))  # the very same vectors, not re-embedded
-    full = index_paths([moved], tmp_path / "full", chunker, FakeEncoder())
+    index_paths([moved], tmp_path / "full", chunker, FakeEncoder())
     assert_same_index(tmp_path / "idx", tmp_path / "full", encoder)
     assert index_paths([moved], tmp_path / "idx", chunker, encoder).commits == 0
 

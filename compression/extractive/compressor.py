@@ -70,6 +70,7 @@ class ExtractiveCompressor:
 
     @property
     def counter(self) -> TokenCounter:
+        """The token counter budgets are counted in (the embedding model's tokenizer unless given)."""
         if self._counter is None:
             from compression.extractive.models import default_counter
 
@@ -78,6 +79,7 @@ class ExtractiveCompressor:
 
     @property
     def encoder(self) -> Encoder:
+        """The sentence encoder (the packaged MiniLM unless given), loaded on first use."""
         if self._encoder is None:
             from compression.extractive.models import default_encoder
 

@@ -36,6 +36,7 @@ class CacheKey:
     rope: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The key's fields by name (JSON-ready)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -59,10 +60,12 @@ class ChunkKV:
 
     @property
     def n_tokens(self) -> int:
+        """Tokens this cache covers."""
         return len(self.key.token_ids)
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by the key and value tensors."""
         return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
 
 
@@ -82,10 +85,12 @@ class Prompt:
 
     @property
     def context_ids(self) -> list[int]:
+        """Token ids of every chunk, in prompt order."""
         return [t for ids in self.chunk_ids for t in ids]
 
     @property
     def all_ids(self) -> list[int]:
+        """The whole prompt: prefix, chunks, question turn."""
         return [*self.prefix_ids, *self.context_ids, *self.suffix_ids]
 
     @property
@@ -122,6 +127,10 @@ class Generation:
 class KVStore(Protocol):
     """Where chunk caches live between questions."""
 
-    def get(self, key: CacheKey) -> ChunkKV | None: ...
+    def get(self, key: CacheKey) -> ChunkKV | None:
+        """The cache stored under ``key``, or None."""
+        ...
 
-    def put(self, kv: ChunkKV) -> None: ...
+    def put(self, kv: ChunkKV) -> None:
+        """Store ``kv`` under its key."""
+        ...

@@ -24,6 +24,7 @@ SUPPORTED = ("llama",)  # decoder layers whose forward ``_layer`` reproduces (ch
 
 
 def supported(model: Any) -> bool:
+    """Whether the in-place blockwise recompute handles this model type (else the dense path runs)."""
     return getattr(model.config, "model_type", None) in SUPPORTED
 
 

@@ -110,6 +110,7 @@ class KVReuseEngine:
         self.eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
 
     def prompt(self, contexts: Sequence[str], question: str) -> Prompt:
+        """The prompt of ``contexts`` and ``question`` in this engine's chat template and system text."""
         return build_prompt(self.lm.tokenizer, contexts, question, self.system)
 
     def prefix(self, prompt: Prompt) -> PrefixKV:

@@ -38,6 +38,7 @@ def key_digest(key: CacheKey) -> str:
 
 
 def key_from_json(text: str) -> CacheKey:
+    """The ``CacheKey`` stored as JSON (``as_dict``) in a cache file's header."""
     data = json.loads(text)
     data["token_ids"] = tuple(data["token_ids"])
     return CacheKey(**data)

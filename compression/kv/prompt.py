@@ -17,6 +17,7 @@ _SENTINEL = "\x00RAGPRESS_USER_CONTENT\x00"
 
 
 def document_block(text: str) -> str:
+    """How one retrieved chunk appears in the prompt."""
     return f"Document:\n{text}\n\n"
 
 

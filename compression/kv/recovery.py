@@ -31,6 +31,8 @@ from compression.kv.blockwise import run_in_place, supported
 
 
 class Recovery(Protocol):
+    """Chooses the context tokens to recompute after reused chunk caches are assembled."""
+
     name: str
 
     def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
@@ -49,14 +51,19 @@ def chunk_starts(prompt: Prompt) -> list[int]:
 
 @dataclass(frozen=True)
 class NoRecovery:
+    """Naive reuse: every chunk token as cached."""
+
     name: str = "none"
 
     def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
+        """Nothing to recompute."""
         return []
 
 
 @dataclass(frozen=True)
 class EdgeRecovery:
+    """EPIC-style: recompute the first ``n_tokens`` of every chunk."""
+
     n_tokens: int = 16
     name: str = "edge"
 
@@ -65,6 +72,7 @@ class EdgeRecovery:
             raise ValueError(f"edge recovery needs n_tokens >= 0, got {self.n_tokens}")
 
     def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
+        """The first ``n_tokens`` positions of every chunk."""
         return [start + i for start, ids in zip(chunk_starts(prompt), prompt.chunk_ids) for i in range(min(self.n_tokens, len(ids)))]
 
 
@@ -76,6 +84,7 @@ def causal_mask(n_queries: int, first_position: int, kv_length: int, dtype: torc
 
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean ``allowed`` matrix as an additive ``[1, 1, q, kv]`` mask (0 or the dtype's minimum)."""
     mask = torch.zeros(allowed.shape, dtype=dtype)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]
@@ -212,6 +221,7 @@ class BlendRecovery:
 
     @torch.inference_mode()
     def select(self, model: Any, cache: Any, prompt: Prompt) -> list[int]:
+        """Positions of the ``n_picked`` best-scored reusable tokens (none when ``resume`` recomputed them already)."""
         n_context, prefix_len = len(prompt.context_ids), len(prompt.prefix_ids)
         n_pick = self.n_picked(prompt)
         if n_pick == 0:

@@ -34,6 +34,7 @@ class MemoryStore:
         self.nbytes = 0
 
     def get(self, key: CacheKey) -> ChunkKV | None:
+        """The cache under ``key`` (refreshed as most recently used), or None."""
         digest = key_digest(key)
         kv = self._items.get(digest)
         if kv is None or kv.key != key:
@@ -42,6 +43,7 @@ class MemoryStore:
         return kv
 
     def put(self, kv: ChunkKV) -> None:
+        """Store ``kv``, evicting the least recently used caches beyond the byte budget."""
         digest = key_digest(kv.key)
         if digest in self._items:
             self.nbytes -= self._items.pop(digest).nbytes
@@ -69,9 +71,11 @@ class DiskStore:
         self.root = Path(root)
 
     def path_for(self, key: CacheKey) -> Path:
+        """The file that holds the cache of ``key``."""
         return self.root / f"{key_digest(key)}.safetensors"
 
     def put(self, kv: ChunkKV) -> None:
+        """Write ``kv`` atomically, with its key and a checksum in the header."""
         from safetensors.torch import save_file
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -138,6 +142,7 @@ class TieredStore:
         self.memory, self.disk = memory, disk
 
     def get(self, key: CacheKey) -> ChunkKV | None:
+        """From memory, else from disk (then kept in memory too), else None."""
         found = self.memory.get(key)
         if found is None:
             found = self.disk.get(key)  # CacheCorrupted / CacheMismatch propagate: the caller recomputes
@@ -146,5 +151,6 @@ class TieredStore:
         return found
 
     def put(self, kv: ChunkKV) -> None:
+        """Store ``kv`` in memory and on disk."""
         self.memory.put(kv)
         self.disk.put(kv)

@@ -30,6 +30,7 @@ class Unit:
 
     @property
     def n_tokens(self) -> int:
+        """LM tokens in this unit."""
         return self.tok_end - self.tok_start
 
 
