@@ -15,14 +15,14 @@ from typing import Any
 
 
 @cache
-def _cache_name(cls: type) -> str:
+def _cache_name(cls: Any) -> str:
     parameters = inspect.signature(cls.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
 
 def cache_arg(module: Any, cache: Any) -> dict[str, Any]:
     """``{name: cache}`` for ``module(**...)``: ``cache`` on transformers >= 5.24, else ``past_key_values``."""
-    return {_cache_name(type(module)): cache}
+    return {_cache_name(module.__class__): cache}
 
 
 def hook_cache(kwargs: dict[str, Any]) -> Any:

@@ -130,7 +130,7 @@ class EvalConfig:
             raise ValueError(f"unknown config keys {sorted(unknown)}; valid keys: {', '.join(sorted(valid))}")
         values = dict(data)
         if "k" in values and values["k"] != "min":
-            values["k"] = int(values["k"])  # type: ignore[arg-type]
+            values["k"] = int(values["k"])  # type: ignore[call-overload]
         return cls(**values)  # type: ignore[arg-type]
 
 

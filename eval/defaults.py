@@ -19,6 +19,9 @@ BEST_CONFIG = EvalConfig(
 )
 # What ``ragpress query`` passes as ``hybrid_weight`` to serve BEST_CONFIG (None: plain dense search).
 BEST_HYBRID_WEIGHT = BEST_CONFIG.hybrid_weight if BEST_CONFIG.retrieval == "hybrid" else None
+# The number of hits ``ragpress query`` returns by default: BEST_CONFIG's k, which is a fixed number.
+assert isinstance(BEST_CONFIG.k, int), "the default configuration needs a fixed k"
+BEST_K: int = BEST_CONFIG.k
 
 # The configuration ``ragpress pipeline`` and the demo run when no file is given: the one the
 # pipeline grid recommends (benchmarks/pipeline_grid.py -> benchmarks/results/pipeline_grid.md, rule in

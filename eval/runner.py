@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,8 @@ def default_chunker_factory(config: EvalConfig) -> Chunker:
     """The project's chunkers (``retrieval.chunkers.make_chunker``)."""
     from retrieval.chunkers import make_chunker
 
-    return make_chunker(config.chunker, chunk_size=config.chunk_size, overlap=config.overlap, **dict(config.chunker_options))
+    options: dict[str, Any] = dict(config.chunker_options)
+    return make_chunker(config.chunker, chunk_size=config.chunk_size, overlap=config.overlap, **options)
 
 
 def chunk_corpora(corpora: Mapping[str, str], chunker: Chunker) -> list[IndexedChunk]:
@@ -68,6 +70,8 @@ def rank_chunks(dense: np.ndarray, lexical: np.ndarray | None, config: EvalConfi
     """Chunk indices, best first, for one question under ``config.retrieval``."""
     if config.retrieval == "dense":
         scores = dense
+    elif lexical is None:
+        raise ValueError(f"{config.retrieval} retrieval needs the BM25 scores of the chunks")
     elif config.retrieval == "bm25":
         scores = lexical
     else:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import numpy as np
 from prefect import flow, task, unmapped
@@ -117,7 +118,7 @@ def _summary_rows(summary: IndexSummary) -> list[dict[str, Any]]:
 
 # One worker thread by default: the shared embedding model's tokenizer is not thread-safe, and
 # two cores gain nothing from it. flows/dask_runner.py swaps in a Dask runner to fan the map out.
-@flow(name="ragpress-index", task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="ragpress-index", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]  # Prefect's generic runner type
 def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name,
                chunk_size: int = ChunkerSpec.chunk_size, overlap: int = ChunkerSpec.overlap,
                model: str | None = None, factory: str = "Flat", commit_every: int = 64,
@@ -136,7 +137,7 @@ def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name
     documents, skipped = load_task([str(p) for p in paths])
     store = IndexStore(index_dir, encoder.model_id, encoder.dim, factory, rebuild=rebuild)
     plan = plan_update(store, documents, chunker_config)
-    progress_id = create_progress_artifact(progress=0.0, description=f"documents embedded into {index_dir}")
+    progress_id = cast(UUID, create_progress_artifact(progress=0.0, description=f"documents embedded into {index_dir}"))
     done, chunks_added, commits = 0, 0, 0
     for batch in plan.batches(commit_every):
         docs = list(batch.to_embed)

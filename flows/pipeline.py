@@ -14,7 +14,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -126,7 +127,7 @@ def pipeline_flow(
         raise ValueError("no pipeline configuration given; pass --config FILE or --sweep FILE")
     dataset = select_questions(load_dataset(questions, corpora), limit)
     pipeline = Pipeline(dataset, StageCache(cache_dir), lm_name=lm_name, **(pipeline_options or {}))
-    progress = create_progress_artifact(progress=0.0, description=f"{len(parsed)} pipeline configuration(s) on {dataset.name}")
+    progress = cast(UUID, create_progress_artifact(progress=0.0, description=f"{len(parsed)} pipeline configuration(s) on {dataset.name}"))
     retrieved: dict[str, tuple[list[Retrieved], int]] = {}
     results = []
     for done, config in enumerate(parsed):

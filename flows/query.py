@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from prefect import flow, task
 
 from compression.base import Budget, CompressionResult
-from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
+from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT, BEST_K
 from flows.indexing import io_error
 from retrieval.base import Hit
 from retrieval.encoder import load_encoder
@@ -47,7 +47,7 @@ def compress_task(hits: list[Hit], question: str, method: str, rate: float) -> t
 
 
 @flow(name="ragpress-query")
-def query_flow(questions: list[str], index_dir: str, k: int = BEST_CONFIG.k, model: str | None = None,
+def query_flow(questions: list[str], index_dir: str, k: int = BEST_K, model: str | None = None,
                compression: str | None = None, rate: float = 0.33,
                hybrid_weight: float | None = BEST_HYBRID_WEIGHT, distinct: bool = BEST_CONFIG.distinct) -> list[Answered]:
     """Top-``k`` hits per question; with ``compression`` set, also the compressed context.

@@ -69,7 +69,8 @@ class RecursiveChunker:
 
     def _split(self, span: Span, separators: tuple[str, ...]) -> list[Span]:
         """``RecursiveCharacterTextSplitter._split_text`` on spans."""
-        separator, rest = separators[-1], ()
+        separator = separators[-1]
+        rest: tuple[str, ...] = ()
         for i, sep in enumerate(separators):
             if not sep:
                 separator = sep

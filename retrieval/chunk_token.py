@@ -80,8 +80,9 @@ class _BlockView:
 
     def span(self, i: int) -> tuple[int, int]:
         enc, local, shift = self._locate(i)
-        start, end = enc.token_to_chars(local)
-        return start + shift, end + shift
+        chars = enc.token_to_chars(local)
+        assert chars is not None, "every token of an encoding without special tokens has characters"
+        return chars[0] + shift, chars[1] + shift
 
     def word_start(self, i: int) -> bool:
         enc, local, _ = self._locate(i)

@@ -288,11 +288,12 @@ def search_vectors(store: IndexStore, queries: Sequence[str], vectors: np.ndarra
     """Top-``k`` hits per query (its text and its vector row): FAISS search of ``store``, or the
     hybrid scoring of ``searcher`` (a ``retrieval.hybrid.HybridSearcher`` over ``store``), with
     ``distinct`` as in ``search_texts``."""
-    if searcher is None:
-        search = store.search
-    else:
+    search: Callable[[np.ndarray, int], list[list[Hit]]] = store.search
+    if searcher is not None:
+        hybrid = searcher
+
         def search(vectors: np.ndarray, depth: int) -> list[list[Hit]]:
-            return searcher.search(list(queries), vectors, depth)
+            return hybrid.search(list(queries), vectors, depth)
     return search_distinct(search, vectors, k) if distinct else search(vectors, k)
 
 

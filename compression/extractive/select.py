@@ -18,20 +18,20 @@ import numpy as np
 SELECTION_MODES = ("budget", "adaptive")
 
 
-def rank(scores: Sequence[float]) -> list[int]:
+def rank(scores: Sequence[float] | np.ndarray) -> list[int]:
     """Indices from best to worst score; ties go to the earlier sentence (stable)."""
     values = np.asarray(scores, dtype=np.float64)
     return [int(i) for i in np.argsort(-values, kind="stable")]
 
 
-def adaptive_threshold(scores: Sequence[float], z: float) -> float:
+def adaptive_threshold(scores: Sequence[float] | np.ndarray, z: float) -> float:
     """``mean + z * std`` of the scores: how far above the typical sentence a keeper must be."""
     values = np.asarray(scores, dtype=np.float64)
     return float(values.mean() + z * values.std())
 
 
 def select(
-    scores: Sequence[float],
+    scores: Sequence[float] | np.ndarray,
     costs: Sequence[int],
     limit: int,
     *,

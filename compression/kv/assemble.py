@@ -97,6 +97,7 @@ def assemble(model: Any, prefix: PrefixKV, chunks: Sequence[ChunkKV], keep: Sequ
     keys = prefix.keys.new_empty((n_layers, n_heads, total, head_dim))
     values = torch.empty_like(keys)
     keys[:, :, :position], values[:, :, :position] = prefix.keys, prefix.values
+    delta: int | torch.Tensor
     for i, chunk in enumerate(chunks):  # written in place: one copy of every cached tensor, no concatenation
         chunk_keys, chunk_values, delta = chunk.keys, chunk.values, position - chunk.key.start
         if keep is not None:

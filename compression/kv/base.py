@@ -101,7 +101,8 @@ class Prompt:
     def keep(self, positions: Sequence[Sequence[int]]) -> Prompt:
         """The prompt made of the kept tokens only (``positions[i]``: indices into chunk i); chunks
         that keep nothing are left out. This is what the LM reads from compressed context."""
-        chunks, cut = [], set()
+        chunks: list[tuple[int, ...]] = []
+        cut: set[int] = set()
         for index, (ids, keep) in enumerate(zip(self.chunk_ids, positions)):
             kept = tuple(ids[i] for i in keep)
             if kept:

@@ -237,6 +237,7 @@ class BlendRecovery:
         positions = (chosen + prefix_len).tolist()
         if not self.resume:
             return positions
+        assert hidden is not None, "resume needs a deviation score, which runs the early layers"
         run_in_place(model, cache, [prompt.context_ids[i] for i in chosen.tolist()], positions,
                      layers=range(self.check_layer + 1, len(model.model.layers)), hidden=hidden[:, chosen])
         return []

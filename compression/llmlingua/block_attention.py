@@ -35,9 +35,9 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
     gqa = query.shape[1] != key.shape[1]
     out = torch.empty_like(query)
     for start, end in block_bounds:
-        pieces = [torch.cat([t[:, :, :n_prefix], t[:, :, start:end]], dim=2) for t in (query, key, value)]
+        q, k, v = (torch.cat([t[:, :, :n_prefix], t[:, :, start:end]], dim=2) for t in (query, key, value))
         # Square and causal: prefix rows see the prefix, block rows the prefix and their block's past.
-        part = torch.nn.functional.scaled_dot_product_attention(*pieces, is_causal=True, scale=kwargs.get("scaling"), enable_gqa=gqa)
+        part = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=kwargs.get("scaling"), enable_gqa=gqa)
         out[:, :, start:end] = part[:, :, n_prefix:]
         out[:, :, :n_prefix] = part[:, :, :n_prefix]
     return out.transpose(1, 2).contiguous(), None

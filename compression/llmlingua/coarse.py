@@ -19,7 +19,8 @@ def rank_contexts(scores: Sequence[float], higher_is_better: bool) -> list[int]:
 
 def select_contexts(order: Sequence[int], sizes: Sequence[int], keep_tokens: int) -> list[int]:
     """Whole contexts in rank order until their tokens reach ``keep_tokens`` (at least one)."""
-    kept, total = [], 0
+    kept: list[int] = []
+    total = 0
     for i in order:
         if total >= keep_tokens and kept:
             break

@@ -56,8 +56,8 @@ class _Context:
     windows: list[tuple[int, int]] = field(default_factory=list)
     scored_upto: int = 0
     scorer: Any = None
-    surprisal: np.ndarray | None = None
-    scores: np.ndarray | None = None
+    surprisal: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     rank_score: float = math.nan
 
 

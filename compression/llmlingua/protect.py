@@ -57,7 +57,7 @@ def check_detectors(names: Sequence[str]) -> tuple[str, ...]:
 
 def find_forced(text: str, forced: Sequence[str]) -> list[tuple[int, int]]:
     """Every occurrence of each forced string."""
-    spans = []
+    spans: list[tuple[int, int]] = []
     for needle in forced:
         if needle:
             spans.extend((m.start(), m.end()) for m in re.finditer(re.escape(needle), text))
@@ -80,7 +80,7 @@ def unit_tiers(
     marked: Sequence[tuple[int, int]] = (),
 ) -> list[int]:
     """The tier of each unit of ``text``."""
-    must = find_forced(text, forced) + [tuple(s) for s in marked]
+    must = find_forced(text, forced) + [(start, end) for start, end in marked]
     soft: list[tuple[int, int]] = []
     for name in detectors:
         soft.extend(DETECTORS[name](text))

@@ -108,7 +108,7 @@ class IncrementalScorer:
         from transformers import DynamicCache
 
         self._last_window: list[int] = []
-        self._window_rows = None
+        self._window_rows: Any = None
         if self._primed is not None and tuple(ids) == self._primed.prefix:
             # Clones: the shared tensors must never be touched by this scorer's cache updates.
             self.cache = DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in self._primed.layers])
@@ -121,7 +121,7 @@ class IncrementalScorer:
         self.kept_ids = list(ids)
         self._last_logits = last_logits
 
-    def score(self, ids: Sequence[int], need: Sequence[bool] | None = None) -> np.ndarray:
+    def score(self, ids: Sequence[int], need: Sequence[bool] | np.ndarray | None = None) -> np.ndarray:
         """Surprisal (nats) of each token of ``ids``, appended to the cached prefix.
 
         ``need``: which tokens' scores are wanted (default all); the others come back as NaN and,
@@ -259,7 +259,7 @@ def _score_group(model: Any, prefix: Sequence[int], blocks: Sequence[Sequence[in
     rows, targets, where, bounds = [], [], [], []
     start = n_prefix
     for b, (ids, need) in enumerate(zip(blocks, needs)):
-        for k in np.flatnonzero(need):
+        for k in np.flatnonzero(need).tolist():
             rows.append(n_prefix - 1 if k == 0 else start + k - 1)
             targets.append(ids[k])
             where.append((b, int(k)))

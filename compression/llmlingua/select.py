@@ -30,7 +30,8 @@ def running_threshold(seen: np.ndarray, keep_rate: float) -> float:
     return float(np.quantile(seen, 1.0 - keep_rate))
 
 
-def select_units(sizes: Sequence[int], scores: Sequence[float], tiers: Sequence[int], target: int) -> np.ndarray:
+def select_units(sizes: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, tiers: Sequence[int] | np.ndarray,
+                 target: int) -> np.ndarray:
     """Keep units by (tier, score) until exactly ``target`` tokens when the unit sizes allow it.
 
     Must-keep units are always kept. Others are taken in priority order when they still fit,

@@ -64,7 +64,7 @@ def split_units(text: str, offsets: list[tuple[int, int]]) -> list[Unit]:
         return []
     tok_starts = [s for s, _ in offsets]
     # A boundary is valid only where a token starts and no token straddles it.
-    straddled = set()
+    straddled: set[int] = set()
     for s, e in offsets:
         straddled.update(range(s + 1, e))
     bounds = sorted({b for b in _candidate_starts(text) if b not in straddled and b > 0} | {0})
