@@ -1,4 +1,4 @@
-"""Question evidence (compression/llmlingua/relevance.py) and the shared primed prefix (lm_scoring.prime).
+"""Question evidence (compression/llmlingua/relevance.py) and the shared primed prefix (scoring.prime).
 
 References: hand-made sentences and spans, rank_bm25 called directly, and an unprimed scorer.
 """

@@ -1,8 +1,8 @@
 """Extractive, query-aware compression: keep whole sentences, in their original order.
 
-segment (``compression.segment``) -> score against the question (``extractive_scoring``, plus the
-optional LM judge of ``extractive_lm``) -> select under the budget or adaptively
-(``sentence_select``) -> render with exact provenance (``sentence_units``).
+segment (``compression.segment``) -> score against the question (``scoring``, plus the optional
+LM judge of ``lm_judge``) -> select under the budget or adaptively (``select``) -> render with
+exact provenance (``units``); each a module of this package.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Attention over independent blocks that share one prefix, computed block by block without a mask.
 
-``lm_scoring.score_blocks`` packs several short contexts after one copy of the prefix into a
+``scoring.score_blocks`` packs several short contexts after one copy of the prefix into a
 single sequence (one forward pass streams the weights once). Each block may see only the prefix
 and itself. An explicit block-diagonal mask does that, but it keeps SDPA off its causal kernel
 and makes every layer attend over the whole packed sequence: on SmolLM2 with five 200-token
@@ -11,7 +11,7 @@ Here each block attends over ``prefix + block`` with ``is_causal=True`` instead 
 The attention function is registered with transformers under ``NAME`` and switched on for the
 duration of one call (``blocks_attention``). Any call without ``block_bounds`` goes to the
 model's usual SDPA, so another caller sharing the model meanwhile gets exactly SDPA.
-``lm_scoring`` uses it only on models that run SDPA (``supported``); others keep the mask.
+``scoring`` uses it only on models that run SDPA (``supported``); others keep the mask.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """LLMLingua-style token pruning scored by a small causal LM (LongLLMLingua when a question is given).
 
 Pipeline, each step its own module:
-  units (word grouping) + protect (tiers) [+ relevance: question evidence] -> lm_scoring
+  units (word grouping) + protect (tiers) [+ relevance: question evidence] -> scoring
   (iterative, KV reused, at most one pass over the input; tokens kept anyway get no output-layer
-  work) -> coarse (rank contexts, keep whole ones, rate rising with rank) -> token_select (exact
+  work) -> coarse (rank contexts, keep whole ones, rate rising with rank) -> select (exact
   budget) -> reassemble (text + provenance spans).
 
 Scores: surprisal (nats) of each token given the already-compressed prefix. With a question
