@@ -91,10 +91,10 @@ def test_retrieval_stage_scores_equal_the_evaluator(counting, tmp_path):
     pipeline = make_pipeline(counting, tmp_path / "stages")
     result = pipeline.run(config(kv_mode="naive"))
     reference = Evaluator(tiny_dataset(), BagOfWordsEncoder(), cache=_NoDiskCache()).evaluate(RETRIEVAL)
-    assert [r.retrieval_recall for r in result.questions] == [s.recall for s in reference.questions]
-    assert [r.retrieval_iou for r in result.questions] == [s.iou for s in reference.questions]
+    assert [r.retrieval.recall for r in result.questions] == [s.recall for s in reference.questions]
+    assert [r.retrieval.iou for r in result.questions] == [s.iou for s in reference.questions]
     # Without compression the LM receives exactly what retrieval found.
-    assert [r.compression_recall for r in result.questions] == [r.retrieval_recall for r in result.questions]
+    assert [r.compression.recall for r in result.questions] == [r.retrieval.recall for r in result.questions]
     assert all(r.tokens_sent == r.retrieved_tokens and r.achieved_rate == 1.0 for r in result.questions)
     # Naive reuse prefills only the prompt's own tokens; the chunk tokens come from caches.
     assert all(r.reused_tokens >= r.tokens_sent for r in result.questions)
@@ -111,8 +111,8 @@ def test_compression_is_scored_on_the_spans_it_kept(counting, tmp_path):
         from eval.base import Span
 
         expected = retrieval_scores([(r.start, r.end) for r in question.references], [Span(*s) for s in by_hand], question.corpus_id)
-        assert run.compression_recall == pytest.approx(expected.recall)
-        assert run.compression_iou == pytest.approx(expected.iou)
+        assert run.compression.recall == pytest.approx(expected.recall)
+        assert run.compression.iou == pytest.approx(expected.iou)
         assert run.tokens_sent < run.retrieved_tokens
         # The kept tokens' KV comes from the chunk caches: only the question turn is prefilled.
         assert run.reused_tokens >= run.tokens_sent and run.prefilled_tokens < run.reused_tokens
