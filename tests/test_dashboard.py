@@ -212,3 +212,12 @@ def test_write_dashboard_is_atomic(stored, tmp_path):
     assert path.read_text().endswith("</html>\n")
     assert [p.name for p in tmp_path.iterdir()] == ["d.html"]
     assert union_length([("a", 0, 5), ("a", 3, 8), ("b", 0, 2)]) == 10
+
+
+def test_eval_artifact_markdown_names_every_config(stored):
+    from eval.report import markdown_summary, table_rows
+
+    _, _, evals, _ = stored
+    text = markdown_summary(evals)
+    assert all(r.config.label in text for r in evals) and "base64" not in text
+    assert len(table_rows(evals)) == sum(1 + len(r.per_corpus) for r in evals)

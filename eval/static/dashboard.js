@@ -20,6 +20,8 @@
     return node;
   };
   const fmt = (value, digits) => (value === null || value === undefined || Number.isNaN(value) ? "–" : Number(value).toFixed(digits === undefined ? 2 : digits));
+  const digits = (name) => (name.endsWith("_s") ? 3 : 2); // seconds need more than two decimals
+  const fmtMetric = (name, value) => fmt(value, digits(name));
   const label = (name) => (METRICS[name] ? METRICS[name].label : name);
   const runName = (run) => `#${run.run_id} ${run.kind}: ${run.label}`;
   const style = (run) => DATA.styles[String(run.run_id)];
@@ -107,7 +109,7 @@
       el("th", { class: "l" }, "code"), el("th", { class: "l" }, "models"));
     const rows = runs.map((r) => el("tr", { "data-run": r.run_id }, el("td", {}, `#${r.run_id}`), el("td", { class: "l" }, r.created),
       el("td", { class: "l" }, r.kind), el("td", { class: "l" }, el("span", { class: "swatch", style: `background:${style(r).color}` }), r.label),
-      el("td", {}, r.n_questions), ...names.map((n) => el("td", {}, fmt(r.summary[n]))), el("td", { class: "l" }, r.code_version),
+      el("td", {}, r.n_questions), ...names.map((n) => el("td", {}, fmtMetric(n, r.summary[n]))), el("td", { class: "l" }, r.code_version),
       el("td", { class: "l" }, Object.entries(r.models).map(([k, v]) => `${k} ${v}`).join("; "))));
     $("runs-table").replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
   }
@@ -154,8 +156,8 @@
       const sign = d.delta === 0 ? "" : (d.delta > 0) === METRICS[name].higher ? "better" : "worse";
       const sure = d.low > 0 || d.high < 0;
       rows.push(el("tr", { "data-metric": name, "data-delta": String(d.delta) }, el("td", { class: "l" }, label(name) + (METRICS[name].median ? " (median)" : "")),
-        el("td", {}, fmt(d.a)), el("td", {}, fmt(d.b)), el("td", { class: `delta ${sign}` }, (d.delta > 0 ? "+" : "") + fmt(d.delta)),
-        el("td", {}, `[${fmt(d.low)}, ${fmt(d.high)}]`), el("td", {}, sure ? "yes" : "no"), el("td", {}, d.n)));
+        el("td", {}, fmtMetric(name, d.a)), el("td", {}, fmtMetric(name, d.b)), el("td", { class: `delta ${sign}` }, (d.delta > 0 ? "+" : "") + fmtMetric(name, d.delta)),
+        el("td", {}, `[${fmtMetric(name, d.low)}, ${fmtMetric(name, d.high)}]`), el("td", {}, sure ? "yes" : "no"), el("td", {}, d.n)));
     }
     $("deltas").replaceChildren(el("thead", {}, el("tr", {}, ...["metric", "A", "B", "Δ", "95% interval", "interval excludes 0", "paired questions"].map((h, i) => el("th", { class: i ? "" : "l" }, h)))),
       el("tbody", {}, ...rows));
@@ -242,7 +244,7 @@
         if (key === "qid" || key === "corpus_id") return el("td", { class: "l" }, value);
         if (key === "question") return el("td", { class: "question", title: value }, value);
         const cls = key === "delta" && value ? (state.changed[q.qid].better ? "better" : "worse") : "";
-        return el("td", { class: cls }, fmt(value));
+        return el("td", { class: cls }, fmtMetric(key === "delta" ? $("change-metric").value : key, value));
       })));
     $("q-table").tBodies[0].replaceChildren(...rows);
     $("q-count").textContent = `${rows.length} of ${questionsOf(state.a).length} questions`;
@@ -258,7 +260,7 @@
     body.className = "";
     if (!q) { body.replaceChildren(el("p", { class: "note" }, `question ${qid} is not in run A`)); return; }
     const stageRows = Object.keys(METRICS).filter((n) => q.metrics[n] !== null && q.metrics[n] !== undefined).map((n) =>
-      el("tr", { "data-metric": n }, el("td", { class: "l" }, label(n)), el("td", {}, fmt(q.metrics[n])), ...(other ? [el("td", {}, fmt(other.metrics[n]))] : [])));
+      el("tr", { "data-metric": n }, el("td", { class: "l" }, label(n)), el("td", {}, fmtMetric(n, q.metrics[n])), ...(other ? [el("td", {}, fmtMetric(n, other.metrics[n]))] : [])));
     const scores = el("table", { id: "detail-scores" }, el("thead", {}, el("tr", {}, el("th", { class: "l" }, "stage metric"), el("th", {}, `A #${state.a}`), ...(other ? [el("th", {}, `B #${state.b}`)] : []))), el("tbody", {}, ...stageRows));
     const parts = [el("h3", { id: "detail-question" }, `${q.qid} (${q.corpus_id}): ${q.question}`)];
     if (q.answer !== null) parts.push(el("p", {}, "answer (A):"), el("div", { class: "answer", id: "detail-answer" }, q.answer || "(empty)"));
