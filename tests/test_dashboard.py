@@ -221,3 +221,37 @@ def test_eval_artifact_markdown_names_every_config(stored):
     text = markdown_summary(evals)
     assert all(r.config.label in text for r in evals) and "base64" not in text
     assert len(table_rows(evals)) == sum(1 + len(r.per_corpus) for r in evals)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.real_model
+def test_two_configs_on_the_shared_data_compare_like_their_json(shared_data_dir, tmp_path):
+    """The baseline and the best configuration on the Chroma data: both in the history, and the
+    comparison's deltas are the differences of the two runs' JSON documents."""
+    from eval.datasets import load_chroma
+    from eval.defaults import BASELINE_CONFIG, BEST_CONFIG
+    from eval.report import write_json
+    from retrieval.encoder import load_encoder
+
+    dataset = load_chroma(shared_data_dir / "chroma" / "questions.csv", shared_data_dir / "chroma" / "corpora")
+    evaluator = Evaluator(dataset, load_encoder(), cache=EmbeddingCache(tmp_path / "embeddings"))
+    store = RunStore(tmp_path / "runs.sqlite")
+    documents, ids = [], []
+    for config in (BASELINE_CONFIG, BEST_CONFIG):
+        result = evaluator.evaluate(config)
+        write_json([result], tmp_path / "result.json")
+        documents.append(json.loads((tmp_path / "result.json").read_text())["results"][0])
+        ids.append(store.add(eval_run(result, dataset)))
+    assert [(r.run_id, r.label, r.n_questions) for r in store.runs()] == [
+        (ids[0], BASELINE_CONFIG.label, len(dataset.questions)), (ids[1], BEST_CONFIG.label, len(dataset.questions))]
+    comparison = compare_runs(store.get(ids[0]), store.get(ids[1]))
+    a, b = documents
+    assert set(comparison.config_diff) == {k for k in a["config"] if a["config"][k] != b["config"][k]}
+    deltas = {d.metric: d for d in comparison.deltas}
+    for key in ("recall", "precision", "precision_omega", "iou"):
+        assert deltas[f"retrieval.{key}"].delta == pytest.approx(b["overall"][key] - a["overall"][key], abs=1e-9)
+        assert deltas[f"retrieval.{key}"].n_pairs == len(dataset.questions)
+    assert deltas["retrieved_tokens"].delta == pytest.approx(b["overall"]["mean_retrieved_tokens"] - a["overall"]["mean_retrieved_tokens"])
+    changed = {c.qid for c in comparison.changed}
+    assert changed == {qa["qid"] for qa, qb in zip(a["questions"], b["questions"]) if qa["iou"] != qb["iou"]}
