@@ -250,13 +250,18 @@ def test_pipeline_flow_reports_every_config_and_recommends_one(counting, tmp_pat
     configs = [config(kv_mode=mode).to_dict() for mode in ("none", "naive")] + [config(compression="extractive").to_dict()]
     html, out = tmp_path / "dash.html", tmp_path / "results.json"
     kwargs = dict(configs=configs, questions=str(questions), corpora=str(corpora), cache_dir=str(tmp_path / "stages"),
-                  html_out=str(html), json_out=str(out), pipeline_options=counting.options())
+                  html_out=str(html), json_out=str(out), pipeline_options=counting.options(), runs_db=str(tmp_path / "runs.sqlite"))
     run = pipeline_flow(**kwargs)
     assert len(run.results) == 3 and 0 <= run.recommended < 3
     page = html.read_text(encoding="utf-8")
     assert all(result.config.label in page for result in run.results)
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert saved["recommended"] == run.recommended and len(saved["results"]) == 3
+    from eval.run_store import RunStore
+
+    recorded = RunStore(tmp_path / "runs.sqlite").runs()
+    assert [r.run_id for r in recorded] == saved["run_ids"] and [r.label for r in recorded] == [r.config.label for r in run.results]
+    assert recorded[2].summary["answer_f1"] == run.results[2].summary.answer_f1 and recorded[2].models["lm"] == "tiny@0"
     again = pipeline_flow(**kwargs)
     assert all(r.cache_hits == {"retrieval": 4, "compression": 4, "answer": 4} for r in again.results)
     assert [r.summary for r in again.results] == [r.summary for r in run.results]
