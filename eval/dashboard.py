@@ -110,15 +110,17 @@ def write_dashboard(store: RunStore, path: Path | str, selected: Sequence[int] =
     return path
 
 
-def make_server(store: RunStore, port: int = 8765, host: str = "127.0.0.1", limit: int = DEFAULT_RUNS) -> ThreadingHTTPServer:
-    """An HTTP server answering ``/`` with the page of the store's newest runs, rendered per request."""
+def make_server(store: RunStore, port: int = 8765, host: str = "127.0.0.1", limit: int = DEFAULT_RUNS,
+                selected: Sequence[int] = ()) -> ThreadingHTTPServer:
+    """An HTTP server answering ``/`` with the page of the store's newest runs, rendered per request
+    (so runs recorded while it serves appear on reload); ``selected``: runs A and B to open with."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
             if self.path.split("?")[0] not in ("/", "/index.html"):
                 self.send_error(404, "the dashboard is at /")
                 return
-            body = render_dashboard(load_runs(store, limit)).encode("utf-8")
+            body = render_dashboard(load_runs(store, limit, selected), selected).encode("utf-8")
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))

@@ -147,7 +147,7 @@ def dashboard(
         typer.echo(f"dashboard: {write_dashboard(runs, html_out, compare_ids, last).resolve()}")
         return
     try:
-        server = make_server(runs, port, limit=last)
+        server = make_server(runs, port, limit=last, selected=compare_ids)
     except OSError as exc:
         _fail(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pass another --port")
     typer.echo(f"dashboard: http://127.0.0.1:{server.server_port}/  (Ctrl-C stops it)")

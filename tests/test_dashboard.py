@@ -168,7 +168,7 @@ def test_served_page_is_the_store_page(stored):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/", timeout=30) as response:
             page = response.read().decode("utf-8")
-        assert response.status == 200 and '"run_id": %d' % ids[-1] in page
+        assert response.status == 200 and f'"run_id": {ids[-1]}' in page
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/other", timeout=30)
     finally:
@@ -238,8 +238,8 @@ def test_two_configs_on_the_shared_data_compare_like_their_json(shared_data_dir,
     evaluator = Evaluator(dataset, load_encoder(), cache=EmbeddingCache(tmp_path / "embeddings"))
     store = RunStore(tmp_path / "runs.sqlite")
     documents, ids = [], []
-    for config in (BASELINE_CONFIG, BEST_CONFIG):
-        result = evaluator.evaluate(config)
+    for eval_config in (BASELINE_CONFIG, BEST_CONFIG):
+        result = evaluator.evaluate(eval_config)
         write_json([result], tmp_path / "result.json")
         documents.append(json.loads((tmp_path / "result.json").read_text())["results"][0])
         ids.append(store.add(eval_run(result, dataset)))
