@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from eval.pareto import pareto_front
 from eval.run_store import MEDIAN_METRICS, METRICS, RunRecord, RunStore
@@ -33,7 +34,10 @@ MARKERS = {"eval": "circle", "none": "rect", "naive": "triangle", "edge": "rectR
 # (quality, cost, kind of run): the Pareto views; quality higher is better, cost lower.
 PARETO_VIEWS = (("answer_f1", "tokens_sent", "pipeline"), ("answer_f1", "ttft_s", "pipeline"),
                 ("compression.recall", "tokens_sent", "pipeline"), ("retrieval.recall", "retrieved_tokens", "eval"))
-DEFAULT_RUNS = 200  # the newest runs a page shows
+DEFAULT_RUNS = 200  # the newest runs a page shows (their headers: history, Pareto views, comparisons of summaries)
+# The newest runs whose questions a page carries (a Chroma run is ~1 MB of questions and evidence);
+# the served page loads others on request (``/?a=ID&b=ID``), a written one names the command.
+QUESTION_RUNS = 12
 
 
 def run_styles(runs: Sequence[RunRecord]) -> dict[str, dict[str, str]]:
@@ -62,13 +66,13 @@ def pareto_views(runs: Sequence[RunRecord]) -> list[dict]:
 
 
 def dashboard_data(runs: Sequence[RunRecord], selected: Sequence[int] = ()) -> dict:
-    """The page's data: runs (headers and questions), metric names, styles, Pareto views, selection."""
+    """The page's data: runs (headers, and questions where loaded), metric names, styles, Pareto views, selection."""
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "metrics": {name: {"label": label, "higher": higher, "median": name in MEDIAN_METRICS}
                     for name, (label, higher) in METRICS.items()},
         "runs": [run.header() for run in runs],
-        "questions": {str(run.run_id): [q.to_dict() for q in run.questions] for run in runs},
+        "questions": {str(run.run_id): [q.to_dict() for q in run.questions] for run in runs if len(run.questions) == run.n_questions},
         "styles": run_styles(runs),
         "pareto": pareto_views(runs),
         "selected": list(selected),
@@ -85,7 +89,7 @@ def _script_json(value: object) -> str:
 
 
 def render_dashboard(runs: Sequence[RunRecord], selected: Sequence[int] = (), title: str = "ragpress runs") -> str:
-    """The self-contained page for ``runs`` (questions loaded); ``selected``: up to two run ids to compare."""
+    """The self-contained page for ``runs`` (with or without their questions); ``selected``: runs A and B to open with."""
     chart_js = "\n".join(line for line in _static("chart.umd.min.js").splitlines() if not line.startswith("//# sourceMappingURL"))
     return (
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
@@ -96,10 +100,14 @@ def render_dashboard(runs: Sequence[RunRecord], selected: Sequence[int] = (), ti
     )
 
 
-def load_runs(store: RunStore, limit: int = DEFAULT_RUNS, include: Sequence[int] = ()) -> list[RunRecord]:
-    """The newest ``limit`` runs with their questions, plus any run of ``include`` (oldest first)."""
-    ids = {run.run_id for run in store.runs(limit)} | set(include)
-    return [store.get(run_id) for run_id in sorted(i for i in ids if i is not None)]
+def load_runs(store: RunStore, limit: int = DEFAULT_RUNS, include: Sequence[int] = (),
+              question_runs: int = QUESTION_RUNS) -> list[RunRecord]:
+    """The newest ``limit`` runs and those of ``include``, oldest first; the newest ``question_runs``
+    and those of ``include`` with their questions, the others as headers."""
+    headers = {run.run_id: run for run in store.runs(limit)}
+    headers.update({run_id: store.get(run_id, questions=False) for run_id in include if run_id not in headers})
+    full = set(sorted(i for i in headers if i is not None)[-question_runs:] if question_runs else []) | set(include)
+    return [store.get(run_id) if run_id in full else headers[run_id] for run_id in sorted(i for i in headers if i is not None)]
 
 
 def write_dashboard(store: RunStore, path: Path | str, selected: Sequence[int] = (), limit: int = DEFAULT_RUNS,
@@ -117,10 +125,19 @@ def make_server(store: RunStore, port: int = 8765, host: str = "127.0.0.1", limi
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
-            if self.path.split("?")[0] not in ("/", "/index.html"):
+            url = urlsplit(self.path)
+            if url.path not in ("/", "/index.html"):
                 self.send_error(404, "the dashboard is at /")
                 return
-            body = render_dashboard(load_runs(store, limit, selected), selected).encode("utf-8")
+            query = parse_qs(url.query)
+            # ?a=ID&b=ID: the runs to compare, with their questions (the page asks for them so)
+            chosen = [int(query[key][0]) for key in ("a", "b") if query.get(key, [""])[0].isdigit()] or list(selected)
+            try:
+                runs = load_runs(store, limit, chosen)
+            except KeyError as exc:
+                self.send_error(404, str(exc.args[0]))
+                return
+            body = render_dashboard(runs, chosen).encode("utf-8")
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))

@@ -19,7 +19,7 @@ from test_pipeline import Counting, FirstSentence, config, make_pipeline
 from typer.testing import CliRunner
 
 from eval.base import EvalConfig, Span
-from eval.dashboard import make_server, pareto_views, render_dashboard, run_styles, write_dashboard
+from eval.dashboard import dashboard_data, load_runs, make_server, pareto_views, render_dashboard, run_styles, write_dashboard
 from eval.embedding_cache import EmbeddingCache
 from eval.metrics import union_ranges
 from eval.run_compare import compare_runs, config_diff
@@ -160,6 +160,14 @@ def test_page_is_self_contained(stored):
     assert len(data["questions"][str(ids[3])]) == len(tiny_dataset().questions)
 
 
+def test_page_carries_the_questions_of_the_newest_and_the_chosen_runs(stored):
+    store, ids, _, _ = stored
+    data = dashboard_data(load_runs(store, question_runs=1, include=[ids[0]]), [ids[0]])
+    assert [r["run_id"] for r in data["runs"]] == ids  # every header: history and Pareto views
+    assert set(data["questions"]) == {str(ids[0]), str(ids[-1])}
+    assert [r["run_id"] for r in load_runs(store, limit=1) if r.questions] == [ids[-1]]
+
+
 def test_served_page_is_the_store_page(stored):
     store, ids, _, _ = stored
     server = make_server(store, port=0)
@@ -169,6 +177,9 @@ def test_served_page_is_the_store_page(stored):
         with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/", timeout=30) as response:
             page = response.read().decode("utf-8")
         assert response.status == 200 and f'"run_id": {ids[-1]}' in page
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/?a={ids[0]}&b={ids[1]}", timeout=30) as response:
+            chosen = response.read().decode("utf-8")
+        assert f'"selected": [{ids[0]}, {ids[1]}]' in chosen
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/other", timeout=30)
     finally:

@@ -26,6 +26,8 @@
   const runName = (run) => `#${run.run_id} ${run.kind}: ${run.label}`;
   const style = (run) => DATA.styles[String(run.run_id)];
   const questionsOf = (runId) => DATA.questions[String(runId)] || [];
+  const loaded = (runId) => runId === null || String(runId) in DATA.questions;
+  const served = window.location.protocol.startsWith("http");
 
   // -- statistics (the same as eval/run_compare.py) ------------------------------------------
   const mean = (xs) => xs.reduce((s, x) => s + x, 0) / xs.length;
@@ -138,7 +140,8 @@
 
   // -- comparison ------------------------------------------------------------------------------
   function drawCompare() {
-    const ok = state.a !== null && state.b !== null && BY_ID[state.a] && BY_ID[state.b];
+    const ok = state.a !== null && state.b !== null && BY_ID[state.a] && BY_ID[state.b] && loaded(state.a) && loaded(state.b);
+    $("compare-empty").textContent = state.note || "Pick two runs (A and B) above.";
     $("compare-empty").style.display = ok ? "none" : "";
     $("compare-body").style.display = ok ? "" : "none";
     if (!ok) return;
@@ -247,7 +250,7 @@
         return el("td", { class: cls }, fmtMetric(key === "delta" ? $("change-metric").value : key, value));
       })));
     $("q-table").tBodies[0].replaceChildren(...rows);
-    $("q-count").textContent = `${rows.length} of ${questionsOf(state.a).length} questions`;
+    $("q-count").textContent = loaded(state.a) ? `${rows.length} of ${questionsOf(state.a).length} questions` : state.note;
   }
 
   // -- one question ----------------------------------------------------------------------------
@@ -293,7 +296,19 @@
     return el("div", {}, el("p", { class: "note" }, `${x.corpus_id} [${start}–${end})`), pre);
   }
 
+  function missingQuestions() {
+    state.note = "";
+    const missing = [state.a, state.b].filter((id) => !loaded(id));
+    if (!missing.length) return false;
+    if (served) { window.location.search = `?a=${state.a}` + (state.b !== null ? `&b=${state.b}` : ""); return true; }
+    const note = `The questions of run(s) ${missing.map((id) => "#" + id).join(", ")} are not in this page: ` +
+      `ragpress dashboard --html FILE --compare ${state.a}` + (state.b !== null ? ` --compare ${state.b}` : "") + " (or serve it: ragpress dashboard).";
+    state.note = note;
+    return false;
+  }
+
   function refresh() {
+    if (missingQuestions()) return;
     refreshSelects();
     drawRunsTable();
     drawHistory();
