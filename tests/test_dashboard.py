@@ -19,7 +19,15 @@ from test_pipeline import Counting, FirstSentence, config, make_pipeline
 from typer.testing import CliRunner
 
 from eval.base import EvalConfig, Span
-from eval.dashboard import dashboard_data, load_runs, make_server, pareto_views, render_dashboard, run_styles, write_dashboard
+from eval.dashboard import (
+    dashboard_data,
+    load_runs,
+    make_server,
+    pareto_views,
+    render_dashboard,
+    run_styles,
+    write_dashboard,
+)
 from eval.embedding_cache import EmbeddingCache
 from eval.metrics import union_ranges
 from eval.run_compare import compare_runs, config_diff
@@ -165,7 +173,7 @@ def test_page_carries_the_questions_of_the_newest_and_the_chosen_runs(stored):
     data = dashboard_data(load_runs(store, question_runs=1, include=[ids[0]]), [ids[0]])
     assert [r["run_id"] for r in data["runs"]] == ids  # every header: history and Pareto views
     assert set(data["questions"]) == {str(ids[0]), str(ids[-1])}
-    assert [r["run_id"] for r in load_runs(store, limit=1) if r.questions] == [ids[-1]]
+    assert [r.run_id for r in load_runs(store, limit=1) if r.questions] == [ids[-1]]
 
 
 def test_served_page_is_the_store_page(stored):
