@@ -129,7 +129,7 @@
     const datasets = labels.map((configLabel) => {
       const first = runs.find((r) => r.label === configLabel);
       return { label: configLabel, borderColor: style(first).color, backgroundColor: style(first).color,
-        pointStyle: runs.filter((r) => r.label === configLabel).map((r) => style(r).marker), pointRadius: 5, spanGaps: true,
+        pointStyle: runs.map((r) => style(r).marker), pointRadius: 5, spanGaps: true,
         data: runs.map((r) => (r.label === configLabel ? r.summary[name] : null)) };
     });
     const options = baseOptions("run (oldest → newest)", label(name));
