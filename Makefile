@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: install install-test install-bench demo lint test test-slow test-all
+.PHONY: install install-test install-bench demo lint test test-slow test-all vendor-charts
 
 install:
 	bash scripts/install.sh
@@ -32,3 +32,7 @@ test-slow: install-test
 
 test-all: install-test
 	$(PYTEST)
+
+# Re-vendor the dashboard's chart library (pinned Chart.js via npm) and record its sha256.
+vendor-charts:
+	bash scripts/vendor_chartjs.sh

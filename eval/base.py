@@ -136,7 +136,11 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class QuestionScore:
-    """The scores of one question under one configuration (fractions in [0, 1])."""
+    """The scores of one question under one configuration (fractions in [0, 1]).
+
+    ``retrieved_spans``: the character spans the scores were computed on (every place a retrieved
+    text was found, copies included; merged when the config merges adjacent chunks).
+    """
 
     qid: str
     corpus_id: str
@@ -147,6 +151,7 @@ class QuestionScore:
     iou: float
     retrieved_chars: int
     retrieved_tokens: int
+    retrieved_spans: tuple[Span, ...] = ()
 
 
 @dataclass(frozen=True)

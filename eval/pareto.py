@@ -74,7 +74,7 @@ def pareto_front(points: Sequence[Sequence[float | None]], maximise: Sequence[bo
 
 
 def _metric(result: PipelineResult, name: str) -> float:
-    value = getattr(result.summary, name)
+    value = result.summary.metric(name)
     return math.nan if value is None else float(value)
 
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from eval.base import EvalConfig, EvalDataset, Question, Span
+from eval.base import EvalConfig, EvalDataset, MetricSummary, Question, Span
 from eval.metrics import mean_percent, retrieval_scores, token_f1
-from eval.pipeline_base import PipelineConfig, PipelineResult, PipelineSummary, QuestionRun
+from eval.pipeline_base import PipelineConfig, PipelineResult, PipelineSummary, QuestionRun, StageScores
 from eval.runner import Evaluator
 from eval.stage_cache import StageCache, code_fingerprint, digest, text_digest
 
@@ -147,6 +147,10 @@ class Pipeline:
     def lm_id(self) -> str:
         """The answering LM's id with its weights hash, known without loading the model."""
         return self._lm_id or lm_model_id(self.lm_name)
+
+    def model_ids(self) -> dict[str, str]:
+        """The ids (with weights hashes) of the encoder and the answering LM."""
+        return {"encoder": self.evaluator().encoder.model_id, "lm": self.lm_id()}
 
     def compressor(self, method: str) -> Any:
         """The compressor of ``method``, built once."""
@@ -297,16 +301,20 @@ def score_question(question: Question, retrieved: Retrieved, compressed: Compres
     reference_text = " ".join(r.content for r in question.references)
     return QuestionRun(
         qid=question.qid, corpus_id=question.corpus_id,
-        retrieval_recall=retrieved.recall, retrieval_precision=retrieved.precision,
-        retrieval_precision_omega=retrieved.precision_omega, retrieval_iou=retrieved.iou,
-        compression_recall=kept.recall, compression_precision=kept.precision,
+        retrieval=StageScores(retrieved.recall, retrieved.precision, retrieved.precision_omega, retrieved.iou),
         # PΩ is a property of the chunking, not of what was kept: the retrieval value carries over.
-        compression_precision_omega=retrieved.precision_omega, compression_iou=kept.iou,
+        compression=StageScores(kept.recall, kept.precision, retrieved.precision_omega, kept.iou),
         retrieved_tokens=answered.retrieved_tokens, tokens_sent=answered.tokens_sent, compress_cpu_s=compressed.cpu_s,
         ttft_s=answered.ttft_s, prefilled_tokens=answered.prefilled_tokens, reused_tokens=answered.reused_tokens,
         answer=answered.answer, answer_f1=token_f1(answered.answer, reference_text), fidelity_f1=fidelity,
         wall_s=retrieved.seconds + compressed.seconds + answered.seconds,
+        retrieved_spans=tuple(span for chunk, copies in zip(retrieved.chunks, _copies(retrieved)) for span in (chunk, *copies)),
+        kept_spans=compressed.kept,
     )
+
+
+def _copies(retrieved: Retrieved) -> tuple[tuple[Span, ...], ...]:
+    return retrieved.copies or tuple(() for _ in retrieved.chunks)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -317,21 +325,21 @@ def _mean(values: Sequence[float]) -> float:
     return float(statistics.fmean(values)) if values else 0.0
 
 
+def stage_summary(scores: Sequence[StageScores], tokens: Sequence[int]) -> MetricSummary:
+    """Means x100 of one stage's scores over questions, and the mean tokens it handed on."""
+    return MetricSummary(n_questions=len(scores), recall=mean_percent([s.recall for s in scores]),
+                         precision=mean_percent([s.precision for s in scores]),
+                         precision_omega=mean_percent([s.precision_omega for s in scores]),
+                         iou=mean_percent([s.iou for s in scores]), mean_retrieved_tokens=_mean(tokens))
+
+
 def summarise_runs(runs: Sequence[QuestionRun]) -> PipelineSummary:
     """Means (reference metrics and F1 x100), medians of times; see ``PipelineSummary`` for edge cases."""
     fidelity = [r.fidelity_f1 for r in runs]
     return PipelineSummary(
         n_questions=len(runs),
-        retrieval_recall=mean_percent([r.retrieval_recall for r in runs]),
-        retrieval_precision=mean_percent([r.retrieval_precision for r in runs]),
-        retrieval_precision_omega=mean_percent([r.retrieval_precision_omega for r in runs]),
-        retrieval_iou=mean_percent([r.retrieval_iou for r in runs]),
-        compression_recall=mean_percent([r.compression_recall for r in runs]),
-        compression_precision=mean_percent([r.compression_precision for r in runs]),
-        compression_precision_omega=mean_percent([r.compression_precision_omega for r in runs]),
-        compression_iou=mean_percent([r.compression_iou for r in runs]),
-        retrieved_tokens=_mean([r.retrieved_tokens for r in runs]),
-        tokens_sent=_mean([r.tokens_sent for r in runs]),
+        retrieval=stage_summary([r.retrieval for r in runs], [r.retrieved_tokens for r in runs]),
+        compression=stage_summary([r.compression for r in runs], [r.tokens_sent for r in runs]),
         achieved_rate=_mean([r.achieved_rate for r in runs]),
         compress_cpu_s=_mean([r.compress_cpu_s for r in runs]),
         ttft_median_s=_median([r.ttft_s for r in runs]),

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
 from compression.kv.modes import KV_REUSE_MODES as KV_MODES
-from eval.base import EvalConfig
+from eval.base import EvalConfig, MetricSummary, Span
 
 COMPRESSION_METHODS = ("none", "extractive", "llmlingua", "extractive+llmlingua")
 DEFAULT_RATE = 0.33
@@ -88,26 +88,32 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class StageScores:
+    """What one stage handed on, scored against a question's references (fractions in [0, 1])."""
+
+    recall: float
+    precision: float
+    precision_omega: float
+    iou: float
+
+
+@dataclass(frozen=True)
 class QuestionRun:
-    """One question through every stage. Reference metrics are fractions in [0, 1].
+    """One question through every stage: each stage's reference scores, what it cost, its spans.
 
     ``retrieved_tokens``: LM tokens of the retrieved chunks (the compressor's input);
     ``tokens_sent``: context tokens of the prompt the LM answered from (after compression);
     ``prefilled_tokens`` / ``reused_tokens``: prompt tokens computed now vs taken from chunk caches.
     ``compress_cpu_s`` is process CPU time of the compression call (0 when there is none).
     ``fidelity_f1``: token-F1 of the answer against the full-prefill answer (None unless asked).
+    ``retrieved_spans``: every corpus span retrieval scored (copies of a handed-on text included);
+    ``kept_spans``: the corpus spans compression kept of them.
     """
 
     qid: str
     corpus_id: str
-    retrieval_recall: float
-    retrieval_precision: float
-    retrieval_precision_omega: float
-    retrieval_iou: float
-    compression_recall: float
-    compression_precision: float
-    compression_precision_omega: float
-    compression_iou: float
+    retrieval: StageScores
+    compression: StageScores
     retrieved_tokens: int
     tokens_sent: int
     compress_cpu_s: float
@@ -118,6 +124,8 @@ class QuestionRun:
     answer_f1: float
     fidelity_f1: float | None
     wall_s: float
+    retrieved_spans: tuple[Span, ...] = ()
+    kept_spans: tuple[Span, ...] = ()
 
     @property
     def achieved_rate(self) -> float:
@@ -127,23 +135,17 @@ class QuestionRun:
 
 @dataclass(frozen=True)
 class PipelineSummary:
-    """Means over questions (reference metrics and F1 x100), medians for times, per config.
+    """Per-stage means over questions (x100, as ``MetricSummary``), answer F1 x100, medians for times.
 
-    Edge cases: no questions -> every field is 0 (and ``fidelity_f1`` None); ``fidelity_f1`` is
+    ``retrieval.mean_retrieved_tokens`` counts the LM tokens of the retrieved chunks,
+    ``compression.mean_retrieved_tokens`` the tokens sent to the LM (``metric("tokens_sent")``).
+    Edge cases: no questions -> every value is 0 (and ``fidelity_f1`` None); ``fidelity_f1`` is
     None unless every question measured it.
     """
 
     n_questions: int
-    retrieval_recall: float
-    retrieval_precision: float
-    retrieval_precision_omega: float
-    retrieval_iou: float
-    compression_recall: float
-    compression_precision: float
-    compression_precision_omega: float
-    compression_iou: float
-    retrieved_tokens: float
-    tokens_sent: float
+    retrieval: MetricSummary
+    compression: MetricSummary
     achieved_rate: float
     compress_cpu_s: float
     ttft_median_s: float
@@ -152,6 +154,21 @@ class PipelineSummary:
     answer_f1: float
     fidelity_f1: float | None
     wall_median_s: float
+
+    def metric(self, name: str) -> float | None:
+        """A value by name: a field (``answer_f1``), ``<stage>_<score>`` (``compression_recall``),
+        ``retrieved_tokens`` or ``tokens_sent``; an unknown name raises ``ValueError``."""
+        if name in _TOKEN_METRICS:
+            return getattr(self, _TOKEN_METRICS[name]).mean_retrieved_tokens
+        stage, _, score = name.partition("_")
+        if stage in ("retrieval", "compression") and score in MetricSummary.__dataclass_fields__:
+            return getattr(getattr(self, stage), score)
+        if name in self.__dataclass_fields__ and name not in ("retrieval", "compression"):
+            return getattr(self, name)
+        raise ValueError(f"unknown pipeline metric '{name}'; e.g. answer_f1, compression_recall, tokens_sent, ttft_median_s")
+
+
+_TOKEN_METRICS = {"retrieved_tokens": "retrieval", "tokens_sent": "compression"}
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,7 @@ class Evaluator:
             iou=scores.iou,
             retrieved_chars=sum(s.end - s.start for s in spans),
             retrieved_tokens=self._tokens(spans, top),
+            retrieved_spans=tuple(found),
         )
 
     def _orders(self, config: EvalConfig) -> tuple[_Chunking, bool, list[np.ndarray]]:

@@ -20,7 +20,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the CLI prints its own summary; run states are in the UI
 
-COMMAND_MODULES = ("flows.cli_retrieval", "flows.cli_compress", "flows.cli_eval", "flows.cli_ask", "flows.cli_serve", "flows.cli_pipeline")
+COMMAND_MODULES = ("flows.cli_retrieval", "flows.cli_compress", "flows.cli_eval", "flows.cli_ask", "flows.cli_serve", "flows.cli_pipeline",
+                   "flows.cli_runs")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ragpress: chunk, index, retrieve, compress and evaluate RAG context.")
 

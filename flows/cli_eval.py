@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -83,7 +85,7 @@ def evaluate(
                                             help="top k = k different texts (default), or the plain top k with identical copies"),
     sweep: Path | None = typer.Option(None, "--sweep", help="YAML/JSON grid of configurations (see eval/sweep.py)"),
     json_out: Path | None = typer.Option(None, "--json", help="write per-corpus, overall and per-question scores here"),
-    html_out: Path | None = typer.Option(None, "--html", help="write the static HTML report here"),
+    html_out: Path | None = typer.Option(None, "--html", help="write the dashboard page (this run and the recorded history) here"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="embedding cache (default $RAGPRESS_CACHE/eval-embeddings)"),
     model: str | None = typer.Option(None, "--model", help="embedding model (default: packaged all-MiniLM-L6-v2)"),
 ) -> None:
@@ -114,6 +116,7 @@ def evaluate(
             html_out=str(html_out) if html_out else None,
             cache_dir=str(cache_dir) if cache_dir else None,
             model=model,
+            command="ragpress " + shlex.join(sys.argv[1:]),
         )
     except ValueError as exc:
         _fail(str(exc))

@@ -27,8 +27,8 @@ def print_results(run) -> None:
         table.add_column(column, justify="left" if column in ("", "configuration") else "right")
     for i, result in enumerate(run.results):
         s = result.summary
-        table.add_row("★" if i == run.recommended else "", result.config.label, f"{s.retrieval_recall:.1f}",
-                      f"{s.compression_recall:.1f}", f"{s.tokens_sent:.0f}", f"{s.ttft_median_s:.2f}",
+        table.add_row("★" if i == run.recommended else "", result.config.label, f"{s.retrieval.recall:.1f}",
+                      f"{s.compression.recall:.1f}", f"{s.compression.mean_retrieved_tokens:.0f}", f"{s.ttft_median_s:.2f}",
                       f"{s.prefilled_tokens:.0f}/{s.reused_tokens:.0f}", f"{s.answer_f1:.1f}",
                       ",".join(f"{stage[0]}{n}" for stage, n in result.cache_hits.items()))
     Console().print(table)

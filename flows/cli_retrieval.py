@@ -179,14 +179,14 @@ def demo(
     best = result.pipeline.results[result.pipeline.recommended]
     s = best.summary
     typer.echo(f"pipeline on {s.n_questions} of them ({best.config.label}): reference recall sent to the LM "
-               f"{s.compression_recall:.1f}, {s.tokens_sent:.0f} context tokens ({s.reused_tokens:.0f} reused from chunk caches), "
+               f"{s.compression.recall:.1f}, {s.compression.mean_retrieved_tokens:.0f} context tokens ({s.reused_tokens:.0f} reused from chunk caches), "
                f"TTFT median {s.ttft_median_s:.2f}s, answer F1 {s.answer_f1:.1f}")
     for run in best.questions[:2]:
         typer.echo(f"  answer: {run.answer[:160]}")
     typer.echo(f"index:     {summary.index_dir}")
-    typer.echo(f"report:    {result.report_html} (JSON: {result.report_json})")
-    typer.echo(f"dashboard: {result.pipeline.html} (JSON: {result.pipeline.json})")
+    typer.echo(f"results:   {result.report_json} (retrieval), {result.pipeline.json} (pipeline)")
     typer.echo(f"total {result.seconds:.1f}s")
+    typer.echo(f"dashboard: {Path(result.report_html).resolve().as_uri()}  (every recorded run, served: ragpress dashboard)")
 
 
 def register(app: typer.Typer) -> None:

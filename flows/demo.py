@@ -37,7 +37,7 @@ class DemoResult:
     answers: tuple[Answered, ...]
     evaluation: EvalResult
     pipeline: PipelineRun
-    report_html: str
+    report_html: str  # the dashboard page of the recorded runs
     report_json: str
     seconds: float
 
@@ -71,9 +71,10 @@ def demo_flow(workdir: str = ".ragpress/demo", k: int = 5, pipeline_questions: i
     summary = index_flow([str(corpus_dir)], str(index_dir), config.chunker, config.chunk_size, config.overlap,
                          context_chunks=config.context_chunks)
     answers = query_flow(list(DEMO_QUESTIONS), str(index_dir), k)
-    report_html, report_json = root / "report.html", root / "report.json"
-    (evaluation,) = evaluate_flow([config.to_dict()], json_out=str(report_json), html_out=str(report_html))
+    # Both runs are recorded in the run store; the dashboard page, written last, holds them both.
+    report_html, report_json = root / "dashboard.html", root / "report.json"
+    (evaluation,) = evaluate_flow([config.to_dict()], json_out=str(report_json), command="ragpress demo")
     pipeline = pipeline_flow([RECOMMENDED_PIPELINE.to_dict()], limit=pipeline_questions,
-                             html_out=str(root / "pipeline.html"), json_out=str(root / "pipeline.json"), command="ragpress demo")
+                             html_out=str(report_html), json_out=str(root / "pipeline.json"), command="ragpress demo")
     return DemoResult(str(root), summary, tuple(answers), evaluation, pipeline, str(report_html), str(report_json),
                       time.perf_counter() - started)

@@ -1,9 +1,10 @@
 """The evaluation flow: load a dataset, evaluate configurations, publish artifacts and reports.
 
 Tasks only wrap ``eval`` library functions; they are not cached by Prefect (their inputs are
-models and datasets; embeddings are cached on disk by the library instead). Every run publishes a table artifact (one row per
-configuration and corpus) and a markdown artifact (summary plus plots), and writes the JSON and
-the static HTML report when asked.
+models and datasets; embeddings are cached on disk by the library instead). Every run is recorded
+in the run store (``eval.run_store``), publishes a table artifact (one row per configuration and
+corpus) and a markdown artifact naming the recorded runs, and writes the JSON and the dashboard
+page when asked.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from eval.base import EvalConfig, EvalDataset, EvalResult
 from eval.datasets import load_pydoc_topics, load_questions
 from eval.embedding_cache import EmbeddingCache
-from eval.report import markdown_summary, table_rows, write_html, write_json
+from eval.report import markdown_summary, table_rows, write_json
+from eval.run_store import RunRecord, RunStore, eval_run
 from eval.runner import Evaluator, default_chunker_factory
 
 
@@ -43,21 +45,41 @@ def artifact_key(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:60] or "eval"
 
 
+def runs_markdown(run_ids: Sequence[int], store: RunStore, html_out: str | None) -> str:
+    """Where the runs were recorded and how to open them (the artifacts' link to the run store)."""
+    ids = " ".join(str(i) for i in run_ids)
+    lines = ["", f"Recorded as run(s) {', '.join(f'#{i}' for i in run_ids)} in `{store.path}`: "
+                 f"`ragpress runs show {run_ids[0]}`, `ragpress dashboard`" + (f", `ragpress runs compare {ids}`" if len(run_ids) == 2 else "") + "."]
+    if html_out:
+        lines.append(f"Dashboard: [{html_out}]({Path(html_out).resolve().as_uri()})")
+    return "\n".join(lines) + "\n"
+
+
+@task(name="record-runs", cache_policy=NO_CACHE)
+def record_runs(records: Sequence[RunRecord], runs_db: str | None) -> list[int]:
+    """Add every run to the run store; their ids in order."""
+    store = RunStore(runs_db)
+    return [store.add(record) for record in records]
+
+
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
-def publish_artifacts(results: Sequence[EvalResult], name: str) -> None:
-    """Publish the results as Prefect table and markdown artifacts."""
+def publish_artifacts(results: Sequence[EvalResult], name: str, links: str = "") -> None:
+    """The table and markdown artifacts of an evaluation; ``links``: where its runs were recorded."""
     key = artifact_key(f"eval-{name}")
     create_table_artifact(table=table_rows(results), key=key, description=f"Evaluation of {len(results)} configuration(s) on {name}")
-    create_markdown_artifact(markdown=markdown_summary(results, f"Evaluation on {name}"), key=f"{key}-summary")
+    create_markdown_artifact(markdown=markdown_summary(results, f"Evaluation on {name}") + links, key=f"{key}-summary")
 
 
 @task(name="write-reports", cache_policy=NO_CACHE)
-def write_reports(results: Sequence[EvalResult], json_out: str | None, html_out: str | None, extra: dict) -> None:
-    """Write the JSON and HTML reports that were asked for."""
+def write_reports(results: Sequence[EvalResult], json_out: str | None, html_out: str | None, extra: dict,
+                  run_ids: Sequence[int] = (), runs_db: str | None = None) -> None:
+    """The JSON document and the dashboard page (the recorded runs selected), when asked."""
+    from eval.dashboard import write_dashboard
+
     if json_out:
-        write_json(results, Path(json_out), extra)
+        write_json(results, Path(json_out), {**extra, "run_ids": list(run_ids)})
     if html_out:
-        write_html(results, Path(html_out), f"ragpress evaluation: {results[0].dataset}")
+        write_dashboard(RunStore(runs_db), Path(html_out), selected=run_ids[:2], title=f"ragpress runs: {results[0].dataset}")
 
 
 @flow(name="ragpress-evaluate", validate_parameters=False)
@@ -71,9 +93,12 @@ def evaluate_flow(
     model: str | None = None,
     encoder: Any = None,
     chunker_factory: Any = None,
+    runs_db: str | None = None,
+    command: str | None = None,
 ) -> list[EvalResult]:
-    """Evaluate ``configs`` (EvalConfig dicts) on one dataset; ``encoder``/``chunker_factory``
-    override the project's model and chunkers (tests pass tiny stand-ins)."""
+    """Evaluate ``configs`` (EvalConfig dicts) on one dataset and record each in the run store
+    (``runs_db``, default ``$RAGPRESS_RUNS`` or ``$RAGPRESS_CACHE/runs.sqlite``);
+    ``encoder``/``chunker_factory`` override the project's model and chunkers (tests pass tiny stand-ins)."""
     from retrieval.tokenizer import load_tokenizer
 
     parsed = [EvalConfig.from_dict(config) for config in configs]
@@ -93,6 +118,7 @@ def evaluate_flow(
     )
     # Sequential on purpose: configurations share memoised chunkings and the CPU.
     results = [evaluate_config(evaluator, config) for config in parsed]
-    publish_artifacts(results, dataset.name)
-    write_reports(results, json_out, html_out, {"questions": questions, "corpora": corpora})
+    run_ids = record_runs([eval_run(result, dataset, command=command) for result in results], runs_db)
+    publish_artifacts(results, dataset.name, runs_markdown(run_ids, RunStore(runs_db), html_out))
+    write_reports(results, json_out, html_out, {"questions": questions, "corpora": corpora}, run_ids, runs_db)
     return results

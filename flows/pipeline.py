@@ -5,7 +5,8 @@ because the library caches every stage by content on disk (``eval.stage_cache``)
 grid recomputes only stages whose inputs or code changed, and a killed run resumes from the
 entries already written. Configurations run one after another: they share the models, the
 memoised chunkings and the CPU. Each run publishes a progress artifact, a table and a markdown
-summary (the Pareto front and the recommended configuration), and writes the HTML dashboard.
+summary (the Pareto front, the recommended configuration and the runs it recorded in the run
+store, ``eval.run_store``), and writes the dashboard page.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from eval.base import EvalConfig, EvalDataset
 from eval.pipeline import Compressed, Pipeline, Retrieved, spread_sample
 from eval.pipeline_base import PipelineConfig, PipelineResult, QuestionRun
 from eval.stage_cache import StageCache
-from flows.evaluate import artifact_key, load_dataset
+from flows.evaluate import artifact_key, load_dataset, record_runs, runs_markdown
 
 
 @dataclass(frozen=True)
@@ -71,22 +72,24 @@ def answer_stage(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Ret
 
 @task(name="publish-pipeline-report", cache_policy=NO_CACHE)
 def publish(results: Sequence[PipelineResult], recommended: int, html_out: str | None, json_out: str | None,
-            command: str | None) -> None:
+            command: str | None, run_ids: Sequence[int] = (), runs_db: str | None = None) -> None:
     """Publish the results as artifacts and write the dashboard and JSON that were asked for."""
     import json
 
-    from eval.pipeline_report import markdown_pipeline_summary, pipeline_table_rows, write_pipeline_html
+    from eval.dashboard import write_dashboard
+    from eval.pipeline_report import markdown_pipeline_summary, pipeline_table_rows
     from eval.report import machine_info
+    from eval.run_store import RunStore
     from filestore import atomic_write_text
 
     key = artifact_key(f"pipeline-{results[0].dataset}")
     create_table_artifact(table=pipeline_table_rows(results), key=key, description=f"{len(results)} pipeline configuration(s)")
-    create_markdown_artifact(markdown=markdown_pipeline_summary(results, recommended), key=f"{key}-front")
+    links = runs_markdown(run_ids, RunStore(runs_db), html_out) if run_ids else ""
+    create_markdown_artifact(markdown=markdown_pipeline_summary(results, recommended) + links, key=f"{key}-front")
     if html_out:
-        write_pipeline_html(results, Path(html_out), f"ragpress pipeline: {results[0].dataset}", recommended=recommended,
-                            command=command)
+        write_dashboard(RunStore(runs_db), Path(html_out), selected=run_ids[:2], title=f"ragpress runs: {results[0].dataset}")
     if json_out:
-        payload = {"machine": machine_info(), "command": command, "recommended": recommended,
+        payload = {"machine": machine_info(), "command": command, "recommended": recommended, "run_ids": list(run_ids),
                    "results": [result.to_dict() for result in results]}
         atomic_write_text(Path(json_out), json.dumps(payload, indent=1))
 
@@ -114,12 +117,15 @@ def pipeline_flow(
     lm_name: str = "smollm2",
     command: str | None = None,
     pipeline_options: dict[str, Any] | None = None,
+    runs_db: str | None = None,
 ) -> PipelineRun:
-    """Run every configuration (flat ``PipelineConfig`` dicts) on the questions (default: the pydoc set).
+    """Run every configuration (flat ``PipelineConfig`` dicts) on the questions (default: the pydoc set)
+    and record each in the run store (``runs_db``, default ``$RAGPRESS_RUNS`` or ``$RAGPRESS_CACHE/runs.sqlite``).
 
     ``pipeline_options`` passes factories to ``Pipeline`` (tests use tiny models).
     """
     from eval.pareto import recommend
+    from eval.run_store import pipeline_run
 
     started = time.perf_counter()
     parsed = [PipelineConfig.from_dict(config) for config in configs]
@@ -139,5 +145,7 @@ def pipeline_flow(
         results.append(run_config(pipeline, config, *retrieved[label]))
         update_progress_artifact(progress, 100.0 * (done + 1) / len(parsed))
     recommended = recommend(results)
-    publish(results, recommended, html_out, json_out, command)
+    models = pipeline.model_ids()
+    run_ids = record_runs([pipeline_run(result, dataset, models=models, command=command) for result in results], runs_db)
+    publish(results, recommended, html_out, json_out, command, run_ids, runs_db)
     return PipelineRun(tuple(results), recommended, time.perf_counter() - started, html_out, json_out)

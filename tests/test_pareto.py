@@ -101,7 +101,8 @@ def grid(*rows):
     out = []
     for number, (f1, recall, sent, ttft) in enumerate(rows):
         template = base[number % len(base)]
-        summary = dataclasses.replace(template.summary, answer_f1=f1, compression_recall=recall, tokens_sent=sent, ttft_median_s=ttft)
+        compression = dataclasses.replace(template.summary.compression, recall=recall, mean_retrieved_tokens=sent)
+        summary = dataclasses.replace(template.summary, answer_f1=f1, compression=compression, ttft_median_s=ttft)
         out.append(dataclasses.replace(template, summary=summary))
     return out
 
@@ -168,7 +169,8 @@ COST = st.sampled_from([100.0, 300.0, 800.0])
 @given(st.lists(st.tuples(QUALITY, QUALITY, COST, st.sampled_from([0.5, 1.0, 2.0])), min_size=1, max_size=6))
 def test_recommend_matches_the_rule_by_brute_force(rows):
     results = grid(*rows)
-    points = [(r.summary.answer_f1, r.summary.compression_recall, r.summary.tokens_sent, r.summary.ttft_median_s) for r in results]
+    points = [(r.summary.answer_f1, r.summary.compression.recall, r.summary.compression.mean_retrieved_tokens, r.summary.ttft_median_s)
+              for r in results]
     front = brute_force_front(points, [True, True, False, False])
     best_f1 = max(p[0] for p in points)
     best_recall = max(p[1] for p in points)

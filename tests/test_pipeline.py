@@ -91,10 +91,10 @@ def test_retrieval_stage_scores_equal_the_evaluator(counting, tmp_path):
     pipeline = make_pipeline(counting, tmp_path / "stages")
     result = pipeline.run(config(kv_mode="naive"))
     reference = Evaluator(tiny_dataset(), BagOfWordsEncoder(), cache=_NoDiskCache()).evaluate(RETRIEVAL)
-    assert [r.retrieval_recall for r in result.questions] == [s.recall for s in reference.questions]
-    assert [r.retrieval_iou for r in result.questions] == [s.iou for s in reference.questions]
+    assert [r.retrieval.recall for r in result.questions] == [s.recall for s in reference.questions]
+    assert [r.retrieval.iou for r in result.questions] == [s.iou for s in reference.questions]
     # Without compression the LM receives exactly what retrieval found.
-    assert [r.compression_recall for r in result.questions] == [r.retrieval_recall for r in result.questions]
+    assert [r.compression.recall for r in result.questions] == [r.retrieval.recall for r in result.questions]
     assert all(r.tokens_sent == r.retrieved_tokens and r.achieved_rate == 1.0 for r in result.questions)
     # Naive reuse prefills only the prompt's own tokens; the chunk tokens come from caches.
     assert all(r.reused_tokens >= r.tokens_sent for r in result.questions)
@@ -111,8 +111,8 @@ def test_compression_is_scored_on_the_spans_it_kept(counting, tmp_path):
         from eval.base import Span
 
         expected = retrieval_scores([(r.start, r.end) for r in question.references], [Span(*s) for s in by_hand], question.corpus_id)
-        assert run.compression_recall == pytest.approx(expected.recall)
-        assert run.compression_iou == pytest.approx(expected.iou)
+        assert run.compression.recall == pytest.approx(expected.recall)
+        assert run.compression.iou == pytest.approx(expected.iou)
         assert run.tokens_sent < run.retrieved_tokens
         # The kept tokens' KV comes from the chunk caches: only the question turn is prefilled.
         assert run.reused_tokens >= run.tokens_sent and run.prefilled_tokens < run.reused_tokens
@@ -251,13 +251,18 @@ def test_pipeline_flow_reports_every_config_and_recommends_one(counting, tmp_pat
     configs = [config(kv_mode=mode).to_dict() for mode in ("none", "naive")] + [config(compression="extractive").to_dict()]
     html, out = tmp_path / "dash.html", tmp_path / "results.json"
     kwargs = dict(configs=configs, questions=str(questions), corpora=str(corpora), cache_dir=str(tmp_path / "stages"),
-                  html_out=str(html), json_out=str(out), pipeline_options=counting.options())
+                  html_out=str(html), json_out=str(out), pipeline_options=counting.options(), runs_db=str(tmp_path / "runs.sqlite"))
     run = pipeline_flow(**kwargs)
     assert len(run.results) == 3 and 0 <= run.recommended < 3
     page = html.read_text(encoding="utf-8")
     assert all(result.config.label in page for result in run.results)
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert saved["recommended"] == run.recommended and len(saved["results"]) == 3
+    from eval.run_store import RunStore
+
+    recorded = RunStore(tmp_path / "runs.sqlite").runs()
+    assert [r.run_id for r in recorded] == saved["run_ids"] and [r.label for r in recorded] == [r.config.label for r in run.results]
+    assert recorded[2].summary["answer_f1"] == run.results[2].summary.answer_f1 and recorded[2].models["lm"] == "tiny@0"
     again = pipeline_flow(**kwargs)
     assert all(r.cache_hits == {"retrieval": 4, "compression": 4, "answer": 4} for r in again.results)
     assert [r.summary for r in again.results] == [r.summary for r in run.results]
