@@ -39,6 +39,16 @@ def require(ok: bool, message: str) -> None:
         fail(message)
 
 
+def require_at_least(option: str, value: float | None, minimum: float, example: str) -> None:
+    """``option`` (when given) must be >= ``minimum``; the message shows a valid ``example``."""
+    require(value is None or value >= minimum, f"{option} must be >= {minimum:g}, got {value}; e.g. {option} {example}")
+
+
+def require_rate(option: str, value: float | None) -> None:
+    """``option`` (when given) must be a share in (0, 1]."""
+    require(value is None or 0.0 < value <= 1.0, f"{option} must be in (0, 1], got {value}; e.g. {option} 0.33")
+
+
 def require_index_dir(path: Path, *, must_exist: bool = False) -> None:
     """``--index`` must be a directory (created on first use), never a regular file."""
     require(not path.exists() or path.is_dir(),
