@@ -97,9 +97,6 @@ def load_chroma(questions_csv: Path, corpora_dir: Path, name: str | None = None)
     questions = []
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         where = f"{questions_csv.name} row {number}"
-        if None in row.values() or None in row:
-            raise DatasetError(f"{where}: expected 3 fields (question, references, corpus_id), got {len([v for v in row.values() if v is not None])}; "
-                               "quote fields that contain commas")
         try:
             raw_refs = json.loads(row["references"])
         except json.JSONDecodeError as exc:
@@ -130,6 +127,11 @@ def _csv_rows(questions_csv: Path) -> list[dict[str, str]]:
         raise DatasetError(f"{questions_csv}: expected columns question, references, corpus_id; got {list(header)}")
     if not rows:
         raise DatasetError(f"{questions_csv} holds a header but no questions; add one row per question")
+    for number, row in enumerate(rows, start=2):  # DictReader fills a short row with None, puts extras under None
+        if None in row or None in row.values():
+            fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None) or ())
+            raise DatasetError(f"{questions_csv.name} row {number}: expected {len(header)} fields ({', '.join(header)}), got {fields}; "
+                               "quote fields that contain commas")
     return rows
 
 

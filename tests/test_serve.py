@@ -156,7 +156,8 @@ def test_prefect_yaml_deploys_to_a_work_pool_and_a_worker_runs_it(tmp_path: Path
     corpus, index_dir = tmp_path / "corpus", tmp_path / "index"
     _corpus(corpus)
     with _local_server(tmp_path) as (url, env):
-        env = {**env, "PWD": str(REPO)}  # prefect.yaml's pull step runs from "{{ $PWD }}"
+        # prefect.yaml's pull step runs from "{{ $PWD }}"; runs may only use paths under the roots given at deploy time
+        env = {**env, "PWD": str(REPO), "RAGPRESS_INDEX_ROOTS": str(tmp_path)}
 
         def prefect(*args: str) -> None:
             done = subprocess.run([*PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
