@@ -117,11 +117,14 @@ class StageCache:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            return _bad_entry(path, f"unreadable ({exc})")
+            _warn_bad_entry(path, f"unreadable ({exc})")
+            return None
         if not isinstance(entry, dict) or entry.get("key") != json.loads(json.dumps(parts, sort_keys=True)):
-            return _bad_entry(path, "stored under other key parts")
+            _warn_bad_entry(path, "stored under other key parts")
+            return None
         if entry.get("sha256") != digest(entry.get("value")):
-            return _bad_entry(path, "its value does not match its checksum (edited or corrupted)")
+            _warn_bad_entry(path, "its value does not match its checksum (edited or corrupted)")
+            return None
         touch(path)  # last use, for prune()
         return entry.get("value")
 
@@ -141,6 +144,5 @@ class StageCache:
         return prune_least_recent(self.root.glob("*/*/*.json"), max_bytes)
 
 
-def _bad_entry(path: Path, problem: str) -> None:
+def _warn_bad_entry(path: Path, problem: str) -> None:
     warnings.warn(f"cache entry {path} is {problem}; recomputing it", CacheEntryWarning, stacklevel=3)
-    return None

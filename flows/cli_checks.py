@@ -12,6 +12,7 @@ import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -27,7 +28,7 @@ OS_FIXES = {
 }
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print ``error: message`` (one line) to stderr and exit with code 2."""
     typer.secho(f"error: {' '.join(str(message).split())}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)

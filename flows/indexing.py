@@ -86,6 +86,8 @@ def _cached_chunks(cache: StageCache, document: Document, parts: dict[str, Any])
 def _cached_vectors(cache: StageCache, parts: dict[str, Any], rows: int) -> np.ndarray | None:
     """The cached ``[rows, dim]`` float32 vectors, or None when absent or not of that shape."""
     value = cache.get(VECTOR_STAGE, parts)
+    if not isinstance(value, dict):
+        return None
     try:
         vectors = np.frombuffer(base64.b64decode(value["float32"], validate=True), dtype="<f4")
         return vectors.reshape(rows, int(value["dim"])).astype(np.float32)

@@ -136,6 +136,9 @@ def _planted_record(marker: Path, key: str) -> bytes:
     return ResultRecord(metadata=metadata, result=RunsAShellCommand(marker)).serialize()
 
 
+@pytest.mark.slow
+@pytest.mark.prefect
+@pytest.mark.real_model
 def test_planted_pickles_in_result_storage_and_cache_never_run(prefect_harness, corpus: Path, cache: Path,
                                                                 tmp_path: Path) -> None:
     from prefect._internal.result_records import ResultRecord
@@ -198,6 +201,9 @@ def test_planted_pickles_in_result_storage_and_cache_never_run(prefect_harness, 
 
 
 # ---------------------------------------------------- an index inside its corpus
+@pytest.mark.slow
+@pytest.mark.prefect
+@pytest.mark.real_model
 def test_nested_indexes_are_never_indexed(prefect_harness, corpus: Path, cache: Path, tmp_path: Path) -> None:
     from retrieval.index_store import IndexStore
 
@@ -218,6 +224,9 @@ def test_nested_indexes_are_never_indexed(prefect_harness, corpus: Path, cache: 
 
 
 # ------------------------------------------------------- an edited meta.json
+@pytest.mark.slow
+@pytest.mark.prefect
+@pytest.mark.real_model
 def test_edited_meta_json_is_refused_and_rollback_restores(prefect_harness, corpus: Path, cache: Path, tmp_path: Path) -> None:
     index_dir = tmp_path / "idx"
     index_json(corpus, "--index", index_dir)
@@ -249,6 +258,9 @@ def _no_space(path: str) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
 
+@pytest.mark.slow
+@pytest.mark.prefect
+@pytest.mark.real_model
 @pytest.mark.parametrize("where", ["version files", "CURRENT pointer"])
 def test_full_disk_during_commit_changes_nothing(prefect_harness, corpus: Path, cache: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch, where: str) -> None:
@@ -282,6 +294,8 @@ def test_full_disk_during_commit_changes_nothing(prefect_harness, corpus: Path, 
 
 
 # -------------------------------------- unreadable files and another user's index
+@pytest.mark.prefect
+@pytest.mark.real_model
 def test_unreadable_file_and_folder_are_skipped_with_reasons(prefect_harness, corpus: Path, cache: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     locked_file = corpus / "while.txt"
@@ -311,6 +325,8 @@ def test_unreadable_file_and_folder_are_skipped_with_reasons(prefect_harness, co
     assert "2 files skipped" in result.stderr and f"skipped {locked_file}: " in result.stderr
 
 
+@pytest.mark.prefect
+@pytest.mark.real_model
 def test_index_owned_by_another_user(prefect_harness, corpus: Path, cache: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import retrieval.index_store as index_store
@@ -332,6 +348,7 @@ def test_index_owned_by_another_user(prefect_harness, corpus: Path, cache: Path,
 
 
 # ------------------------------------------------------------ eval datasets
+@pytest.mark.prefect
 @pytest.mark.parametrize("content,needles", [
     (b'question,references,corpus_id\n"What?",5,c1\n', ("row 2: references must be a JSON list",)),
     (b'question,references,corpus_id\n"What?","[]"\n', ("row 2: expected 3 fields",)),
