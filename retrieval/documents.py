@@ -1,6 +1,7 @@
 """Finding and loading source documents: strict UTF-8 text, clear errors for anything else.
 
-``discover`` lists the text files under the given files and folders (deterministically);
+``discover`` lists the text files under the given files and folders (deterministically), never
+entering hidden folders, index directories or caches (``scan`` also says what it passed over);
 ``load_document`` reads one and raises ``InputError`` naming the file, the problem and the
 fix for empty, binary, NUL-containing or non-UTF-8 files.
 """
@@ -40,11 +41,6 @@ BINARY_SIGNATURES = {
     b"SQLite format 3\x00": "SQLite database",
     b"\x93NUMPY": "NumPy array",
 }
-
-
-def _is_hidden(path: Path, root: Path) -> bool:
-    """Dot-files and anything in dot-folders (.git, .venv, ...) are not documents."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def is_index_dir(path: Path) -> bool:
@@ -100,7 +96,7 @@ def _walk(root: Path, excluded: Sequence[Path], found: set[Path], passed: list[t
         if is_index_dir(here) or (here / CACHEDIR_TAG).is_file() or _excluded_by(here, excluded):
             subfolders[:] = []
             continue
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))  # .git, .venv, ...
         for name in files:
             candidate = here / name
             if not name.startswith(".") and candidate.suffix.lower() in TEXT_SUFFIXES and candidate.is_file():

@@ -431,7 +431,7 @@ def _leftovers(*folders: Path) -> list[Path]:
 @pytest.mark.real_model
 def test_sigkilled_index_leaves_no_server_and_next_run_leaves_no_temp_files(tmp_path: Path) -> None:
     home, cache_dir, index_dir = tmp_path / "prefect-home", tmp_path / "cache", tmp_path / "idx"
-    corpus = write_topics(tmp_path / "docs", ("assert", "for", "while", "with", "pass", "try", "if", "def", "class",
+    corpus = write_topics(tmp_path / "docs", ("assert", "for", "while", "with", "pass", "try", "if", "function", "class",
                                               "import", "return", "raise", "global", "del"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PYTHONPATH=str(REPO), PREFECT_HOME=str(home), RAGPRESS_CACHE=str(cache_dir), OMP_NUM_THREADS="1")

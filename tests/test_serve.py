@@ -139,6 +139,14 @@ def test_served_deployment_run_updates_the_index(tmp_path: Path) -> None:
             (corpus / "c.txt").write_text("Dask spreads the embedding map over worker processes. " * 20)
             second = _run("ragpress-index/test", url)
             assert second.state.is_completed(), second.state
+            # Anyone reaching the API can set parameters: paths outside the roots fixed by `serve` are refused.
+            _corpus(tmp_path / "elsewhere")
+            for parameters in ({"paths": [str(tmp_path / "elsewhere")], "index_dir": str(tmp_path / "stolen")},
+                               {"paths": [str(corpus)], "index_dir": str(tmp_path / "stolen")},
+                               {"rebuild": True}):
+                refused = _run("ragpress-index/test", url, parameters=parameters)
+                assert refused.state.is_failed(), (parameters, refused.state)
+            assert not (tmp_path / "stolen").exists()
         finally:
             _stop(served)
             log.close()
