@@ -212,7 +212,9 @@ def _meta_bytes(vdir: Path) -> bytes:
         data = path.read_bytes()
         recorded = (vdir / META_CHECKSUM).read_text(encoding="ascii", errors="replace").strip()
     except FileNotFoundError as exc:
-        raise _corrupt(Path(exc.filename or path), "missing") from None
+        older = " (indexes written before meta.json was checksummed lack it: re-index with --rebuild)" \
+            if exc.filename and Path(exc.filename).name == META_CHECKSUM else ""
+        raise _corrupt(Path(exc.filename or path), f"missing{older}") from None
     if hashlib.sha256(data).hexdigest() != recorded:
         raise _corrupt(path, f"corrupted or edited: its checksum does not match the one in {META_CHECKSUM}")
     return data
