@@ -52,21 +52,21 @@ def is_index_dir(path: Path) -> bool:
     return bool(INDEX_VERSION.fullmatch(current))
 
 
-def _excluded_by(path: Path, exclude: Sequence[Path]) -> Path | None:
-    """The index or cache directory ``path`` lies in (or is), if any."""
-    for folder in exclude:
-        if path == folder or folder in path.parents:
-            return folder
-    return None
+def _index_or_cache(path: Path, exclude: Sequence[Path]) -> Path | None:
+    """The excluded directory ``path`` is, or the index it lies in, if any. A corpus may lie inside
+    a cache directory (a Prefect home above a project, say); only what is in the cache is excluded."""
+    if path in exclude:
+        return path
+    return next((folder for folder in (path, *path.parents) if is_index_dir(folder)), None)
 
 
 def scan(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Text files under ``paths``, and the ones passed over with the reason (see ``discover``).
 
     Index directories (``exclude``, and any folder holding a ragpress index, however nested)
-    and cache directories (``exclude``, and folders tagged with a ``CACHEDIR.TAG``) are never
-    read; files named explicitly inside one, and folders that cannot be listed, come back with
-    their reason.
+    and cache directories (``exclude``, and folders tagged with a ``CACHEDIR.TAG``) met under
+    ``paths`` are never read; paths given inside an index or equal to an excluded directory,
+    and folders that cannot be listed, come back with their reason.
     """
     excluded = [Path(p).expanduser().resolve() for p in exclude]
     found: set[Path] = set()
@@ -76,7 +76,7 @@ def scan(paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()) -> tup
         if not (path.is_file() or path.is_dir()):
             raise InputError(f"{path}: no such file or folder; check the path")
         resolved = path.resolve()
-        inside = _excluded_by(resolved, excluded)
+        inside = _index_or_cache(resolved, excluded)
         if inside is not None:
             passed.append((resolved, f"inside the index or cache directory {inside}; its files are never indexed"))
         elif path.is_file():
@@ -93,7 +93,7 @@ def _walk(root: Path, excluded: Sequence[Path], found: set[Path], passed: list[t
 
     for folder, subfolders, files in os.walk(root, onerror=unreadable):
         here = Path(folder)
-        if is_index_dir(here) or (here / CACHEDIR_TAG).is_file() or _excluded_by(here, excluded):
+        if here in excluded or is_index_dir(here) or (here / CACHEDIR_TAG).is_file():
             subfolders[:] = []
             continue
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))  # .git, .venv, ...

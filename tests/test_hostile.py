@@ -481,3 +481,19 @@ def test_sigkilled_index_leaves_no_server_and_next_run_leaves_no_temp_files(tmp_
     assert [line for line in failed.stderr.splitlines() if line.strip()] == [failed.stderr.strip()]
     assert failed.stderr.startswith("error: ") and "meta.json: corrupted or edited" in failed.stderr
     assert not _server_pids(home)
+
+
+def test_a_corpus_inside_a_cache_directory_is_still_read(tmp_path: Path) -> None:
+    from retrieval.documents import scan
+
+    corpus = write_topics(tmp_path / "home" / "docs", ("assert",))
+    (corpus / "idx").mkdir()
+    (corpus / "idx" / "CURRENT").write_text("v000001\n")
+    (corpus / "idx" / "v000001").mkdir()
+    (corpus / "idx" / "v000001" / "meta.json").write_text("{}")
+    (corpus / "cache" / "stages").mkdir(parents=True)
+    (corpus / "cache" / "stages" / "entry.json").write_text("{}")
+    found, passed = scan([corpus], exclude=[tmp_path / "home", corpus / "cache"])  # home: a Prefect home above it
+    assert found == [corpus / "assert.txt"] and not passed
+    found, passed = scan([corpus / "idx" / "v000001"], exclude=[])
+    assert not found and passed[0][1].startswith(f"inside the index or cache directory {corpus / 'idx'}")
