@@ -92,10 +92,7 @@ def load_chroma(questions_csv: Path, corpora_dir: Path, name: str | None = None)
     questions_csv = Path(questions_csv)
     if not questions_csv.is_file():
         raise DatasetError(f"questions file {questions_csv} does not exist; pass --questions questions.csv")
-    with open(questions_csv, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not {"question", "references", "corpus_id"} <= set(rows[0]):
-        raise DatasetError(f"{questions_csv}: expected columns question, references, corpus_id; got {list(rows[0])}")
+    rows = _csv_rows(questions_csv)
     corpora = load_corpora(corpora_dir, {row["corpus_id"] for row in rows})
     questions = []
     for number, row in enumerate(rows, start=2):  # row 1 is the header
@@ -104,11 +101,38 @@ def load_chroma(questions_csv: Path, corpora_dir: Path, name: str | None = None)
             raw_refs = json.loads(row["references"])
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{where}: references is not valid JSON ({exc})") from exc
+        if not isinstance(raw_refs, list) or not all(isinstance(raw, dict) for raw in raw_refs):
+            raise DatasetError(f"{where}: references must be a JSON list of {{start_index, end_index, content}} objects, "
+                               f"got {row['references'][:40]!r}")
         refs = tuple(_reference(raw, where) for raw in raw_refs)
         question = Question(str(number - 2), row["question"], row["corpus_id"], refs)
         validate_question(question, corpora, where)
         questions.append(question)
     return EvalDataset(name or questions_csv.parent.name, corpora, tuple(questions))
+
+
+def _csv_rows(questions_csv: Path) -> list[dict[str, str]]:
+    """The data rows of a Chroma-format CSV; encoding, header and empty files are errors naming the file."""
+    try:
+        with open(questions_csv, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{questions_csv}: invalid UTF-8 at byte offset {exc.start} ({exc.reason}); "
+                           "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{questions_csv}: not a readable CSV ({exc}); save it as CSV with a header row") from None
+    if not {"question", "references", "corpus_id"} <= set(header):
+        raise DatasetError(f"{questions_csv}: expected columns question, references, corpus_id; got {list(header)}")
+    if not rows:
+        raise DatasetError(f"{questions_csv} holds a header but no questions; add one row per question")
+    for number, row in enumerate(rows, start=2):  # DictReader fills a short row with None, puts extras under None
+        if None in row or None in row.values():
+            fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None) or ())
+            raise DatasetError(f"{questions_csv.name} row {number}: expected {len(header)} fields ({', '.join(header)}), got {fields}; "
+                               "quote fields that contain commas")
+    return rows
 
 
 def load_jsonl(path: Path, corpora: Mapping[str, str], name: str | None = None) -> EvalDataset:

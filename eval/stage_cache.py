@@ -2,9 +2,10 @@
 
 A key is the SHA-256 of everything that decides the result (inputs, options, model ids and a
 fingerprint of the code that computes it), so a re-run of a grid recomputes only what changed
-and a code change can never serve a stale result. Each entry stores its key parts next to the
-value and is checked on read; an unreadable or mismatched entry counts as a miss and is
-overwritten. Writes are atomic, so a killed run leaves only whole entries and resumes from them.
+and a code change can never serve a stale result. Each entry stores its key parts and the SHA-256
+of its value next to the value (plain JSON: nothing read back can run code) and is checked on
+read; an unreadable, edited or mismatched entry counts as a miss, with a ``CacheEntryWarning``,
+and is overwritten. Writes are atomic, so a killed run leaves only whole entries and resumes from them.
 A hit refreshes the entry's modification time, so ``prune`` can evict the least recently used.
 """
 
@@ -14,14 +15,19 @@ import ast
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from filestore import PruneSummary, atomic_write_text, prune_least_recent, touch
+from filestore import PruneSummary, atomic_write_text, prune_least_recent, sweep_temp_files, touch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class CacheEntryWarning(UserWarning):
+    """A cache entry was unreadable or failed its checksum; it is recomputed."""
 
 
 def default_stage_cache_dir() -> Path:
@@ -102,23 +108,40 @@ class StageCache:
         return self.root / stage / key[:2] / f"{key}.json"
 
     def get(self, stage: str, parts: Mapping[str, Any]) -> Any | None:
-        """The stored value, or None when absent, unreadable, or stored under other key parts."""
+        """The stored value, or None when absent; None with a ``CacheEntryWarning`` when the entry is
+        unreadable, fails its checksum or is stored under other key parts."""
         path = self._path(stage, parts)
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            _warn_bad_entry(path, f"unreadable ({exc})")
             return None
         if not isinstance(entry, dict) or entry.get("key") != json.loads(json.dumps(parts, sort_keys=True)):
+            _warn_bad_entry(path, "stored under other key parts")
+            return None
+        if entry.get("sha256") != digest(entry.get("value")):
+            _warn_bad_entry(path, "its value does not match its checksum (edited or corrupted)")
             return None
         touch(path)  # last use, for prune()
         return entry.get("value")
 
     def put(self, stage: str, parts: Mapping[str, Any], value: Any) -> None:
-        """Store ``value`` under the key ``parts`` of ``stage`` (atomic write)."""
+        """Store ``value`` (JSON-able) under ``stage`` and ``parts``, with its checksum, atomically."""
         path = self._path(stage, parts)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"key": parts, "value": value}, sort_keys=True, ensure_ascii=False))
+        entry = {"key": parts, "sha256": digest(value), "value": value}
+        atomic_write_text(path, json.dumps(entry, sort_keys=True, ensure_ascii=False))
+
+    def sweep(self, stage: str) -> int:
+        """Remove temp files of writes that never finished (their writer is gone); returns how many."""
+        return sweep_temp_files((self.root / stage).glob("*/.*.tmp"))
 
     def prune(self, max_bytes: int) -> PruneSummary:
         """Delete the least recently used entries until the cache holds at most ``max_bytes``."""
         return prune_least_recent(self.root.glob("*/*/*.json"), max_bytes)
+
+
+def _warn_bad_entry(path: Path, problem: str) -> None:
+    warnings.warn(f"cache entry {path} is {problem}; recomputing it", CacheEntryWarning, stacklevel=3)

@@ -2,7 +2,8 @@
 
 Atomic writes go to a temp file in the same directory, then ``os.replace``: a reader sees the old
 file or the new one, never half of one, and a killed writer leaves at most a stray
-``.<name>.*.tmp`` file behind.
+``.<name>.<pid>-*.tmp`` file behind; ``sweep_temp_files`` removes those whose writer process is gone
+(the pid in the name says which), so the next run cleans up.
 
 Size-bounded caches evict the least recently used files until the rest fit a byte budget.
 "Recently used" is the file's modification time; cache readers refresh it on every hit
@@ -16,9 +17,45 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+ABANDONED_SECONDS = 24 * 3600  # a temp file without a readable writer pid is stale after this
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temp file for ``name``: hidden, and naming this process as its writer."""
+    return f".{name}.{os.getpid()}-"
+
+
+def _writer_alive(path: Path) -> bool:
+    """Whether the process named in ``path``'s temp name still runs (unknown writers: by age)."""
+    try:
+        pid = int(path.name.rsplit(".", 2)[-2].split("-", 1)[0])
+    except (IndexError, ValueError):
+        try:
+            return time.time() - path.stat().st_mtime < ABANDONED_SECONDS
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def sweep_temp_files(paths: Iterable[Path]) -> int:
+    """Delete the temp files among ``paths`` whose writer process is gone; returns how many."""
+    removed = 0
+    for path in paths:
+        if path.is_file() and not _writer_alive(path):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def fsync_path(path: str | Path) -> None:
@@ -35,7 +72,7 @@ def atomic_write_text(path: str | Path, text: str, *, durable: bool = False) -> 
     so the new content survives a power cut, not only a killed process."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -19,9 +19,15 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the CLI prints its own summary; run states are in the UI
+# A failed run is reported by the command as one `error:` line; Prefect's own console copy of it
+# (with a traceback) would bury that line. Run logs still reach the API and the UI.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 COMMAND_MODULES = ("flows.cli_retrieval", "flows.cli_compress", "flows.cli_eval", "flows.cli_ask", "flows.cli_serve", "flows.cli_pipeline",
                    "flows.cli_runs")
+
+# The ephemeral Prefect server a command starts must not outlive it, even under SIGKILL.
+importlib.import_module("flows.server_guard").guard_ephemeral_server()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ragpress: chunk, index, retrieve, compress and evaluate RAG context.")
 

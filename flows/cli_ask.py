@@ -8,12 +8,8 @@ from pathlib import Path
 import typer
 
 from compression.kv.modes import DEFAULT_BLEND_SCORE  # no heavy imports: the recovery code loads lazily
+from flows.cli_checks import fail, require, require_at_least, require_index_dir, require_rate, user_errors
 from flows.cli_retrieval import DISTINCT_OPTION, HYBRID_WEIGHT_OPTION, RETRIEVAL_OPTION, copies_label, retrieval_weight
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def ask(
@@ -45,24 +41,19 @@ def ask(
         recovery_for(kv_reuse, blend_r, edge_tokens, blend_score)
         weight = retrieval_weight(retrieval, hybrid_weight)
     except ValueError as exc:
-        _fail(str(exc))
-    if k <= 0:
-        _fail(f"-k must be a positive integer, got {k}")
-    if kv_cache_max_mb is not None and kv_cache_max_mb < 0:
-        _fail(f"--kv-cache-max-mb must be >= 0, got {kv_cache_max_mb}")
-    from retrieval.index_store import IndexStore
-
-    if not IndexStore.exists(index):
-        _fail(f"{index} holds no index; build one with: ragpress index PATH --index {index}")
+        fail(str(exc))
+    require(k > 0, f"-k must be a positive integer, got {k}; e.g. -k 4")
+    require_at_least("--kv-cache-max-mb", kv_cache_max_mb, 0, "500")
+    require_at_least("--max-new-tokens", max_new_tokens, 1, "64")
+    require_rate("--rate", rate)
+    require_index_dir(index, must_exist=True)
     from flows.answer import answer_flow
 
-    try:
+    with user_errors():
         result = answer_flow(question=question, index=str(index), k=k, kv_reuse=kv_reuse, compression=compression, rate=rate,
                              cache_dir=str(kv_cache) if kv_cache else None, lm_name=lm, max_new_tokens=max_new_tokens,
                              blend_r=blend_r, edge_tokens=edge_tokens, kv_cache_max_mb=kv_cache_max_mb,
                              blend_score=blend_score, hybrid_weight=weight, distinct=distinct)
-    except (ValueError, RuntimeError) as exc:
-        _fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return

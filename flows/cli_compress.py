@@ -8,6 +8,8 @@ import time
 
 import typer
 
+from flows.cli_checks import require, require_at_least, user_errors
+
 
 def compress(
     method: str = typer.Option("extractive", "--method", help="compression method (see compression/registry.py)"),
@@ -17,11 +19,15 @@ def compress(
     as_json: bool = typer.Option(False, "--json", help="print a JSON object instead of the text"),
 ) -> None:
     """Compress the text on standard input and print it with its kept spans and token counts."""
+    require_at_least("--target-tokens", target_tokens, 1, "100")
     from compression.base import Budget
     from compression.registry import make_compressor
+    from retrieval.documents import decode_text
 
-    text = sys.stdin.read()
-    try:
+    data = sys.stdin.buffer.read()
+    require(bool(data.strip()), "standard input is empty; pipe the text to compress, e.g. ragpress compress < notes.txt")
+    with user_errors():
+        text = decode_text(data, "standard input")
         if rate is None and target_tokens is None:
             rate = 0.5
         budget = Budget(rate=rate, target_tokens=target_tokens)  # both given: Budget says so
@@ -29,9 +35,6 @@ def compress(
         started = time.process_time()
         result = compressor.compress([text], budget, question=question)
         cpu_seconds = time.process_time() - started
-    except ValueError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
     if not as_json:
         typer.echo(result.text)
         typer.echo(

@@ -5,19 +5,16 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import typer
+
+from flows.cli_checks import fail, require_at_least, user_errors
 
 if TYPE_CHECKING:
     from eval.base import EvalConfig
 
 CHUNKER_OPTIONS = ("chunker", "chunk_size", "overlap")
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def build_config(options: dict[str, object]) -> EvalConfig:
@@ -43,7 +40,7 @@ def parse_k(k: str | None) -> object:
     try:
         return int(k)
     except ValueError:
-        _fail(f"-k must be a positive integer or 'min', got '{k}'")
+        fail(f"-k must be a positive integer or 'min', got '{k}'")
 
 
 def print_results(results) -> None:
@@ -97,15 +94,18 @@ def evaluate(
         hybrid_weight=hybrid_weight, context_chunks=context_chunks, merge_adjacent=merge_adjacent, unit=unit,
         distinct=distinct,
     )
-    try:
+    require_at_least("--chunk-size", chunk_size, 1, "200")
+    require_at_least("--overlap", overlap, 0, "0")
+    require_at_least("--context-chunks", context_chunks, 0, "2")
+    with user_errors():
         if sweep is not None:
             if any(value is not None for value in options.values()):
-                _fail("--sweep defines the configurations; drop the chunker/retrieval options or put them in the sweep file")
+                fail("--sweep defines the configurations; drop the chunker/retrieval options or put them in the sweep file")
             configs = load_sweep(sweep)
         else:
             configs = [build_config(options)]
         if questions is not None and not questions.is_file():
-            _fail(f"questions file {questions} does not exist")
+            fail(f"questions file {questions} does not exist; check the path")
         from flows.evaluate import evaluate_flow
 
         results = evaluate_flow(
@@ -118,8 +118,6 @@ def evaluate(
             model=model,
             command="ragpress " + shlex.join(sys.argv[1:]),
         )
-    except ValueError as exc:
-        _fail(str(exc))
     print_results(results)
     for path in (json_out, html_out):
         if path is not None:

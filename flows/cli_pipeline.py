@@ -8,12 +8,9 @@ from pathlib import Path
 
 import typer
 
+from flows.cli_checks import fail
+
 DEFAULT_OUT = Path(".ragpress/pipeline")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def print_results(run) -> None:
@@ -55,11 +52,11 @@ def pipeline(
     from eval.pipeline_sweep import load_pipeline_config, load_pipeline_sweep
 
     if config is not None and sweep is not None:
-        _fail("pass --config FILE or --sweep FILE, not both")
+        fail("pass --config FILE or --sweep FILE, not both")
     if questions is not None and not questions.is_file():
-        _fail(f"questions file {questions} does not exist")
+        fail(f"questions file {questions} does not exist")
     if cache_max_mb is not None and cache_max_mb < 0:
-        _fail(f"--cache-max-mb must be >= 0, got {cache_max_mb}")
+        fail(f"--cache-max-mb must be >= 0, got {cache_max_mb}")
     try:
         if sweep is not None:
             configs, file_limit = load_pipeline_sweep(sweep)
@@ -84,7 +81,7 @@ def pipeline(
             command="ragpress " + shlex.join(sys.argv[1:]),
         )
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     print_results(run)
     typer.echo(f"wrote {html_out} and {json_out} in {run.seconds:.1f} s")
     if cache_max_mb is not None:

@@ -10,14 +10,9 @@ from pathlib import Path
 import typer
 
 from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
+from flows.cli_checks import fail, require, require_at_least, require_index_dir, require_rate, user_errors
 
 CHUNKER_HELP = "chunker: token, recursive or sentence"
-
-
-def _fail(message: str) -> None:
-    """Print a clear error and exit 2 (bad input), without a traceback."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def chunk(
@@ -36,7 +31,7 @@ def chunk(
         document = load_document(file)
         chunks = make_chunker(chunker, chunk_size=chunk_size, overlap=overlap).chunk(document.text)
     except (InputError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         json.dump(chunks_to_json(chunks), sys.stdout)
         sys.stdout.write("\n")
@@ -46,17 +41,26 @@ def chunk(
         typer.echo(f"{number:5d} [{piece.start}:{piece.end}] {piece.n_tokens:4d} tok  {preview}")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input or a bad index: printed as one clear line, exit 2."""
-    from compression.lm import ModelUnavailable
-    from retrieval.errors import IndexStoreError, InputError
-    from retrieval.models import EmbeddingModelUnavailable
+def check_chunking(chunk_size: int, overlap: int, context_chunks: int) -> None:
+    """The chunking options every command shares, checked before any work starts."""
+    require_at_least("--chunk-size", chunk_size, 1, "200")
+    require_at_least("--overlap", overlap, 0, "0")
+    require_at_least("--context-chunks", context_chunks, 0, "2")
 
-    return (InputError, IndexStoreError, EmbeddingModelUnavailable, ModelUnavailable, ValueError, FileNotFoundError)
+
+def rollback(index_dir: Path) -> None:
+    """Make the newest intact version other than the current one current again."""
+    from retrieval.index_store import IndexStore, current_version
+
+    require_index_dir(index_dir, must_exist=True)
+    with user_errors():
+        before = current_version(index_dir)
+        after = IndexStore.rollback(index_dir)
+    typer.echo(f"index {index_dir}: rolled back from v{before} to v{after}")
 
 
 def index(
-    paths: list[Path] = typer.Argument(..., help="files or folders of UTF-8 text"),
+    paths: list[Path] = typer.Argument(None, help="files or folders of UTF-8 text"),
     index_dir: Path = typer.Option(..., "--index", help="index directory (created if missing)"),
     chunker: str = typer.Option(BEST_CONFIG.chunker, "--chunker", help=CHUNKER_HELP),
     chunk_size: int = typer.Option(BEST_CONFIG.chunk_size, "--chunk-size", help="tokens per chunk"),
@@ -69,15 +73,21 @@ def index(
     rebuild: bool = typer.Option(False, "--rebuild", help="replace the index instead of updating it"),
     kv_cache: Path | None = typer.Option(None, "--kv-cache", help="also precompute every chunk's LM KV cache into this dir (for `ragpress ask`)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    rollback_index: bool = typer.Option(False, "--rollback", help="instead of indexing, make the last intact earlier version current"),
 ) -> None:
-    """Index (incrementally) the text files under PATHS into --index."""
+    """Index (incrementally) the text files under PATHS into --index (or --rollback a bad version)."""
+    if rollback_index:
+        require(not paths, "--rollback takes no PATHS; run: ragpress index --rollback --index DIR")
+        return rollback(index_dir)
+    require(bool(paths), "give the files or folders to index, e.g. ragpress index docs --index .ragpress/index")
+    require_index_dir(index_dir)
+    check_chunking(chunk_size, overlap, context_chunks)
+    require_at_least("--commit-every", commit_every, 1, "64")
     from flows.indexing import index_flow
 
-    try:
+    with user_errors():
         summary = index_flow([str(p) for p in paths], str(index_dir), chunker, chunk_size, overlap, model,
                              factory, commit_every, rebuild, context_chunks, str(kv_cache) if kv_cache else None)
-    except _user_errors() as exc:
-        _fail(str(exc))
     if as_json:
         from dataclasses import asdict
 
@@ -90,6 +100,8 @@ def index(
     )
     for skipped in summary.skipped:
         typer.secho(f"skipped {skipped.path}: {skipped.reason}", fg=typer.colors.YELLOW, err=True)
+    if summary.skipped:
+        typer.secho(f"{len(summary.skipped)} files skipped (reasons above)", fg=typer.colors.YELLOW, err=True)
 
 
 # Retrieval options shared by `query` and `ask` (defaults: the evaluated BEST_CONFIG).
@@ -120,18 +132,19 @@ def query(
     retrieval: str = RETRIEVAL_OPTION,
     hybrid_weight: float = HYBRID_WEIGHT_OPTION,
     compress: str | None = typer.Option(None, "--compress", help="compress the hits: extractive, llmlingua, ..."),
-    rate: float = typer.Option(0.33, "--rate", help="compression rate when --compress is given"),
+    rate: float | None = typer.Option(None, "--rate", help="compression rate with --compress (default 0.33)"),
     distinct: bool = DISTINCT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print hits as JSON"),
 ) -> None:
     """Return the top-k chunks of --index for TEXT, with their exact source spans."""
+    require(rate is None or compress is not None, "--rate applies only with --compress; add e.g. --compress extractive, or drop --rate")
+    require_rate("--rate", rate)
+    require_index_dir(index_dir, must_exist=True)
     from flows.query import query_flow
 
-    try:
+    with user_errors():
         weight = retrieval_weight(retrieval, hybrid_weight)
-        (answered,) = query_flow([text], str(index_dir), k, model, compress, rate, weight, distinct)
-    except _user_errors() as exc:
-        _fail(str(exc))
+        (answered,) = query_flow([text], str(index_dir), k, model, compress, 0.33 if rate is None else rate, weight, distinct)
     if as_json:
         payload = {"question": text, "hits": [asdict(h) for h in answered.hits], "seconds": answered.seconds}
         if answered.compressed is not None:
@@ -163,10 +176,8 @@ def demo(
     from flows.demo import demo_flow
 
     typer.echo("ragpress demo: indexing Python's help topics (pydoc_data.topics) ...")
-    try:
+    with user_errors():
         result = demo_flow(str(workdir), k)
-    except _user_errors() as exc:
-        _fail(str(exc))
     summary = result.index
     typer.echo(f"indexed {summary.added + summary.updated + summary.relocated + summary.unchanged} topics into {summary.chunks_total} chunks "
                f"({summary.chunks_added} embedded now) in {summary.timings['total']:.1f}s\n")

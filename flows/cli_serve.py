@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from flows.cli_checks import require_index_dir, user_errors
+
 
 def serve(
     folder: Path = typer.Argument(..., help="the folder (or file) to keep indexed"),
@@ -19,20 +21,24 @@ def serve(
     context_chunks: int | None = typer.Option(None, "--context-chunks", help="neighbours mixed into each vector"),
     model: str | None = typer.Option(None, "--model", help="sentence-transformers dir or cached name"),
     factory: str | None = typer.Option(None, "--factory", help="FAISS index factory (default: Flat)"),
+    allow_root: list[Path] = typer.Option([], "--allow-root",
+                                          help="another folder runs may index or write (FOLDER and --index always are); repeatable"),
 ) -> None:
-    """Serve the indexing flow on --cron for FOLDER (needs a Prefect server: PREFECT_API_URL)."""
-    from flows.serve import indexing_deployment
+    """Serve the indexing flow on --cron for FOLDER (needs a Prefect server: PREFECT_API_URL).
 
-    try:
+    Runs triggered through the API may only use paths under FOLDER, --index and --allow-root."""
+    from flows.serve import allow_roots, indexing_deployment
+
+    require_index_dir(index_dir)
+    with user_errors():
         deployment = indexing_deployment(folder, index_dir, name=name, cron=cron, timezone=timezone, chunker=chunker,
                                          chunk_size=chunk_size, overlap=overlap, context_chunks=context_chunks,
                                          model=model, factory=factory)
-    except ValueError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
     from prefect import serve as prefect_serve
 
-    typer.echo(f"serving ragpress-index/{name}: {folder} -> {index_dir} on '{cron}' ({timezone}); Ctrl-C stops")
+    roots = allow_roots(folder, index_dir, allow_root)
+    typer.echo(f"serving ragpress-index/{name}: {folder} -> {index_dir} on '{cron}' ({timezone}); "
+               f"runs may only use paths under {', '.join(roots)}; Ctrl-C stops")
     prefect_serve(deployment)
 
 

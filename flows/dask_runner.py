@@ -7,9 +7,9 @@ the index. Without an address a temporary ``LocalCluster`` is started (``cluster
 
 Every worker loads the embedding model once (``load_encoder`` is memoised per process), so
 the model package must be installed on every worker, and the workers must reach the Prefect
-API of the flow run (``PREFECT_API_URL``). On several machines, give the embed/chunk tasks a
-shared result storage (``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK``) so cached embeddings are
-found wherever the next run lands; in-flight results travel through Dask either way.
+API of the flow run (``PREFECT_API_URL``). On several machines, point ``RAGPRESS_CACHE`` at a
+shared folder so cached chunks and embeddings (checksummed JSON, ``flows.indexing``) are found
+wherever the next run lands; in-flight results travel through Dask either way.
 """
 
 from __future__ import annotations

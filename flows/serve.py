@@ -5,16 +5,24 @@
 process: every scheduled (or manually triggered) run brings the index up to date, re-embedding
 only changed files. ``prefect.yaml`` at the repository root is the work-pool alternative
 (``prefect deploy``), see ``docs/deploy.md``.
+
+A run's parameters can be set by anyone who can reach the Prefect API, so the folders a run may
+read and write are fixed when the deployment is created: ``serve_indexing`` puts them (the served
+folder and the index directory, plus any ``roots``) in the serving process's environment
+(``RAGPRESS_INDEX_ROOTS``), which its runs inherit and no run parameter can change; the
+indexing flow refuses paths outside them in a deployment run (``flows.indexing.require_allowed_paths``).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prefect.deployments.runner import EntrypointType
 
-from flows.indexing import index_flow
+from flows.indexing import ALLOWED_ROOTS_ENV, index_flow
 
 DEFAULT_CRON = "0 * * * *"  # hourly, on the hour
 DEFAULT_NAME = "ragpress-index"
@@ -56,9 +64,19 @@ def indexing_deployment(folder: str | Path, index_dir: str | Path, *, name: str 
     )
 
 
+def allow_roots(folder: str | Path, index_dir: str | Path, roots: Sequence[str | Path] = ()) -> list[str]:
+    """Fix the folders this process's deployment runs may use: ``folder``, ``index_dir`` and ``roots``."""
+    allowed = [str(Path(p).expanduser().resolve()) for p in (folder, index_dir, *roots)]
+    os.environ[ALLOWED_ROOTS_ENV] = os.pathsep.join(allowed)
+    return allowed
+
+
 def serve_indexing(folder: str | Path, index_dir: str | Path, *, name: str = DEFAULT_NAME, cron: str = DEFAULT_CRON,
-                   timezone: str = "UTC", limit: int | None = None, **options: Any) -> None:
-    """Register the deployment and serve its runs from this process until interrupted (Ctrl-C)."""
+                   timezone: str = "UTC", limit: int | None = None, roots: Sequence[str | Path] = (), **options: Any) -> None:
+    """Register the deployment and serve its runs from this process until interrupted (Ctrl-C); runs
+    may only use paths under ``folder``, ``index_dir`` and ``roots``."""
     from prefect import serve
 
-    serve(indexing_deployment(folder, index_dir, name=name, cron=cron, timezone=timezone, **options), limit=limit)
+    deployment = indexing_deployment(folder, index_dir, name=name, cron=cron, timezone=timezone, **options)
+    allow_roots(folder, index_dir, roots)
+    serve(deployment, limit=limit)

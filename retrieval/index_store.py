@@ -7,6 +7,7 @@ Layout of an index directory::
     v000007/ids.npy         int64 chunk ids, row-aligned with vectors.npy
     v000007/vectors.npy     float32 [n, dim]: what a rebuild or re-training needs
     v000007/meta.json       model, dim, factory, chunker config, documents, chunks, file checksums
+    v000007/meta.sha256     sha256 of meta.json, so chunk texts and spans are checked like the arrays
     v000006/...             the previous version, kept so a corrupted current one is recoverable
 
 A version directory is written under a temporary name and renamed into place before
@@ -23,8 +24,10 @@ Decisions:
   kept for later commits. Before that the store falls back to an exact ``Flat`` index (a
   ``FallbackWarning`` names it, ``effective_factory`` records it).
 - ``search`` with ``k`` larger than the index returns every chunk (k is clamped to ``ntotal``).
-- A corrupted or truncated current version raises ``IndexCorruptedError`` naming the file and,
-  when one is intact, the previous version to ``rollback`` to.
+- A corrupted, truncated or edited current version raises ``IndexCorruptedError`` naming the file
+  and, when one is intact, the previous version to ``rollback`` to (``ragpress index --rollback``).
+- Leftovers of a killed or failed commit (``.tmp-v*`` directories, ``.CURRENT.*`` temp files) are
+  removed by the next commit, by ``IndexStore.sweep``, and a failed write removes its own.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from retrieval.errors import EmptyIndexError, IndexCorruptedError, IndexMismatch
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
 FILES = ("index.faiss", "ids.npy", "vectors.npy")
+META_CHECKSUM = "meta.sha256"
 # IO_FLAG_MMAP_IFC maps the file zero-copy for every in-memory index type (Flat, HNSW, IVF);
 # plain IO_FLAG_MMAP only maps IVF inverted lists.
 MMAP_FLAGS = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_READ_ONLY
@@ -202,12 +206,26 @@ def _corrupt(path: Path, problem: str) -> IndexCorruptedError:
     return IndexCorruptedError(f"{path}: {problem}")
 
 
-def _read_meta(vdir: Path) -> dict[str, Any]:
+def _meta_bytes(vdir: Path) -> bytes:
+    """meta.json's bytes, checked against the checksum written next to it at commit."""
     path = vdir / "meta.json"
     try:
-        meta = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise _corrupt(path, "missing") from None
+        data = path.read_bytes()
+        recorded = (vdir / META_CHECKSUM).read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError as exc:
+        older = " (indexes written before meta.json was checksummed lack it: re-index with --rebuild)" \
+            if exc.filename and Path(exc.filename).name == META_CHECKSUM else ""
+        raise _corrupt(Path(exc.filename or path), f"missing{older}") from None
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise _corrupt(path, f"corrupted or edited: its checksum does not match the one in {META_CHECKSUM}")
+    return data
+
+
+def _read_meta(vdir: Path) -> dict[str, Any]:
+    path = vdir / "meta.json"
+    data = _meta_bytes(vdir)
+    try:
+        meta = orjson.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _corrupt(path, f"corrupted or truncated ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
@@ -274,7 +292,7 @@ def _load_snapshot(directory: Path, version: int | None, mmap: bool, verify: boo
         return _read_snapshot(directory / _version_name(number), mmap, verify)
     except IndexCorruptedError as exc:
         previous = _intact_previous(directory, number)
-        hint = (f"; the previous version {previous} is intact: IndexStore.rollback('{directory}', {previous}) makes it current"
+        hint = (f"; the previous version {previous} is intact: ragpress index --rollback --index {directory} makes it current"
                 if previous is not None else f"; no intact earlier version: {FIX}")
         raise IndexCorruptedError(f"{exc}{hint}") from None
 
@@ -327,12 +345,34 @@ class IndexStore:
         return current_version(directory) is not None
 
     @staticmethod
-    def rollback(directory: str | Path, version: int) -> None:
-        """Make ``version`` (which must load cleanly) the current one again."""
+    def rollback(directory: str | Path, version: int | None = None) -> int:
+        """Make ``version`` (which must load cleanly) the current one again; by default the newest
+        intact version other than the current one. Returns the version made current."""
         directory = Path(directory)
+        if version is None:
+            version = _intact_previous(directory, current_version(directory) or 0)
+            if version is None:
+                raise IndexStoreError(f"{directory} holds no intact version other than the current one to roll back to; {FIX}")
         _read_snapshot(directory / _version_name(version), mmap=True, verify=True)
         with _writer_lock(directory):
             atomic_write_text(directory / CURRENT, _version_name(version) + "\n", durable=True)
+        return version
+
+    @staticmethod
+    def sweep(directory: str | Path) -> int:
+        """Remove leftovers of killed or failed commits, unless a writer holds the index; returns how many."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            return 0
+        with open(directory / ".lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # a commit is running; its own leftovers are its business
+            try:
+                return _remove_leftovers(directory)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ----------------------------------------------------------------- state
     def _reset(self) -> None:
@@ -502,8 +542,13 @@ class IndexStore:
             ids, vectors = self._merged_arrays()
             index = self._index_for_commit(ids, vectors)
             number = max([self.version, *version_numbers(self.directory)]) + 1
+            _remove_leftovers(self.directory)  # of killed or failed earlier commits
             self._write_version(number, index, ids, vectors)
-            atomic_write_text(self.directory / CURRENT, _version_name(number) + "\n", durable=True)
+            try:
+                atomic_write_text(self.directory / CURRENT, _version_name(number) + "\n", durable=True)
+            except BaseException:  # e.g. a full disk: the index stays as it was, not with an orphan version
+                shutil.rmtree(self.directory / _version_name(number), ignore_errors=True)
+                raise
             self._collect_garbage(keep={number, self.version})
         self.version, self._index, self._index_is_mmapped, self._rebuild = number, index, False, False
         self._ids, self._vectors = ids, vectors
@@ -563,6 +608,15 @@ class IndexStore:
 
     def _write_version(self, number: int, index: Any, ids: np.ndarray, vectors: np.ndarray) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{_version_name(number)}-", dir=self.directory))
+        try:
+            self._write_files(tmp, number, index, ids, vectors)
+            os.rename(tmp, self.directory / _version_name(number))
+        except BaseException:  # e.g. a full disk: leave no partial version behind for retries to pile up
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_path(self.directory)
+
+    def _write_files(self, tmp: Path, number: int, index: Any, ids: np.ndarray, vectors: np.ndarray) -> None:
         faiss.write_index(index, str(tmp / "index.faiss"))
         for name, array in (("ids.npy", ids), ("vectors.npy", vectors)):
             with open(tmp / name, "wb") as handle:
@@ -571,14 +625,13 @@ class IndexStore:
         for name in FILES:
             fsync_path(tmp / name)
             files[name] = {"size": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
-        meta = self._meta(number, files)
-        with open(tmp / "meta.json", "wb") as handle:
-            handle.write(orjson.dumps(meta))  # UTF-8, compact; serialises the records' dataclasses directly
-            handle.flush()
-            os.fsync(handle.fileno())
+        meta = orjson.dumps(self._meta(number, files))  # UTF-8, compact; serialises the records' dataclasses directly
+        for name, data in (("meta.json", meta), (META_CHECKSUM, hashlib.sha256(meta).hexdigest().encode() + b"\n")):
+            with open(tmp / name, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
         fsync_path(tmp)
-        os.rename(tmp, self.directory / _version_name(number))
-        fsync_path(self.directory)
 
     def _meta(self, number: int, files: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -592,10 +645,22 @@ class IndexStore:
         """Remove versions other than ``keep`` and leftovers of killed commits (we hold the lock)."""
         for path in self.directory.iterdir():
             stale_version = path.name.startswith("v") and path.name[1:].isdigit() and int(path.name[1:]) not in keep
-            if path.is_dir() and (stale_version or path.name.startswith(".tmp-")):
+            if path.is_dir() and stale_version:
                 shutil.rmtree(path, ignore_errors=True)
-            elif path.is_file() and path.name.startswith(f".{CURRENT}."):
-                path.unlink(missing_ok=True)
+        _remove_leftovers(self.directory)
+
+
+def _remove_leftovers(directory: Path) -> int:
+    """Delete temp directories and files of commits that never finished (the caller holds the lock)."""
+    removed = 0
+    for path in directory.iterdir():
+        if path.is_dir() and path.name.startswith(".tmp-"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        elif path.is_file() and path.name.startswith(f".{CURRENT}."):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.base import Chunk, Chunker, Document, Encoder, Hit
-from retrieval.documents import discover, load_document
+from retrieval.documents import load_document, scan
 from retrieval.errors import InputError
 from retrieval.index_store import IndexStore, config_fingerprint
 from retrieval.postprocess import NEIGHBOUR_WEIGHT, distinct_hits, with_neighbour_context
@@ -194,14 +194,15 @@ def apply_update(store: IndexStore, plan: IndexPlan, chunked: Sequence[tuple[Doc
     return store
 
 
-def load_documents(paths: Sequence[str | Path]) -> tuple[list[Document], list[SkippedFile]]:
-    """Documents under ``paths`` (ids relative to their common folder); bad files found in folders
-    are skipped and reported, a bad file named explicitly raises ``InputError``."""
+def load_documents(paths: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> tuple[list[Document], list[SkippedFile]]:
+    """Documents under ``paths`` (ids relative to their common folder); bad or unreadable files found
+    in folders are skipped and reported, a bad file named explicitly raises ``InputError``. Index
+    and cache directories (``exclude``, and any nested index) are never read (``documents.scan``)."""
     explicit = {Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_file()}
-    files = discover(paths)
+    files, passed = scan(paths, exclude)
     anchors = [str(p.parent if p.is_file() else p) for p in (Path(x).expanduser().resolve() for x in paths)]
     root = Path(os.path.commonpath(anchors)) if anchors else Path.cwd()
-    docs, skipped = [], []
+    docs, skipped = [], [SkippedFile(str(path), reason) for path, reason in passed]
     for path in files:
         try:
             docs.append(load_document(path, root=root))
@@ -212,9 +213,9 @@ def load_documents(paths: Sequence[str | Path]) -> tuple[list[Document], list[Sk
     return docs, skipped
 
 
-def require_documents(paths: Sequence[str | Path]) -> tuple[list[Document], list[SkippedFile]]:
+def require_documents(paths: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> tuple[list[Document], list[SkippedFile]]:
     """``load_documents``, but finding no usable document is an ``InputError`` that says why."""
-    docs, skipped = load_documents(paths)
+    docs, skipped = load_documents(paths, exclude)
     if not docs:
         reasons = "; ".join(s.reason for s in skipped[:3]) or "no text files found"
         raise InputError(f"nothing to index under {', '.join(map(str, paths))}: {reasons}")
@@ -233,7 +234,7 @@ def index_paths(paths: Sequence[str | Path], index_dir: str | Path, chunker: Chu
         paths = [paths]
     timings = dict.fromkeys(("load", "chunk", "embed", "commit"), 0.0)
     started = time.perf_counter()
-    docs, skipped = require_documents(paths)
+    docs, skipped = require_documents(paths, exclude=[index_dir])
     store = IndexStore(index_dir, encoder.model_id, encoder.dim, factory, rebuild=rebuild)
     plan = plan_update(store, docs, chunker_config or index_config(chunker, context_chunks))
     timings["load"] = time.perf_counter() - started

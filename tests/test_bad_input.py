@@ -152,14 +152,15 @@ def _two_versions(small_index: Path) -> int:
 @pytest.mark.parametrize("name,damage,message", [
     ("index.faiss", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), r"index.faiss: truncated or corrupted: \d+ bytes, expected \d+"),
     ("index.faiss", lambda p: p.write_bytes(b"\x00" * p.stat().st_size), r"index.faiss: corrupted: checksum does not match"),
-    ("meta.json", lambda p: p.write_bytes(p.read_bytes()[:100]), r"meta.json: corrupted or truncated"),
+    ("meta.json", lambda p: p.write_bytes(p.read_bytes()[:100]), r"meta.json: corrupted or edited: its checksum does not match"),
+    ("meta.sha256", lambda p: p.unlink(), r"meta.sha256: missing"),
     ("vectors.npy", lambda p: p.unlink(), r"vectors.npy: missing"),
 ])
 def test_corrupted_or_truncated_files_are_named_and_the_previous_version_survives(small_index: Path, name, damage, message) -> None:
     first = _two_versions(small_index)
     current = IndexStore.open(small_index).version
     damage(small_index / f"v{current:06d}" / name)
-    with pytest.raises(IndexCorruptedError, match=message + rf".*previous version {first} is intact: IndexStore.rollback"):
+    with pytest.raises(IndexCorruptedError, match=message + rf".*previous version {first} is intact: ragpress index --rollback --index"):
         IndexStore.open(small_index)
     assert len(IndexStore.open(small_index, version=first).search(FakeEncoder().encode(["river"]), 2)[0]) == 2
     IndexStore.rollback(small_index, first)

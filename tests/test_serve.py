@@ -139,6 +139,14 @@ def test_served_deployment_run_updates_the_index(tmp_path: Path) -> None:
             (corpus / "c.txt").write_text("Dask spreads the embedding map over worker processes. " * 20)
             second = _run("ragpress-index/test", url)
             assert second.state.is_completed(), second.state
+            # Anyone reaching the API can set parameters: paths outside the roots fixed by `serve` are refused.
+            _corpus(tmp_path / "elsewhere")
+            for parameters in ({"paths": [str(tmp_path / "elsewhere")], "index_dir": str(tmp_path / "stolen")},
+                               {"paths": [str(corpus)], "index_dir": str(tmp_path / "stolen")},
+                               {"rebuild": True}):
+                refused = _run("ragpress-index/test", url, parameters=parameters)
+                assert refused.state.is_failed(), (parameters, refused.state)
+            assert not (tmp_path / "stolen").exists()
         finally:
             _stop(served)
             log.close()
@@ -156,7 +164,8 @@ def test_prefect_yaml_deploys_to_a_work_pool_and_a_worker_runs_it(tmp_path: Path
     corpus, index_dir = tmp_path / "corpus", tmp_path / "index"
     _corpus(corpus)
     with _local_server(tmp_path) as (url, env):
-        env = {**env, "PWD": str(REPO)}  # prefect.yaml's pull step runs from "{{ $PWD }}"
+        # prefect.yaml's pull step runs from "{{ $PWD }}"; runs may only use paths under the roots given at deploy time
+        env = {**env, "PWD": str(REPO), "RAGPRESS_INDEX_ROOTS": str(tmp_path)}
 
         def prefect(*args: str) -> None:
             done = subprocess.run([*PREFECT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

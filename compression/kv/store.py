@@ -3,6 +3,7 @@
 Disk files are ``<sha256 of the key>.safetensors`` holding ``keys`` and ``values`` plus a JSON
 header (the full key and a checksum of the tensor bytes). Never pickle. Writes are atomic. A disk
 hit refreshes the file's modification time, so ``DiskStore.prune`` can evict the least recently used.
+Temp files of writers killed mid-write are swept when a store is opened on the folder.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from compression.kv.base import CacheCorrupted, CacheKey, ChunkKV
 from compression.kv.keys import key_digest, key_from_json, require_match
-from filestore import PruneSummary, prune_least_recent, touch
+from filestore import PruneSummary, prune_least_recent, sweep_temp_files, temp_prefix, touch
 
 FORMAT = "ragpress-kv/1"
 
@@ -69,6 +70,11 @@ class DiskStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.sweep()
+
+    def sweep(self) -> int:
+        """Remove temp files of writes killed before their rename (their writer is gone); returns how many."""
+        return sweep_temp_files(self.root.glob("*.tmp")) if self.root.is_dir() else 0
 
     def path_for(self, key: CacheKey) -> Path:
         """The file that holds the cache of ``key``."""
@@ -82,7 +88,7 @@ class DiskStore:
         keys, values = kv.keys.contiguous(), kv.values.contiguous()
         header = {"format": FORMAT, "key": json.dumps(kv.key.as_dict(), sort_keys=True), "sha256": _checksum(keys, values)}
         target = self.path_for(kv.key)
-        handle, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=self.root)
+        handle, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=self.root)
         os.close(handle)
         try:
             save_file({"keys": keys, "values": values}, tmp, metadata=header)

@@ -1,0 +1,89 @@
+"""The CLI's boundary checks: every bad input or environment fault becomes one line, exit code 2.
+
+``fail`` prints ``error: <problem>; <fix>`` and exits 2. ``require`` checks an option before any
+heavy work starts. ``user_errors`` turns the library's input errors and the file-system faults a
+user can fix (full disk, permissions, a file where a folder belongs) into that one line, so no
+command shows a traceback for them. Commands share these instead of each checking on its own.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+# What the user can do about a file-system fault, by errno.
+OS_FIXES = {
+    errno.ENOSPC: "free disk space (or use a directory on another disk) and retry; nothing stored was changed",
+    errno.EDQUOT: "free space within your disk quota and retry; nothing stored was changed",
+    errno.EACCES: "check the owner and permissions (ls -l), or use a path you own",
+    errno.EPERM: "check the owner and permissions (ls -l), or use a path you own",
+    errno.EROFS: "the file system is read-only; use a writable directory",
+    errno.ENOTDIR: "a file stands where a directory is needed; give a directory path",
+    errno.EISDIR: "a directory stands where a file is needed; give a file path",
+}
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` (one line) to stderr and exit with code 2."""
+    typer.secho(f"error: {' '.join(str(message).split())}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def require(ok: bool, message: str) -> None:
+    """``fail(message)`` unless ``ok``: for option checks before any work starts."""
+    if not ok:
+        fail(message)
+
+
+def require_at_least(option: str, value: float | None, minimum: float, example: str) -> None:
+    """``option`` (when given) must be >= ``minimum``; the message shows a valid ``example``."""
+    require(value is None or value >= minimum, f"{option} must be >= {minimum:g}, got {value}; e.g. {option} {example}")
+
+
+def require_rate(option: str, value: float | None) -> None:
+    """``option`` (when given) must be a share in (0, 1]."""
+    require(value is None or 0.0 < value <= 1.0, f"{option} must be in (0, 1], got {value}; e.g. {option} 0.33")
+
+
+def require_index_dir(path: Path, *, must_exist: bool = False) -> None:
+    """``--index`` must be a directory (created on first use), never a regular file."""
+    require(not path.exists() or path.is_dir(),
+            f"--index {path} is a file, not a directory; give a directory path (it is created if missing)")
+    if must_exist:
+        from retrieval.index_store import IndexStore
+
+        require(IndexStore.exists(path), f"{path} holds no index; build one with: ragpress index PATH --index {path}")
+
+
+def os_error_line(exc: OSError) -> str:
+    """``<file>: <what happened>; <what to do>`` for a file-system fault."""
+    where = exc.filename or "a file"
+    fix = OS_FIXES.get(exc.errno or 0, "check the path and the disk, then retry")
+    return f"{where}: {exc.strerror or exc}; {fix}"
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Library errors that mean bad input, a bad index or a missing model."""
+    from compression.lm import ModelUnavailable
+    from retrieval.errors import IndexStoreError, InputError
+    from retrieval.models import EmbeddingModelUnavailable
+
+    return (InputError, IndexStoreError, EmbeddingModelUnavailable, ModelUnavailable, ValueError)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Run a command's work; expected errors and file-system faults end it with one line, exit 2."""
+    try:
+        yield
+    except OSError as exc:
+        fail(os_error_line(exc))
+    except UnicodeDecodeError as exc:  # a ValueError, but its text names neither file nor fix
+        fail(f"input is not valid UTF-8 (byte offset {exc.start}: {exc.reason}); re-encode it as UTF-8")
+    except _expected_errors() as exc:
+        fail(str(exc))
