@@ -101,7 +101,8 @@ class SearchEngine:
         """The ``depth`` best chunks per query under the fused score (see the module docstring)."""
         depth = min(depth, len(self.records))
         results: list[list[Hit] | None] = [None] * len(queries)
-        lexical = [self._lexical.scores(query) for query in queries]
+        # Weight 1 is the dense ranking alone: no BM25 scores (all zero) and no lexical candidates.
+        lexical = [self._lexical.scores(query) if dense_weight < 1.0 else np.zeros(len(self.records)) for query in queries]
         pending, pool = list(range(len(queries))), max(self.pool, depth)
         while pending:
             pool = min(pool, len(self.records))
@@ -139,7 +140,10 @@ class SearchEngine:
         """The ``depth`` best hits, or None when a chunk outside the pool could still beat them."""
         n = len(self.records)
         dense_ids = dense_ids[dense_ids >= 0]
-        lexical_ids = np.argpartition(-lexical, pool - 1)[:pool] if pool < n else np.arange(n)
+        if weight == 1.0:
+            lexical_ids = dense_ids[:0]
+        else:
+            lexical_ids = np.argpartition(-lexical, pool - 1)[:pool] if pool < n else np.arange(n)
         candidates = np.union1d(dense_ids, lexical_ids)
         query = vector.astype(np.float64)
         dense = self._cosines(query, candidates)
@@ -150,7 +154,7 @@ class SearchEngine:
         best = np.lexsort((candidates, -fused))[:depth]
         if pool < n:
             dense_edge = float(self._cosines(query, dense_ids[-1:])[0]) if len(dense_ids) else low
-            lexical_edge = float(np.min(lexical[lexical_ids]))
+            lexical_edge = float(np.min(lexical[lexical_ids])) if len(lexical_ids) else lex_high
             bound = weight * float(_scaled(dense_edge, low, high)) + (1.0 - weight) * float(_scaled(lexical_edge, lex_low, lex_high))
             if not fused[best[-1]] > bound:
                 return None
