@@ -274,6 +274,11 @@ def search_texts(store: IndexStore, encoder: Encoder, queries: Sequence[str], k:
     return engine.search(list(queries), encoder.encode(list(queries)), k, hybrid_weight, distinct)
 
 
+def index_model(store: IndexStore) -> str:
+    """The name to load the index's embedding model by: its recorded id without the weights hash."""
+    return store.model_id.rsplit("@", 1)[0]
+
+
 def check_model(store: IndexStore, model_id: str) -> None:
     """The index owns its model: querying it with another one is an ``InputError`` naming both."""
     if model_id != store.model_id:

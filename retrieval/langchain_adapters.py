@@ -42,6 +42,7 @@ from retrieval.atomic import atomic_write_text
 from retrieval.base import Chunk, Document, Encoder, Hit
 from retrieval.errors import InputError
 from retrieval.index_store import IndexStore
+from retrieval.indexing import index_model
 from retrieval.live_index import LiveIndex
 from retrieval.search import engine_for
 
@@ -123,10 +124,13 @@ class RagpressVectorStore(VectorStore):
     def __init__(self, index_dir: str | Path, embedding: Embeddings | None = None, *, model_id: str | None = None,
                  factory: str = "Flat") -> None:
         self.index_dir = Path(index_dir)
-        self._embedding = embedding if embedding is not None else RagpressEmbeddings()
+        self.live = LiveIndex(self.index_dir)
+        if embedding is None:  # the index owns its model: embed with the one it was built with
+            snapshot = self.live.snapshot()
+            embedding = RagpressEmbeddings(index_model(snapshot) if snapshot is not None else None)
+        self._embedding = embedding
         self._model_id = model_id
         self.factory = factory
-        self.live = LiveIndex(self.index_dir)
         self._write_lock = threading.Lock()
         self._metadata_cache: tuple[Any, dict[str, dict[str, Any]]] = (None, {})  # read-only: never mutate
 

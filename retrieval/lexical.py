@@ -52,8 +52,7 @@ class BM25Index:
         doc_freq = np.diff(indptr)
         lucene = np.log1p((len(texts) - doc_freq + 0.5) / (doc_freq + 0.5))  # the idf bm25s multiplied in
         data *= np.repeat(okapi_idf(doc_freq, len(texts)) / lucene, doc_freq)
-        self._model = model
-        self.size = len(texts)
+        self._adopt(model)
 
     @classmethod
     def load(cls, directory: str | Path, *, mmap: bool = True) -> BM25Index:
@@ -61,9 +60,15 @@ class BM25Index:
         import bm25s
 
         index = cls.__new__(cls)
-        index._model = bm25s.BM25.load(str(directory), mmap=mmap, show_progress=False)
-        index.size = int(index._model.scores["num_docs"])
+        index._adopt(bm25s.BM25.load(str(directory), mmap=mmap, show_progress=False))
         return index
+
+    def _adopt(self, model: Any) -> None:
+        self._model = model
+        self.size = int(model.scores["num_docs"])
+        self._vocab: dict[str, int] = model.vocab_dict
+        # Plain ndarray views of the (mapped) arrays: slicing a np.memmap costs microseconds per slice.
+        self._data, self._indices, self._indptr = (np.asarray(model.scores[key]) for key in ("data", "indices", "indptr"))
 
     def save(self, directory: str | Path) -> tuple[str, ...]:
         """Write the index into ``directory``; returns the names of the files written."""
@@ -72,16 +77,13 @@ class BM25Index:
 
     def scores(self, query: str) -> np.ndarray:
         """Okapi BM25 of every text for ``query`` (float64; a repeated query word counts each time)."""
-        arrays: dict[str, Any] = self._model.scores
-        vocab: dict[str, int] = self._model.vocab_dict
-        data, indices, indptr = arrays["data"], arrays["indices"], arrays["indptr"]
-        scores = np.zeros(self.size, dtype=np.float64)
-        for token in lexical_tokens(query):
-            column = vocab.get(token)
-            if column is not None:
-                start, end = int(indptr[column]), int(indptr[column + 1])
-                scores[indices[start:end]] += data[start:end]  # a column lists each text once
-        return scores
+        columns = [column for column in map(self._vocab.get, lexical_tokens(query)) if column is not None]
+        if not columns:
+            return np.zeros(self.size, dtype=np.float64)
+        spans = [slice(int(self._indptr[c]), int(self._indptr[c + 1])) for c in columns]
+        # bincount adds each text's contributions in query-word order, as a loop over the words would.
+        return np.bincount(np.concatenate([self._indices[s] for s in spans]),
+                           weights=np.concatenate([self._data[s] for s in spans]), minlength=self.size)
 
 
 def minmax(scores: np.ndarray) -> np.ndarray:

@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from retrieval.postprocess import distinct_hits
 DEFAULT_POOL = 100  # candidates per side before the bound check; 4x more while the check fails
 FLOOR_SAMPLE = 4096  # stored vectors whose minimum cosine stands for the dense min of approximate indexes
 EXACT_FACTORIES = ("Flat",)
+SMALL_INDEX_VALUES = 8_000_000  # vector values below which a float64 copy is kept in memory (64 MB)
 MEMO_SIZE = 8  # engines kept open (one per index version)
 
 
@@ -71,7 +73,10 @@ class SearchEngine:
         self.store, self.version, self.pool = store, store.version, pool
         self.records = store.chunks()  # by chunk id: the row order of the BM25 index and of ties
         self._chunk_ids = np.fromiter((r.id for r in self.records), dtype=np.int64, count=len(self.records))
-        ids, self._vectors = store.row_vectors()
+        ids, vectors = store.row_vectors()
+        self._vectors = np.asarray(vectors)  # a plain view of the (memory-mapped) rows: no np.memmap per slice
+        if self._vectors.size <= SMALL_INDEX_VALUES:  # small: keep the float64 rows the cosines are computed in
+            self._vectors = self._vectors.astype(np.float64)
         order = np.argsort(ids)
         self._vector_row = order[np.searchsorted(ids, self._chunk_ids, sorter=order)]  # record -> vectors row
         self._lexical = store.lexical_index()
@@ -125,15 +130,15 @@ class SearchEngine:
     def _dense_candidates(self, query_vectors: np.ndarray, pool: int) -> tuple[np.ndarray, list[float | None]]:
         """Record positions of the ``pool`` best FAISS hits per query (-1: none), and the exact dense
         min per query when the index is exact (None: take it from the sample)."""
-        n = len(query_vectors)
         queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
-        if self.exact:  # the negated queries' top 1 is the lowest cosine: same scan, one call
-            queries = np.concatenate([queries, -queries])
-        _, ids = self.store.search_ids(queries, pool)
+        with _single_threaded():
+            _, ids = self.store.search_ids(queries, pool)
+            # The negated query's top 1 is the lowest cosine of all chunks (exact indexes only).
+            lowest = self.store.search_ids(-queries, 1)[1][:, 0] if self.exact else None
         positions = np.where(ids >= 0, np.searchsorted(self._chunk_ids, ids), -1)
-        if not self.exact:
-            return positions, [None] * n
-        return positions[:n], [int(positions[n + i, 0]) for i in range(n)]
+        if lowest is None:
+            return positions, [None] * len(queries)
+        return positions, [int(p) for p in np.searchsorted(self._chunk_ids, lowest)]
 
     def _fuse(self, vector: np.ndarray, lexical: np.ndarray, dense_ids: np.ndarray, floor: int | None, pool: int,
               depth: int, weight: float) -> list[Hit] | None:
@@ -141,20 +146,26 @@ class SearchEngine:
         n = len(self.records)
         dense_ids = dense_ids[dense_ids >= 0]
         if weight == 1.0:
-            lexical_ids = dense_ids[:0]
+            candidates = dense_ids
         else:
             lexical_ids = np.argpartition(-lexical, pool - 1)[:pool] if pool < n else np.arange(n)
-        candidates = np.union1d(dense_ids, lexical_ids)
+            candidates = np.sort(np.concatenate([dense_ids, lexical_ids]))
+            candidates = candidates[np.concatenate([[True], candidates[1:] != candidates[:-1]])]  # unique
         query = vector.astype(np.float64)
-        dense = self._cosines(query, candidates)
-        low = float(self._cosines(query, np.array([floor]))[0]) if floor is not None else float(np.min(self._floor_rows @ query))
+        # One product for the candidates, the lowest-cosine chunk (exact indexes) and the dense pool's edge.
+        extra = [floor] if floor is not None else []
+        cosines = self._cosines(query, np.concatenate([candidates, extra, dense_ids[-1:]]).astype(np.int64))
+        dense = cosines[:len(candidates)]
+        low = float(cosines[len(candidates)]) if floor is not None else float(np.min(self._floor_rows @ query))
         low, high = min(low, float(dense.min())), float(dense.max())
         lex_low, lex_high = float(lexical.min()), float(lexical.max())
-        fused = weight * _scaled(dense, low, high) + (1.0 - weight) * _scaled(lexical[candidates], lex_low, lex_high)
+        fused = weight * _scaled(dense, low, high)
+        if weight < 1.0:
+            fused += (1.0 - weight) * _scaled(lexical[candidates], lex_low, lex_high)
         best = np.lexsort((candidates, -fused))[:depth]
         if pool < n:
-            dense_edge = float(self._cosines(query, dense_ids[-1:])[0]) if len(dense_ids) else low
-            lexical_edge = float(np.min(lexical[lexical_ids])) if len(lexical_ids) else lex_high
+            dense_edge = float(cosines[-1]) if len(dense_ids) else low
+            lexical_edge = float(np.min(lexical[lexical_ids])) if weight < 1.0 else lex_high
             bound = weight * float(_scaled(dense_edge, low, high)) + (1.0 - weight) * float(_scaled(lexical_edge, lex_low, lex_high))
             if not fused[best[-1]] > bound:
                 return None
@@ -162,7 +173,7 @@ class SearchEngine:
 
     def _cosines(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         rows = self._vector_row[positions]
-        return np.asarray(self._vectors[rows], dtype=np.float64) @ query
+        return self._vectors[rows].astype(np.float64, copy=False) @ query
 
     def _hit(self, position: int, score: float) -> Hit:
         r = self.records[position]
@@ -179,6 +190,20 @@ def search_distinct(search: Callable[[np.ndarray, int], list[list[Hit]]], vector
         if all(len(hits) == k or len(row) < depth for hits, row in zip(distinct, ranked)):
             return distinct
         depth *= 2
+
+
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    """FAISS on one thread: OpenMP threads spin-waiting on shared cores cost more than they give
+    for the small query batches searched here (7x slower measured on a loaded 2-core machine)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 _ENGINES: OrderedDict[tuple, SearchEngine] = OrderedDict()
