@@ -127,9 +127,9 @@ class SearchEngine:
         return np.asarray(self._vectors[self._vector_row[positions]], dtype=np.float32)
 
     # ------------------------------------------------------------ internals
-    def _dense_candidates(self, query_vectors: np.ndarray, pool: int) -> tuple[np.ndarray, list[float | None]]:
-        """Record positions of the ``pool`` best FAISS hits per query (-1: none), and the exact dense
-        min per query when the index is exact (None: take it from the sample)."""
+    def _dense_candidates(self, query_vectors: np.ndarray, pool: int) -> tuple[np.ndarray, list[int | None]]:
+        """Record positions of the ``pool`` best FAISS hits per query (-1: none), and per query the
+        position of the lowest-cosine chunk when the index is exact (None: use the sample)."""
         queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
         with _single_threaded():
             _, ids = self.store.search_ids(queries, pool)
