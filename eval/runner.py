@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,11 +152,19 @@ class Evaluator:
         cache: EmbeddingCache | None = None,
         token_counter: TokenCounter | None = None,
         chunker_factory: ChunkerFactory = default_chunker_factory,
+        index_root: Path | None = None,
     ) -> None:
         self.dataset = dataset
         self.encoder = encoder
         self.cache = cache if cache is not None else EmbeddingCache()
         self.chunker_factory = chunker_factory
+        # Index versions live next to the embedding cache; a cache without a directory gets a
+        # temporary one, removed with this evaluator.
+        self._index_tmp = None
+        if index_root is None and getattr(self.cache, "root", None) is None:
+            self._index_tmp = tempfile.TemporaryDirectory(prefix="ragpress-eval-index-")
+            index_root = Path(self._index_tmp.name)
+        self.index_root = Path(index_root) if index_root is not None else Path(self.cache.root) / "indexes"
         self._chunkings: dict[tuple, _Chunking] = {}
         self._question_vectors: np.ndarray | None = None
         self._token_ranges: dict[str, TokenRanges] | None = None
@@ -227,7 +236,7 @@ class Evaluator:
         engine = chunking.engines.get(config.context_chunks)
         if engine is None:
             key = index_key(self.dataset, chunking.chunks, self.encoder.model_id, config.context_chunks)
-            directory = self.cache.root / "indexes" / key
+            directory = self.index_root / key
             store = open_eval_index(directory, chunking.chunks, self.encoder.model_id)
             if store is None:
                 vectors = with_neighbour_context(chunking.vectors, [c.corpus_id for c in chunking.chunks],
