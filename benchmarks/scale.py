@@ -2,15 +2,18 @@
 
 Data (built once per size into ``benchmarks/.work/scale``):
 
-* text: the shared corpora (chroma, jadon-cyber) and Python's pydoc topics, cut into windows of
-  ``WORDS_PER_CHUNK`` words (the *base* chunks, ~7k); the index holds them and perturbed copies
+* text: the shared corpora (chroma, jadon-cyber) and Python's pydoc topics: chroma as below,
+  the others cut into windows of ``WORDS_PER_CHUNK`` words (the *base* chunks, ~7k); the index
+  holds them and perturbed copies
   (each copy drops ~15% of the words, swaps ~5% for random corpus words and starts at a random
   word of its base), as many as the size needs;
-* vectors: real all-MiniLM-L6-v2 vectors for ``REAL_VECTORS`` base chunks (cached by the
-  evaluation's embedding cache). Every other chunk gets a cheap vector: the idf-weighted mean
-  of *word vectors* (each word's vector = mean of the real vectors of the real chunks holding
-  it), L2-normalised, one sparse matrix product, so texts and vectors agree and the 1M set
-  costs seconds instead of hours of MiniLM on 2 cores;
+* vectors: real all-MiniLM-L6-v2 vectors for the chroma corpora's chunks as ``ragpress eval``
+  cuts them by default (recursive, 150 tokens: 316 chunks, from the evaluation's embedding
+  cache; they are base chunks too). Every other chunk gets a cheap vector: the idf-weighted
+  mean of *word vectors* (each word's vector = mean of the real vectors of the real chunks
+  holding it), L2-normalised, one sparse matrix product, so texts and vectors roughly agree and
+  the 1M set costs seconds instead of hours of MiniLM on 2 shared cores (MiniLM embeds ~10
+  chunks/s here under load);
 * queries: the 200 chroma questions, embedded with MiniLM.
 
 Per (size, factory), in fresh child processes: **build** (all chunks staged, one
@@ -50,7 +53,6 @@ WORK = REPO / "benchmarks" / ".work" / "scale"
 RESULTS = REPO / "benchmarks" / "results"
 DATA = Path(os.environ.get("RAGPRESS_DATA", "/work/shared/data"))
 WORDS_PER_CHUNK = 100
-REAL_VECTORS = 3000
 CHUNKS_PER_DOC = 100
 QUERIES = 100  # questions timed per mode (all 200 for recall)
 K = 5
@@ -68,7 +70,7 @@ def factories(size: int) -> dict[str, str]:
 def base_chunks() -> list[str]:
     from eval.datasets import pydoc_topics_corpus
 
-    texts = [p.read_text(encoding="utf-8") for d in ("chroma", "jadon-cyber") for p in sorted((DATA / d / "corpora").glob("*"))]
+    texts = [p.read_text(encoding="utf-8") for p in sorted((DATA / "jadon-cyber" / "corpora").glob("*"))]
     texts += list(pydoc_topics_corpus().values())
     chunks = []
     for text in texts:
@@ -127,16 +129,20 @@ def prepare(size: int) -> Path:
     if (target / "done").is_file():
         return target
     from eval.datasets import load_chroma
+    from eval.defaults import BEST_CONFIG
     from eval.embedding_cache import EmbeddingCache
+    from eval.runner import chunk_corpora, default_chunker_factory
     from retrieval.encoder import load_encoder
 
     started = time.perf_counter()
-    bases = base_chunks()
+    dataset = load_chroma(DATA / "chroma" / "questions.csv", DATA / "chroma" / "corpora")
+    real_texts = [c.text for c in chunk_corpora(dataset.corpora, default_chunker_factory(BEST_CONFIG))]
+    bases = real_texts + base_chunks()
     encoder, cache = load_encoder(), EmbeddingCache()
     rng = np.random.default_rng(0)
-    real_rows = np.sort(rng.choice(len(bases), size=min(REAL_VECTORS, len(bases)), replace=False))
-    real = cache.embed(encoder, [bases[i] for i in real_rows])
-    model = word_vector_model([bases[i] for i in real_rows], real)
+    real_rows = np.arange(len(real_texts))
+    real = cache.embed(encoder, real_texts)
+    model = word_vector_model(real_texts, real)
     vocabulary = sorted(model[0])
     texts = list(bases)
     while len(texts) < size:
@@ -144,7 +150,6 @@ def prepare(size: int) -> Path:
     texts = texts[:size]
     vectors = cheap_vectors(texts, *model)
     vectors[real_rows[real_rows < size]] = real[real_rows < size]
-    dataset = load_chroma(DATA / "chroma" / "questions.csv", DATA / "chroma" / "corpora")
     questions = [q.text for q in dataset.questions]
     target.mkdir(parents=True, exist_ok=True)
     np.save(target / "vectors.npy", vectors)
