@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -208,12 +209,16 @@ def _single_threaded() -> Iterator[None]:
 
 _ENGINES: OrderedDict[tuple, SearchEngine] = OrderedDict()
 _ENGINES_LOCK = threading.Lock()
+_BY_STORE: weakref.WeakKeyDictionary[IndexStore, SearchEngine] = weakref.WeakKeyDictionary()
 
 
 def engine_for(store: IndexStore) -> SearchEngine:
     """The engine of ``store``'s committed version, memoised per version (a version never changes)."""
     if store.dirty:
         raise InputError("the index has uncommitted changes; commit() before searching it")
+    known = _BY_STORE.get(store)
+    if known is not None and known.version == store.version:  # the same open store: no file-system look-up
+        return known
     meta = store.directory / f"v{store.version:06d}" / "meta.json"
     stamp = os.stat(meta).st_mtime_ns if meta.exists() else None
     key = (str(store.directory.resolve()), store.version, stamp, store.nprobe, store.ef_search)
@@ -221,10 +226,11 @@ def engine_for(store: IndexStore) -> SearchEngine:
         engine = _ENGINES.get(key)
         if engine is not None:
             _ENGINES.move_to_end(key)
-            return engine
-    engine = SearchEngine(store)
-    with _ENGINES_LOCK:
-        _ENGINES[key] = engine
-        while len(_ENGINES) > MEMO_SIZE:
-            _ENGINES.popitem(last=False)
+    if engine is None:
+        engine = SearchEngine(store)
+        with _ENGINES_LOCK:
+            _ENGINES[key] = engine
+            while len(_ENGINES) > MEMO_SIZE:
+                _ENGINES.popitem(last=False)
+    _BY_STORE[store] = engine
     return engine
