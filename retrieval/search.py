@@ -101,7 +101,8 @@ class SearchEngine:
         else:
             def ranked(rows: np.ndarray, depth: int) -> list[list[Hit]]:
                 return self.hybrid(queries, rows, depth, dense_weight)
-        return search_distinct(ranked, vectors, int(k)) if distinct else ranked(vectors, int(k))
+        with _single_threaded():
+            return search_distinct(ranked, vectors, int(k)) if distinct else ranked(vectors, int(k))
 
     def hybrid(self, queries: Sequence[str], query_vectors: np.ndarray, depth: int, dense_weight: float) -> list[list[Hit]]:
         """The ``depth`` best chunks per query under the fused score (see the module docstring)."""
@@ -132,10 +133,9 @@ class SearchEngine:
         """Record positions of the ``pool`` best FAISS hits per query (-1: none), and per query the
         position of the lowest-cosine chunk when the index is exact (None: use the sample)."""
         queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
-        with _single_threaded():
-            _, ids = self.store.search_ids(queries, pool)
-            # The negated query's top 1 is the lowest cosine of all chunks (exact indexes only).
-            lowest = self.store.search_ids(-queries, 1)[1][:, 0] if self.exact else None
+        _, ids = self.store.search_ids(queries, pool)
+        # The negated query's top 1 is the lowest cosine of all chunks (exact indexes only).
+        lowest = self.store.search_ids(-queries, 1)[1][:, 0] if self.exact else None
         positions = np.where(ids >= 0, np.searchsorted(self._chunk_ids, ids), -1)
         if lowest is None:
             return positions, [None] * len(queries)
