@@ -36,8 +36,8 @@ from retrieval.errors import EmptyIndexError, InputError
 from retrieval.index_store import IndexStore
 from retrieval.postprocess import distinct_hits
 
-DEFAULT_POOL = 100  # candidates per side before the bound check; 4x more while the check fails
-FLOOR_SAMPLE = 4096  # stored vectors whose minimum cosine stands for the dense min of approximate indexes
+DEFAULT_POOL = 64  # candidates per side before the bound check (4x more while it fails); = HNSW's efSearch
+FLOOR_SAMPLE = 1024  # stored vectors whose minimum cosine stands for the dense min of approximate indexes
 EXACT_FACTORIES = ("Flat",)
 SMALL_INDEX_VALUES = 8_000_000  # vector values below which a float64 copy is kept in memory (64 MB)
 MEMO_SIZE = 8  # engines kept open (one per index version)
@@ -83,7 +83,7 @@ class SearchEngine:
         self._lexical = store.lexical_index()
         self.exact = store.effective_factory in EXACT_FACTORIES
         sample = np.linspace(0, len(self.records) - 1, min(FLOOR_SAMPLE, len(self.records))).astype(np.int64)
-        self._floor_rows = np.asarray(self._vectors[np.sort(self._vector_row[sample])], dtype=np.float64)
+        self._floor_rows = np.asarray(self._vectors[np.sort(self._vector_row[sample])], dtype=np.float32)
 
     # ------------------------------------------------------------------ API
     def search(self, queries: Sequence[str], query_vectors: np.ndarray, k: int, dense_weight: float | None,
@@ -157,7 +157,7 @@ class SearchEngine:
         extra = [floor] if floor is not None else []
         cosines = self._cosines(query, np.concatenate([candidates, extra, dense_ids[-1:]]).astype(np.int64))
         dense = cosines[:len(candidates)]
-        low = float(cosines[len(candidates)]) if floor is not None else float(np.min(self._floor_rows @ query))
+        low = float(cosines[len(candidates)]) if floor is not None else float(np.min(self._floor_rows @ vector))
         low, high = min(low, float(dense.min())), float(dense.max())
         lex_low, lex_high = float(lexical.min()), float(lexical.max())
         fused = weight * _scaled(dense, low, high)
