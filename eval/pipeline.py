@@ -165,7 +165,7 @@ class Pipeline:
     # -- stage 1: retrieval ----------------------------------------------------------------
     def retrieve(self, config: EvalConfig) -> list[Retrieved]:
         """Top-k chunks and retrieval scores of every question (one cache entry per config)."""
-        parts = {"dataset": self._dataset_id, "config": config.to_dict(), "code": code_fingerprint("eval.runner", "retrieval.encoder", "retrieval.chunkers")}
+        parts = {"dataset": self._dataset_id, "config": config.to_dict(), "code": code_fingerprint("eval.runner", "retrieval.search", "retrieval.lexical", "retrieval.encoder", "retrieval.chunkers")}
         parts["encoder"] = self.evaluator().encoder.model_id
         cached = self.cache.get("retrieval", parts)
         self._count("retrieval", cached is not None, len(self.dataset.questions))

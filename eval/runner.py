@@ -1,16 +1,23 @@
 """Evaluate retrieval configurations on a dataset: chunk, embed (cached), index, retrieve, score.
 
-All chunks of all corpora go into ONE exact index (a dense matrix product over normalised
-vectors, plus BM25 for lexical/hybrid retrieval), as the benchmark does. An ``Evaluator`` keeps
-the chunks and vectors of every chunking it has seen, so a sweep over k or retrieval options
-re-chunks and re-embeds nothing, and the on-disk cache makes repeated sweeps cheap too.
+All chunks of all corpora go into ONE index version (``retrieval.index_store``, exact Flat,
+one document per corpus, chunk ids in corpus order), built once per chunking and neighbour
+context and kept next to the embedding cache, and every question is answered by the search
+engine ``ragpress query`` uses (``retrieval.search``), so what is evaluated is what is served.
+An ``Evaluator`` keeps the chunks and vectors of every chunking it has seen, so a sweep over k
+or retrieval options re-chunks and re-embeds nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +25,11 @@ import numpy as np
 from eval.base import EvalConfig, EvalDataset, EvalResult, MetricSummary, Question, QuestionScore, Span
 from eval.embedding_cache import EmbeddingCache
 from eval.metrics import TokenRanges, mean_percent, min_k, precision_omega, retrieval_scores
-from retrieval.base import Chunker, Encoder, TokenCounter
-from retrieval.lexical import BM25Index, fuse
-from retrieval.postprocess import NEIGHBOUR_WEIGHT, first_distinct, merge_adjacent, with_neighbour_context
+from retrieval.base import Chunk, Chunker, Document, Encoder, TokenCounter
+from retrieval.errors import IndexStoreError
+from retrieval.index_store import IndexStore
+from retrieval.postprocess import NEIGHBOUR_WEIGHT, merge_adjacent, with_neighbour_context
+from retrieval.search import SearchEngine, engine_for
 
 ChunkerFactory = Callable[[EvalConfig], Chunker]
 
@@ -42,7 +51,7 @@ class _Chunking:
     vectors: np.ndarray
     chunk_seconds: float
     embed_seconds: float
-    bm25: BM25Index | None = None
+    engines: dict[int, SearchEngine] = field(default_factory=dict)  # by context_chunks
 
 
 def default_chunker_factory(config: EvalConfig) -> Chunker:
@@ -66,17 +75,48 @@ def chunk_corpora(corpora: Mapping[str, str], chunker: Chunker) -> list[IndexedC
     return chunks
 
 
-def rank_chunks(dense: np.ndarray, lexical: np.ndarray | None, config: EvalConfig) -> np.ndarray:
-    """Chunk indices, best first, for one question under ``config.retrieval``."""
-    if config.retrieval == "dense":
-        scores = dense
-    elif lexical is None:
-        raise ValueError(f"{config.retrieval} retrieval needs the BM25 scores of the chunks")
-    elif config.retrieval == "bm25":
-        scores = lexical
-    else:
-        scores = fuse(dense, lexical, config.hybrid_weight)
-    return np.argsort(-np.asarray(scores), kind="stable")
+def retrieval_weight(config: EvalConfig) -> float:
+    """The engine's ``dense_weight`` for ``config.retrieval``: 1 dense alone, 0 BM25 alone. Dense
+    goes through the fused ranking too (weight 1), whose ties keep chunk order, as they always did."""
+    return {"dense": 1.0, "bm25": 0.0}.get(config.retrieval, config.hybrid_weight)
+
+
+def index_key(dataset: EvalDataset, chunks: Sequence[IndexedChunk], model_id: str, context_chunks: int) -> str:
+    """What decides an evaluation index's content: corpora, chunk spans, model and neighbour context."""
+    digest = hashlib.sha256(json.dumps([model_id, context_chunks, sorted(dataset.corpora)]).encode())
+    for corpus_id in sorted(dataset.corpora):
+        digest.update(hashlib.sha256(dataset.corpora[corpus_id].encode()).digest())
+    digest.update(json.dumps([(c.corpus_id, c.start, c.end) for c in chunks]).encode())
+    return digest.hexdigest()[:24]
+
+
+def build_eval_index(directory: Path, dataset: EvalDataset, chunks: Sequence[IndexedChunk], vectors: np.ndarray,
+                     model_id: str) -> IndexStore:
+    """One committed Flat version holding ``chunks`` (one document per corpus, chunk ids = positions)."""
+    store = IndexStore(directory, model_id, vectors.shape[1], "Flat", rebuild=True)
+    row = 0
+    for corpus_id, group in groupby(chunks, key=lambda chunk: chunk.corpus_id):
+        own = list(group)
+        if corpus_id in store.documents:
+            raise ValueError(f"the chunks of {corpus_id!r} are not contiguous; chunk corpus by corpus (chunk_corpora)")
+        text = dataset.corpora[corpus_id]
+        document = Document(corpus_id, corpus_id, text, hashlib.sha256(text.encode()).hexdigest())
+        store.add_document(document, [Chunk(c.text, c.start, c.end, c.n_tokens) for c in own], vectors[row:row + len(own)])
+        row += len(own)
+    store.commit()
+    return store
+
+
+def open_eval_index(directory: Path, chunks: Sequence[IndexedChunk], model_id: str) -> IndexStore | None:
+    """The cached evaluation index in ``directory`` if it holds exactly ``chunks``, else None."""
+    try:
+        store = IndexStore.open(directory)
+    except IndexStoreError:
+        return None
+    held = [(c.doc_id, c.start, c.end) for c in store.chunks()]
+    if store.model_id != model_id or held != [(c.corpus_id, c.start, c.end) for c in chunks]:
+        return None
+    return store
 
 
 # One question's top k: each chunk handed on, with the chunks of identical text collapsed into it.
@@ -86,14 +126,6 @@ TopK = tuple[tuple[IndexedChunk, tuple[IndexedChunk, ...]], ...]
 def _check_fixed_k(config: EvalConfig) -> None:
     if config.k == "min":
         raise ValueError("retrieve() needs a fixed k; k='min' depends on the references")
-
-
-def top_k(order: np.ndarray, chunks: Sequence[IndexedChunk], k: int, distinct: bool) -> list[tuple[int, tuple[int, ...]]]:
-    """The first ``k`` chunk indices of ``order`` with the indices collapsed into each (``first_distinct``)."""
-    if not distinct:
-        return [(int(i), ()) for i in order[:k]]
-    picked = first_distinct((chunks[i].text for i in order), k)
-    return [(int(order[p]), tuple(int(order[c]) for c in copies)) for p, copies in picked]
 
 
 def spans_of(chunks: Iterable[IndexedChunk], merge: bool) -> list[Span]:
@@ -125,11 +157,19 @@ class Evaluator:
         cache: EmbeddingCache | None = None,
         token_counter: TokenCounter | None = None,
         chunker_factory: ChunkerFactory = default_chunker_factory,
+        index_root: Path | None = None,
     ) -> None:
         self.dataset = dataset
         self.encoder = encoder
         self.cache = cache if cache is not None else EmbeddingCache()
         self.chunker_factory = chunker_factory
+        # Index versions live next to the embedding cache; a cache without a directory gets a
+        # temporary one, removed with this evaluator.
+        self._index_tmp = None
+        if index_root is None and getattr(self.cache, "root", None) is None:
+            self._index_tmp = tempfile.TemporaryDirectory(prefix="ragpress-eval-index-")
+            index_root = Path(self._index_tmp.name)
+        self.index_root = Path(index_root) if index_root is not None else Path(self.cache.root) / "indexes"
         self._chunkings: dict[tuple, _Chunking] = {}
         self._question_vectors: np.ndarray | None = None
         self._token_ranges: dict[str, TokenRanges] | None = None
@@ -169,45 +209,69 @@ class Evaluator:
             return sum(chunk.n_tokens for chunk in chunks)
         return sum(end - start for start, end in (self._token_ranges[s.corpus_id]((s.start, s.end)) for s in spans))
 
-    def _score(self, question: Question, order: np.ndarray, chunking: _Chunking, config: EvalConfig) -> QuestionScore:
-        chunks = chunking.chunks
+    def _k(self, question: Question, chunking: _Chunking, config: EvalConfig) -> tuple[int, float]:
+        """The question's k (``k='min'``: the chunks touching its references) and its precision Ω."""
         refs = [self._in_unit(config, Span(question.corpus_id, r.start, r.end)) for r in question.references]
-        ref_ranges = [(r.start, r.end) for r in refs]
-        own = [self._in_unit(config, Span(c.corpus_id, c.start, c.end)) for c in chunks if c.corpus_id == question.corpus_id]
-        omega = precision_omega(ref_ranges, [(s.start, s.end) for s in own])
-        k = min_k(omega.touching_chunks) if config.k == "min" else int(config.k)
-        picked = top_k(order, chunks, k, config.distinct)
-        top = [chunks[i] for i, _ in picked]
-        spans = spans_of(top, config.merge_adjacent)  # the text handed on
-        found = spans_of([chunks[j] for i, copies in picked for j in (i, *copies)], config.merge_adjacent)
-        scores = retrieval_scores(ref_ranges, [self._in_unit(config, s) for s in found], question.corpus_id)
+        own = [self._in_unit(config, Span(c.corpus_id, c.start, c.end)) for c in chunking.chunks if c.corpus_id == question.corpus_id]
+        omega = precision_omega([(r.start, r.end) for r in refs], [(s.start, s.end) for s in own])
+        return (min_k(omega.touching_chunks) if config.k == "min" else int(config.k)), omega.precision_omega
+
+    def _score(self, question: Question, top: TopK, k: int, omega: float, config: EvalConfig) -> QuestionScore:
+        refs = [self._in_unit(config, Span(question.corpus_id, r.start, r.end)) for r in question.references]
+        chunks = [chunk for chunk, _ in top]
+        spans = spans_of(chunks, config.merge_adjacent)  # the text handed on
+        found = spans_of([c for chunk, copies in top for c in (chunk, *copies)], config.merge_adjacent)
+        scores = retrieval_scores([(r.start, r.end) for r in refs], [self._in_unit(config, s) for s in found], question.corpus_id)
         return QuestionScore(
             qid=question.qid,
             corpus_id=question.corpus_id,
             k=k,
             recall=scores.recall,
             precision=scores.precision,
-            precision_omega=omega.precision_omega,
+            precision_omega=omega,
             iou=scores.iou,
             retrieved_chars=sum(s.end - s.start for s in spans),
-            retrieved_tokens=self._tokens(spans, top),
+            retrieved_tokens=self._tokens(spans, chunks),
             retrieved_spans=tuple(found),
         )
 
-    def _orders(self, config: EvalConfig) -> tuple[_Chunking, bool, list[np.ndarray]]:
-        """The chunking of ``config``, whether it was fresh, and each question's chunk ranking (best first)."""
+    def engine(self, config: EvalConfig) -> tuple[_Chunking, bool, SearchEngine]:
+        """The chunking of ``config``, whether it was fresh, and the engine over its index version
+        (built into the cache directory, or reused from it when it holds exactly these chunks)."""
         chunking, fresh = self._chunking(config)
-        vectors = with_neighbour_context(
-            chunking.vectors, [c.corpus_id for c in chunking.chunks], config.context_chunks, NEIGHBOUR_WEIGHT
-        )
-        dense = self._questions() @ vectors.T
-        lexical = None
-        if config.retrieval != "dense":
-            if chunking.bm25 is None:
-                chunking.bm25 = BM25Index([c.text for c in chunking.chunks])
-            lexical = np.stack([chunking.bm25.scores(q.text) for q in self.dataset.questions])
-        orders = [rank_chunks(dense[i], None if lexical is None else lexical[i], config) for i in range(len(dense))]
-        return chunking, fresh, orders
+        engine = chunking.engines.get(config.context_chunks)
+        if engine is None:
+            key = index_key(self.dataset, chunking.chunks, self.encoder.model_id, config.context_chunks)
+            directory = self.index_root / key
+            store = open_eval_index(directory, chunking.chunks, self.encoder.model_id)
+            if store is None:
+                vectors = with_neighbour_context(chunking.vectors, [c.corpus_id for c in chunking.chunks],
+                                                 config.context_chunks, NEIGHBOUR_WEIGHT)
+                store = build_eval_index(directory, self.dataset, chunking.chunks, vectors, self.encoder.model_id)
+            engine = chunking.engines[config.context_chunks] = engine_for(store)
+        return chunking, fresh, engine
+
+    def _search(self, config: EvalConfig) -> tuple[_Chunking, bool, list[TopK], list[tuple[int, float]], dict[str, float]]:
+        """Every question's top k (with collapsed copies) from the engine, its ``(k, precision Ω)``,
+        and the seconds spent chunking + embedding (when fresh), indexing and searching."""
+        started = time.perf_counter()
+        chunking, fresh = self._chunking(config)
+        chunked = time.perf_counter()
+        _, _, engine = self.engine(config)
+        indexed = time.perf_counter()
+        ks = [self._k(question, chunking, config) for question in self.dataset.questions]
+        searching = time.perf_counter()
+        vectors, weight = self._questions(), retrieval_weight(config)
+        place = {(c.corpus_id, c.start, c.end): c for c in chunking.chunks}
+        tops: list[TopK] = [()] * len(ks)
+        for k in sorted({k for k, _ in ks}):  # one batched search per distinct k (k='min' varies)
+            rows = [i for i, (ki, _) in enumerate(ks) if ki == k]
+            hits = engine.search([self.dataset.questions[i].text for i in rows], vectors[rows], k, weight, config.distinct)
+            for i, row in zip(rows, hits):
+                tops[i] = tuple((chunking.chunks[h.chunk_id], tuple(place[c] for c in h.copies)) for h in row)
+        seconds = {"prepare_s": chunked - started, "index_s": indexed - chunked, "search_s": time.perf_counter() - searching,
+                   "k_s": searching - indexed}
+        return chunking, fresh, tops, ks, seconds
 
     def retrieve(self, config: EvalConfig) -> list[tuple[IndexedChunk, ...]]:
         """The top-k chunks of every question (in ``dataset.questions`` order), as ``evaluate`` scores them."""
@@ -216,33 +280,26 @@ class Evaluator:
     def retrieve_with_copies(self, config: EvalConfig) -> list[TopK]:
         """Like ``retrieve``, each chunk paired with the chunks of identical text collapsed into it."""
         _check_fixed_k(config)
-        chunking, _, orders = self._orders(config)
-        return self._tops(chunking, orders, config)
+        return self._search(config)[2]
 
     def evaluate_and_retrieve(self, config: EvalConfig) -> tuple[EvalResult, list[TopK]]:
-        """``evaluate`` and ``retrieve_with_copies`` from one ranking of every question."""
+        """``evaluate`` and ``retrieve_with_copies`` from one search of every question."""
         _check_fixed_k(config)
-        started = time.perf_counter()
-        chunking, fresh, orders = self._orders(config)
-        return self._result(config, chunking, fresh, orders, started), self._tops(chunking, orders, config)
-
-    @staticmethod
-    def _tops(chunking: _Chunking, orders: list[np.ndarray], config: EvalConfig) -> list[TopK]:
-        chunks, k = chunking.chunks, int(config.k)
-        return [tuple((chunks[i], tuple(chunks[j] for j in copies)) for i, copies in top_k(order, chunks, k, config.distinct))
-                for order in orders]
+        return self._evaluate(config)
 
     def evaluate(self, config: EvalConfig) -> EvalResult:
-        """Chunk (memoised), embed (cached), retrieve top-k per question from one index, score."""
-        started = time.perf_counter()
-        chunking, fresh, orders = self._orders(config)
-        return self._result(config, chunking, fresh, orders, started)
+        """Chunk (memoised), embed (cached), index (cached), search every question, score."""
+        return self._evaluate(config)[0]
 
-    def _result(self, config: EvalConfig, chunking: _Chunking, fresh: bool, orders: list[np.ndarray], started: float) -> EvalResult:
+    def _evaluate(self, config: EvalConfig) -> tuple[EvalResult, list[TopK]]:
+        chunking, fresh, tops, ks, seconds = self._search(config)
+        return self._result(config, chunking, fresh, tops, ks, seconds), tops
+
+    def _result(self, config: EvalConfig, chunking: _Chunking, fresh: bool, tops: list[TopK], ks: list[tuple[int, float]],
+                seconds: Mapping[str, float]) -> EvalResult:
         retrieved = time.perf_counter()
-        scores = tuple(
-            self._score(question, orders[i], chunking, config) for i, question in enumerate(self.dataset.questions)
-        )
+        scores = tuple(self._score(question, top, k, omega, config)
+                       for question, top, (k, omega) in zip(self.dataset.questions, tops, ks))
         finished = time.perf_counter()
         by_corpus = {cid: summarise([s for s in scores if s.corpus_id == cid]) for cid in sorted({s.corpus_id for s in scores})}
         return EvalResult(
@@ -257,7 +314,10 @@ class Evaluator:
                 # A reused chunking cost nothing in this run.
                 "chunk_s": chunking.chunk_seconds if fresh else 0.0,
                 "embed_s": chunking.embed_seconds if fresh else 0.0,
-                "retrieve_s": retrieved - started,
-                "score_s": finished - retrieved,
+                # Building (or opening) the index version and searching every question.
+                "retrieve_s": seconds["index_s"] + seconds["search_s"],
+                "index_s": seconds["index_s"],
+                "search_s": seconds["search_s"],
+                "score_s": finished - retrieved + seconds["k_s"],
             },
         )

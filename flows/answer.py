@@ -42,10 +42,10 @@ def retrieve(question: str, index: str, k: int, hybrid_weight: float | None = BE
     """Top-``k`` hits as ``ragpress query`` finds them; ``hybrid_weight=None`` is plain dense (FAISS) search."""
     from retrieval.encoder import load_encoder
     from retrieval.index_store import IndexStore
-    from retrieval.indexing import search_texts
+    from retrieval.indexing import index_model, search_texts
 
     store = IndexStore.open(index)
-    encoder = load_encoder(store.model_id.rsplit("@", 1)[0])  # search_texts refuses it if its weights differ
+    encoder = load_encoder(index_model(store))  # search_texts refuses it if its weights differ
     hits = search_texts(store, encoder, [question], k, hybrid_weight, distinct)[0]
     return [asdict(hit) for hit in hits]
 

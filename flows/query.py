@@ -13,7 +13,7 @@ from flows.indexing import io_error
 from retrieval.base import Hit
 from retrieval.encoder import load_encoder
 from retrieval.index_store import IndexStore
-from retrieval.indexing import search_texts
+from retrieval.indexing import index_model, search_texts
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ def search_task(index_dir: str, questions: list[str], k: int, model: str | None,
     """The hits of every question and the search time."""
     started = time.perf_counter()
     store = IndexStore.open(index_dir)
-    hits = search_texts(store, load_encoder(model), questions, k, hybrid_weight, distinct)
+    encoder = load_encoder(model or index_model(store))  # the index's own model unless one is named
+    hits = search_texts(store, encoder, questions, k, hybrid_weight, distinct)
     return hits, (time.perf_counter() - started) / max(len(questions), 1)
 
 

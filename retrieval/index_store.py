@@ -6,6 +6,7 @@ Layout of an index directory::
     v000007/index.faiss     FAISS index (IDMap2 over the factory), inner product
     v000007/ids.npy         int64 chunk ids, row-aligned with vectors.npy
     v000007/vectors.npy     float32 [n, dim]: what a rebuild or re-training needs
+    v000007/bm25/           bm25s sparse index of the chunk texts (rows in chunk-id order)
     v000007/meta.json       model, dim, factory, chunker config, documents, chunks, file checksums
     v000007/meta.sha256     sha256 of meta.json, so chunk texts and spans are checked like the arrays
     v000006/...             the previous version, kept so a corrupted current one is recoverable
@@ -53,11 +54,13 @@ import orjson
 from filestore import atomic_write_text, fsync_path
 from retrieval.base import Chunk, Document, Hit
 from retrieval.errors import EmptyIndexError, IndexCorruptedError, IndexMismatchError, IndexStoreError, InputError
+from retrieval.lexical import BM25Index
 
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
 FILES = ("index.faiss", "ids.npy", "vectors.npy")
 META_CHECKSUM = "meta.sha256"
+LEXICAL_DIR = "bm25"  # the version's BM25 index; its files are listed in meta.json like FILES
 # IO_FLAG_MMAP_IFC maps the file zero-copy for every in-memory index type (Flat, HNSW, IVF);
 # plain IO_FLAG_MMAP only maps IVF inverted lists.
 MMAP_FLAGS = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_READ_ONLY
@@ -238,7 +241,7 @@ def _read_meta(vdir: Path) -> dict[str, Any]:
 
 
 def _check_files(vdir: Path, meta: Mapping[str, Any], verify: bool) -> None:
-    for name in FILES:
+    for name in dict.fromkeys([*FILES, *meta["files"]]):  # FILES are required; versions may list more
         path, info = vdir / name, meta["files"][name]
         if not path.is_file():
             raise _corrupt(path, "missing")
@@ -448,6 +451,11 @@ class IndexStore:
 
         ``k`` larger than the index is clamped: every chunk is returned.
         """
+        scores, ids = self.search_ids(query_vectors, k)
+        return [[self._hit(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+
+    def search_ids(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's top-``k`` per query row as ``(scores, chunk ids)`` arrays (id -1: nothing found there)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}; e.g. k=5")
         queries = self._check_queries(query_vectors)
@@ -457,8 +465,7 @@ class IndexStore:
             raise EmptyIndexError(f"the index in {self.directory} holds no chunks; index documents first: ragpress index PATH --index {self.directory}")
         k = min(int(k), self._index.ntotal)
         self._set_search_params(k)
-        scores, ids = self._index.search(queries, k)
-        return [[self._hit(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+        return self._index.search(queries, k)
 
     def _check_queries(self, query_vectors: np.ndarray) -> np.ndarray:
         queries = np.asarray(query_vectors, dtype=np.float32)
@@ -622,7 +629,7 @@ class IndexStore:
             with open(tmp / name, "wb") as handle:
                 np.save(handle, array)
         files = {}
-        for name in FILES:
+        for name in (*FILES, *self._write_lexical(tmp)):
             fsync_path(tmp / name)
             files[name] = {"size": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
         meta = orjson.dumps(self._meta(number, files))  # UTF-8, compact; serialises the records' dataclasses directly
@@ -632,6 +639,28 @@ class IndexStore:
                 handle.flush()
                 os.fsync(handle.fileno())
         fsync_path(tmp)
+
+    def _write_lexical(self, tmp: Path) -> tuple[str, ...]:
+        """The BM25 index of the chunk texts (rows in chunk-id order) under ``LEXICAL_DIR``; no files when empty."""
+        texts = [chunk.text for chunk in self.chunks()]
+        if not texts:
+            return ()
+        names = BM25Index(texts).save(tmp / LEXICAL_DIR)
+        fsync_path(tmp / LEXICAL_DIR)
+        return tuple(f"{LEXICAL_DIR}/{name}" for name in names)
+
+    def lexical_index(self) -> BM25Index:
+        """The committed version's BM25 index, memory-mapped (built in memory for versions saved without one)."""
+        if self._dirty:
+            raise IndexStoreError("the index has uncommitted changes; call commit() before searching it")
+        vdir = self.directory / _version_name(self.version)
+        if (vdir / LEXICAL_DIR).is_dir():  # its files were size- (and checksum-) checked on open
+            return BM25Index.load(vdir / LEXICAL_DIR, mmap=True)
+        return BM25Index([chunk.text for chunk in self.chunks()])
+
+    def row_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """The committed ``(ids, vectors)`` arrays, row-aligned (vectors memory-mapped when opened so)."""
+        return self._ids, self._vectors
 
     def _meta(self, number: int, files: dict[str, Any]) -> dict[str, Any]:
         return {

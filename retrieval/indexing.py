@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -26,10 +26,7 @@ from retrieval.base import Chunk, Chunker, Document, Encoder, Hit
 from retrieval.documents import load_document, scan
 from retrieval.errors import InputError
 from retrieval.index_store import IndexStore, config_fingerprint
-from retrieval.postprocess import NEIGHBOUR_WEIGHT, distinct_hits, with_neighbour_context
-
-if TYPE_CHECKING:
-    from retrieval.hybrid import HybridSearcher
+from retrieval.postprocess import NEIGHBOUR_WEIGHT, with_neighbour_context
 
 
 @dataclass(frozen=True)
@@ -258,11 +255,14 @@ def search_texts(store: IndexStore, encoder: Encoder, queries: Sequence[str], k:
                  hybrid_weight: float | None = None, distinct: bool = True) -> list[list[Hit]]:
     """Top-``k`` hits for each query text; empty queries and a model other than the index's are errors.
 
-    ``hybrid_weight`` (0..1, the weight on dense scores) switches from FAISS search to hybrid
-    dense + BM25 scoring (``retrieval.hybrid``), the retrieval of the evaluated default.
-    ``distinct``: ``k`` hits with different texts, identical ones collapsed into the best-ranked
+    Searches with ``retrieval.search.SearchEngine`` (memoised per index version):
+    ``hybrid_weight`` (0..1, the weight on dense scores) fuses dense and BM25 scores, the
+    retrieval of the evaluated default; None is the FAISS ranking alone. ``distinct``: ``k`` hits
+    with different texts, identical ones collapsed into the best-ranked
     (``retrieval.postprocess.distinct_hits``), searching deeper until ``k`` are found.
     """
+    from retrieval.search import check_weight, engine_for
+
     if isinstance(queries, str):
         queries = [queries]
     if not queries:
@@ -270,41 +270,22 @@ def search_texts(store: IndexStore, encoder: Encoder, queries: Sequence[str], k:
     for number, query in enumerate(queries):
         if not isinstance(query, str) or not query.strip():
             raise InputError(f"query {number} is empty; pass a non-empty question")
-    if encoder.model_id != store.model_id:
-        raise InputError(f"the index was built with {store.model_id} but the queries are embedded with {encoder.model_id}; "
-                         "use the index's model, or re-index with --rebuild")
+    check_model(store, encoder.model_id)
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}; e.g. k=5")
-    vectors = encoder.encode(list(queries))
-    searcher = None
     if hybrid_weight is not None:
-        from retrieval.hybrid import HybridSearcher
-
-        searcher = HybridSearcher(store, hybrid_weight)
-    return search_vectors(store, queries, vectors, k, searcher, distinct)
-
-
-def search_vectors(store: IndexStore, queries: Sequence[str], vectors: np.ndarray, k: int,
-                   searcher: HybridSearcher | None = None, distinct: bool = True) -> list[list[Hit]]:
-    """Top-``k`` hits per query (its text and its vector row): FAISS search of ``store``, or the
-    hybrid scoring of ``searcher`` (a ``retrieval.hybrid.HybridSearcher`` over ``store``), with
-    ``distinct`` as in ``search_texts``."""
-    search: Callable[[np.ndarray, int], list[list[Hit]]] = store.search
-    if searcher is not None:
-        hybrid = searcher
-
-        def search(vectors: np.ndarray, depth: int) -> list[list[Hit]]:
-            return hybrid.search(list(queries), vectors, depth)
-    return search_distinct(search, vectors, k) if distinct else search(vectors, k)
+        check_weight(hybrid_weight)
+    engine = engine_for(store)
+    return engine.search(list(queries), encoder.encode(list(queries)), k, hybrid_weight, distinct)
 
 
-def search_distinct(search: Callable[[np.ndarray, int], list[list[Hit]]], vectors: np.ndarray, k: int) -> list[list[Hit]]:
-    """``k`` distinct-text hits per query row from ``search(vectors, depth)``, doubling the depth
-    while some row is short of ``k`` and its search was not yet exhaustive."""
-    depth = k
-    while True:
-        ranked = search(vectors, depth)
-        distinct = [distinct_hits(row, k) for row in ranked]
-        if all(len(hits) == k or len(row) < depth for hits, row in zip(distinct, ranked)):
-            return distinct
-        depth *= 2
+def index_model(store: IndexStore) -> str:
+    """The name to load the index's embedding model by: its recorded id without the weights hash."""
+    return store.model_id.rsplit("@", 1)[0]
+
+
+def check_model(store: IndexStore, model_id: str) -> None:
+    """The index owns its model: querying it with another one is an ``InputError`` naming both."""
+    if model_id != store.model_id:
+        raise InputError(f"the index was built with {store.model_id} but the queries are embedded with {model_id}; "
+                         "use the index's model (the default), or re-index with --rebuild")

@@ -13,6 +13,10 @@ Mapping to ragpress:
   reader of either version always finds it. Chunks indexed by ``ragpress index`` carry their
   provenance (source, doc_id, chunk_id, start, end) as metadata instead.
 - scores are cosine similarities (vectors are L2-normalised on the way in), relevance ``(1+s)/2``.
+- ``filter``: a dict of metadata equalities (``{"source": "a.txt"}``), anything else raises;
+  ``max_marginal_relevance_search`` (``as_retriever(search_type="mmr")``) re-ranks the
+  ``fetch_k`` nearest with langchain-core's ``maximal_marginal_relevance``.
+- every search goes through ``retrieval.search.SearchEngine`` of the newest version.
 """
 
 from __future__ import annotations
@@ -31,15 +35,16 @@ from langchain_core.documents import Document as LCDocument
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from pydantic import ConfigDict, PrivateAttr
 
 from filestore import atomic_write_text
 from retrieval.base import Chunk, Document, Encoder, Hit
 from retrieval.errors import InputError
-from retrieval.hybrid import HybridSearcher
 from retrieval.index_store import IndexStore
-from retrieval.indexing import search_vectors
+from retrieval.indexing import index_model
 from retrieval.live_index import LiveIndex
+from retrieval.search import engine_for
 
 METADATA_FILE = "langchain_metadata.json"
 
@@ -96,6 +101,22 @@ def _embedding_model_id(embedding: Embeddings) -> str:
     return f"langchain:{type(embedding).__module__}.{type(embedding).__qualname__}"
 
 
+def check_filter(filter: Any) -> None:
+    """A metadata filter is None or a dict of plain equalities; anything else is refused, never ignored."""
+    if filter is None:
+        return
+    if not isinstance(filter, dict):
+        raise ValueError(f"filter must be a dict of metadata equalities, e.g. {{'source': 'a.txt'}}; got {type(filter).__name__}")
+    for key, value in filter.items():
+        if str(key).startswith("$") or isinstance(value, dict):
+            raise ValueError(f"filter {{{key!r}: {value!r}}} is an operator; only metadata equalities are supported, e.g. {{'source': 'a.txt'}}")
+
+
+def matches(metadata: dict[str, Any], filter: dict[str, Any] | None) -> bool:
+    """Whether ``metadata`` equals ``filter`` on every key of it (no filter: everything matches)."""
+    return filter is None or all(key in metadata and metadata[key] == value for key, value in filter.items())
+
+
 class RagpressVectorStore(VectorStore):
     """A LangChain ``VectorStore`` persisted as a ragpress index directory (atomic, versioned commits).
 
@@ -107,12 +128,15 @@ class RagpressVectorStore(VectorStore):
     def __init__(self, index_dir: str | Path, embedding: Embeddings | None = None, *, model_id: str | None = None,
                  factory: str = "Flat") -> None:
         self.index_dir = Path(index_dir)
-        self._embedding = embedding if embedding is not None else RagpressEmbeddings()
+        self.live = LiveIndex(self.index_dir)
+        if embedding is None:  # the index owns its model: embed with the one it was built with
+            snapshot = self.live.snapshot()
+            embedding = RagpressEmbeddings(index_model(snapshot) if snapshot is not None else None)
+        self._embedding = embedding
         self._model_id = model_id
         self.factory = factory
-        self.live = LiveIndex(self.index_dir)
         self._write_lock = threading.Lock()
-        self._metadata_cache: tuple[Any, dict[str, dict[str, Any]]] = (None, {})
+        self._metadata_cache: tuple[Any, dict[str, dict[str, Any]]] = (None, {})  # read-only: never mutate
 
     @property
     def embeddings(self) -> Embeddings:
@@ -182,7 +206,7 @@ class RagpressVectorStore(VectorStore):
     def _write_metadata(self, store: IndexStore, add: dict[str, tuple[str, dict]] | None = None) -> None:
         """Before a commit: add entries, keep old ones; after it (``add`` None): keep only live documents."""
         self.index_dir.mkdir(parents=True, exist_ok=True)
-        entries = self._read_metadata()
+        entries = {d: dict(by_hash) for d, by_hash in self._read_metadata().items()}  # the cached one stays as read
         if add is not None:
             for doc_id, (digest, metadata) in add.items():
                 entries.setdefault(doc_id, {})[digest] = metadata
@@ -193,6 +217,7 @@ class RagpressVectorStore(VectorStore):
 
     # ------------------------------------------------------------------ read
     def _read_metadata(self) -> dict[str, dict[str, Any]]:
+        """The LangChain metadata file, parsed once per change of the file; callers must not mutate it."""
         path = self.index_dir / METADATA_FILE
         try:
             stat = path.stat()
@@ -203,7 +228,7 @@ class RagpressVectorStore(VectorStore):
         if key != cached_key:
             cached = json.loads(path.read_text(encoding="utf-8"))
             self._metadata_cache = (key, cached)
-        return {d: dict(by_hash) for d, by_hash in cached.items()}
+        return cached
 
     def _to_document(self, store: IndexStore, chunk_id: int, doc_id: str, source: str, start: int, end: int,
                      text: str, metadata_entries: dict[str, dict[str, Any]]) -> LCDocument:
@@ -213,14 +238,45 @@ class RagpressVectorStore(VectorStore):
             metadata = {"source": source, "doc_id": doc_id, "chunk_id": chunk_id, "start": start, "end": end}
         return LCDocument(page_content=text, metadata=dict(metadata), id=doc_id)
 
-    def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4,
+    def similarity_search_with_score_by_vector(self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None,
                                                **kwargs: Any) -> list[tuple[LCDocument, float]]:
-        """Top-``k`` documents for a query vector with their cosine similarity, best first."""
+        """Top-``k`` documents for a query vector with their cosine similarity, best first; ``filter``:
+        only documents whose metadata equals every ``key: value`` of the dict."""
+        check_filter(filter)
+        store = self.searchable()
+        found = self._nearest(store, embedding, k, filter) if store is not None else []
+        return [(document, hit.score) for hit, document in found]
+
+    def _nearest(self, store: IndexStore, embedding: list[float], k: int, filter: dict[str, Any] | None) -> list[tuple[Hit, LCDocument]]:
+        """The ``k`` nearest hits passing ``filter`` with their documents, searching deeper while short."""
+        vector, depth = _normalised([embedding]), k
+        while True:
+            hits = engine_for(store).search([""], vector, depth, None, distinct=False)[0]
+            kept = [(h, d) for h, d in zip(hits, self.documents_of(store, hits)) if matches(d.metadata, filter)]
+            if len(kept) >= k or len(hits) < depth or depth >= store.ntotal:
+                return kept[:k]
+            depth *= 4
+
+    def max_marginal_relevance_search_by_vector(self, embedding: list[float], k: int = 4, fetch_k: int = 20,
+                                                lambda_mult: float = 0.5, filter: dict[str, Any] | None = None,
+                                                **kwargs: Any) -> list[LCDocument]:
+        """``k`` of the ``fetch_k`` nearest documents (passing ``filter``), chosen by maximal marginal
+        relevance (langchain-core's): ``lambda_mult`` 1 is pure similarity, 0 pure diversity."""
+        check_filter(filter)
         store = self.searchable()
         if store is None:
             return []
-        hits = store.search(_normalised([embedding]), k)[0]
-        return list(zip(self.documents_of(store, hits), (h.score for h in hits)))
+        fetched = self._nearest(store, embedding, max(fetch_k, k), filter)
+        if not fetched:
+            return []
+        vectors = engine_for(store).vectors_of([hit.chunk_id for hit, _ in fetched])
+        chosen = maximal_marginal_relevance(_normalised([embedding])[0], vectors.tolist(), lambda_mult, k)
+        return [fetched[i][1] for i in chosen]
+
+    def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+                                      **kwargs: Any) -> list[LCDocument]:
+        """``max_marginal_relevance_search_by_vector`` of the embedded ``query``."""
+        return self.max_marginal_relevance_search_by_vector(self._embedding.embed_query(query), k, fetch_k, lambda_mult, **kwargs)
 
     def searchable(self) -> IndexStore | None:
         """The newest committed version, checked against this store's model; None while it holds nothing."""
@@ -308,7 +364,6 @@ class RagpressRetriever(BaseRetriever):
     hybrid_weight: float | None = EVALUATED_HYBRID_WEIGHT
     distinct: bool = True
     _store: RagpressVectorStore | None = PrivateAttr(default=None)
-    _hybrid: Any = PrivateAttr(default=None)  # HybridSearcher of the newest version searched (BM25 built once per version)
 
     @property
     def store(self) -> RagpressVectorStore:
@@ -323,13 +378,5 @@ class RagpressRetriever(BaseRetriever):
         if snapshot is None:
             return []
         vectors = _normalised([self.store.embeddings.embed_query(query)])
-        hits = search_vectors(snapshot, [query], vectors, self.k if k is None else k, self._searcher(snapshot), self.distinct)[0]
+        hits = engine_for(snapshot).search([query], vectors, self.k if k is None else k, self.hybrid_weight, self.distinct)[0]
         return self.store.documents_of(snapshot, hits)
-
-    def _searcher(self, snapshot: IndexStore) -> HybridSearcher | None:
-        """The hybrid searcher over ``snapshot`` (None: FAISS search), rebuilt only when the version changes."""
-        if self.hybrid_weight is None:
-            return None
-        if self._hybrid is None or self._hybrid.version != snapshot.version or self._hybrid.dense_weight != self.hybrid_weight:
-            self._hybrid = HybridSearcher(snapshot, self.hybrid_weight)
-        return self._hybrid

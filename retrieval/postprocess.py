@@ -41,7 +41,7 @@ def first_distinct(texts: Iterable[str], k: int) -> list[tuple[int, tuple[int, .
 def distinct_hits(ranked: Sequence[Hit], k: int) -> list[Hit]:
     """The first ``k`` hits with distinct texts (``first_distinct``); each carries its copies' spans."""
     return [replace(ranked[position], copies=tuple((ranked[c].source, ranked[c].start, ranked[c].end) for c in copies))
-            for position, copies in first_distinct([hit.text for hit in ranked], k)]
+            if copies else ranked[position] for position, copies in first_distinct([hit.text for hit in ranked], k)]
 
 
 def merge_adjacent(spans: Sequence[tuple[str, int, int]]) -> list[tuple[str, int, int]]:

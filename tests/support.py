@@ -13,6 +13,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from langchain_core.embeddings import Embeddings as _Embeddings
 
 from eval.base import EvalConfig, EvalDataset, Question, Reference
 
@@ -324,3 +325,27 @@ def run_chromium(binary, tmp_path, *args):
     profile = tmp_path / "profile"
     command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+# A deterministic LangChain Embeddings for the search tests: a sum of per-word random vectors.
+WORDS_DIM = 32
+
+
+class WordsEmbedding(_Embeddings):
+    """Each word adds its own Gaussian vector (seeded by the word's md5); rows are L2-normalised, so
+    texts with different words almost never tie."""
+
+    model_id = "test:words-embedding"
+
+    def _one(self, text: str) -> list[float]:
+        vector = np.zeros(WORDS_DIM)
+        for word in re.findall(r"\w+", text.lower()):
+            vector += np.random.default_rng(int(hashlib.md5(word.encode()).hexdigest()[:12], 16)).normal(size=WORDS_DIM)
+        norm = np.linalg.norm(vector)
+        return (vector / norm if norm else vector).tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self._one(t) for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._one(text)
