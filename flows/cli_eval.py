@@ -35,6 +35,7 @@ def build_config(options: dict[str, object]) -> EvalConfig:
 
 
 def parse_k(k: str | None) -> object:
+    """``-k``: a positive integer or 'min' (None keeps the default)."""
     if k is None or k == "min":
         return k
     try:
@@ -44,6 +45,7 @@ def parse_k(k: str | None) -> object:
 
 
 def print_results(results) -> None:
+    """One rich table per configuration: per corpus and overall."""
     from rich.console import Console
     from rich.table import Table
 
@@ -80,6 +82,9 @@ def evaluate(
     distinct: bool | None = typer.Option(None, "--distinct/--with-copies",
                                             help="top k = k different texts (default), or the plain top k with identical copies"),
     sweep: Path | None = typer.Option(None, "--sweep", help="YAML/JSON grid of configurations (see eval/sweep.py)"),
+    poison: Path | None = typer.Option(None, "--poison", help="YAML/JSON poisoning-probe settings (see eval/poison/probe.py); "
+                                       "plants passages in a copy of the index and reports attack success"),
+    index: Path | None = typer.Option(None, "--index", help="with --poison: probe a copy of this index instead of one built from the corpora"),
     json_out: Path | None = typer.Option(None, "--json", help="write per-corpus, overall and per-question scores here"),
     html_out: Path | None = typer.Option(None, "--html", help="write the static HTML report here"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="embedding cache (default $RAGPRESS_CACHE/eval-embeddings)"),
@@ -88,6 +93,16 @@ def evaluate(
     """Evaluate chunking + retrieval on questions with reference spans (recall, precision, PΩ, IoU)."""
     from eval.sweep import load_sweep
 
+    if poison is not None:
+        given = dict(chunker=chunker, chunk_size=chunk_size, overlap=overlap, k=k, retrieval=retrieval,
+                     hybrid_weight=hybrid_weight, context_chunks=context_chunks, merge_adjacent=merge_adjacent, unit=unit,
+                     distinct=distinct, sweep=sweep, html_out=html_out)
+        if any(value is not None for value in given.values()):
+            _fail("--poison takes its settings from the config file; drop the chunker/retrieval/--sweep/--html options")
+        run_poison(poison, questions, corpora, json_out, model, index)
+        return
+    if index is not None:
+        _fail("--index is only used with --poison")
     options = dict(
         chunker=chunker, chunk_size=chunk_size, overlap=overlap, k=parse_k(k), retrieval=retrieval,
         hybrid_weight=hybrid_weight, context_chunks=context_chunks, merge_adjacent=merge_adjacent, unit=unit,
@@ -121,5 +136,49 @@ def evaluate(
             typer.echo(f"wrote {path}")
 
 
+def run_poison(config_path: Path, questions: Path | None, corpora: Path | None, json_out: Path | None,
+               model: str | None, index: Path | None) -> None:
+    """``ragpress eval --poison CONFIG``: validate everything, run the probe flow, print its table."""
+    from eval.poison.probe import load_poison_config
+
+    try:
+        config = load_poison_config(config_path)
+        if questions is not None and not questions.is_file():
+            _fail(f"questions file {questions} does not exist")
+        if index is not None:
+            from retrieval.index_store import IndexStore
+
+            if not IndexStore.exists(index):
+                _fail(f"--index {index} holds no committed index; build one with ragpress index, or drop --index")
+        from flows.evaluate import poison_flow
+
+        report = poison_flow(config.model_dump(), str(questions) if questions else None, str(corpora) if corpora else None,
+                             str(json_out) if json_out else None, model, str(index) if index else None)
+    except ValueError as exc:
+        _fail(str(exc))
+    print_poison(report)
+    if json_out is not None:
+        typer.echo(f"wrote {json_out}")
+
+
+def print_poison(report) -> None:
+    """The attack-success table and the clean-index table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from eval.poison.report import clean_rows, success_rows
+
+    console = Console()
+    for title, rows in ((f"Poisoning probe: {report.dataset} (success %, recall points)", success_rows(report)),
+                        ("Clean index, target questions", clean_rows(report))):
+        table = Table(title=title)
+        for column in rows[0]:
+            table.add_column(column, justify="left" if column in ("attack", "mode") else "right")
+        for row in rows:
+            table.add_row(*(str(value) for value in row.values()))
+        console.print(table)
+
+
 def register(app: typer.Typer) -> None:
+    """Add ``ragpress eval`` to ``app``."""
     app.command("eval")(evaluate)

@@ -1,0 +1,69 @@
+"""The probe's tables (markdown, rows for dashboards) and its JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from eval.poison.base import CleanCell, PoisonReport
+
+
+def report_json(report: PoisonReport) -> dict[str, Any]:
+    """The whole report as JSON-able data (topics by question ids)."""
+    data = asdict(report)
+    data["topics"] = [{"topic_id": t.topic_id, "attack": [q.qid for q in t.attack], "targets": [q.qid for q in t.targets]}
+                      for t in report.topics]
+    data["table"] = success_rows(report)
+    return data
+
+
+def _clean(report: PoisonReport, attack: str | None, n: int, mode: str, k: int, defence: bool) -> CleanCell:
+    return next(c for c in report.clean if (c.attack, c.n, c.mode, c.k, c.defence) == (attack, n, mode, k, defence))
+
+
+def success_rows(report: PoisonReport) -> list[dict[str, object]]:
+    """One row per attack × n × mode: success (%) at each k without / with the defence, and the
+    recall the attack costs the targets at the smallest k."""
+    cells = {(c.attack, c.n, c.mode, c.k, c.defence): c.success for c in report.success}
+    ks = sorted({c.k for c in report.success})
+    rows = []
+    for attack, n, mode in dict.fromkeys((c.attack, c.n, c.mode) for c in report.success):
+        row: dict[str, object] = {"attack": attack, "n": n, "mode": mode}
+        for k in ks:
+            row[f"success@{k}"] = round(100 * cells[(attack, n, mode, k, False)], 1)
+            row[f"defended@{k}"] = round(100 * cells[(attack, n, mode, k, True)], 1)
+        base = _clean(report, None, 0, mode, ks[0], False).recall
+        row[f"recall@{ks[0]} lost"] = round(base - _clean(report, attack, n, mode, ks[0], False).recall, 1)
+        row[f"recall@{ks[0]} lost defended"] = round(base - _clean(report, attack, n, mode, ks[0], True).recall, 1)
+        rows.append(row)
+    return rows
+
+
+def clean_rows(report: PoisonReport) -> list[dict[str, object]]:
+    """Recall and IoU of the targets on the unpoisoned index, without and with the defence."""
+    rows = []
+    for mode, k in dict.fromkeys((c.mode, c.k) for c in report.clean if c.attack is None):
+        off, on = _clean(report, None, 0, mode, k, False), _clean(report, None, 0, mode, k, True)
+        rows.append({"mode": mode, "k": k, "recall": round(off.recall, 1), "recall defended": round(on.recall, 1),
+                     "IoU": round(off.iou, 2), "IoU defended": round(on.iou, 2)})
+    return rows
+
+
+def markdown_table(rows: list[dict[str, object]]) -> str:
+    """A markdown table of dict rows (columns of the first row)."""
+    if not rows:
+        return "(no rows)\n"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(report: PoisonReport) -> str:
+    """Both tables with the probe's size and the defence's calibration."""
+    targets = sum(len(t.targets) for t in report.topics)
+    attackers = sum(len(t.attack) for t in report.topics)
+    head = (f"### Poisoning probe: {report.dataset}\n\n{len(report.topics)} topics, {attackers} attack questions, "
+            f"{targets} held-out target questions, {report.n_chunks} indexed chunks. Defence threshold "
+            f"{report.defence['threshold']:.3f} flags {report.defence['clean_flagged']:g} clean chunks.\n\n")
+    return head + markdown_table(success_rows(report)) + "\nClean index (targets):\n\n" + markdown_table(clean_rows(report))
