@@ -96,10 +96,10 @@ def evaluate(
     if poison is not None:
         given = dict(chunker=chunker, chunk_size=chunk_size, overlap=overlap, k=k, retrieval=retrieval,
                      hybrid_weight=hybrid_weight, context_chunks=context_chunks, merge_adjacent=merge_adjacent, unit=unit,
-                     distinct=distinct, sweep=sweep, html_out=html_out)
+                     distinct=distinct, sweep=sweep)
         if any(value is not None for value in given.values()):
-            _fail("--poison takes its settings from the config file; drop the chunker/retrieval/--sweep/--html options")
-        run_poison(poison, questions, corpora, json_out, model, index)
+            _fail("--poison takes its settings from the config file; drop the chunker/retrieval/--sweep options")
+        run_poison(poison, questions, corpora, json_out, html_out, model, index)
         return
     if index is not None:
         _fail("--index is only used with --poison")
@@ -137,7 +137,7 @@ def evaluate(
 
 
 def run_poison(config_path: Path, questions: Path | None, corpora: Path | None, json_out: Path | None,
-               model: str | None, index: Path | None) -> None:
+               html_out: Path | None, model: str | None, index: Path | None) -> None:
     """``ragpress eval --poison CONFIG``: validate everything, run the probe flow, print its table."""
     from eval.poison.probe import load_poison_config
 
@@ -153,12 +153,14 @@ def run_poison(config_path: Path, questions: Path | None, corpora: Path | None, 
         from flows.evaluate import poison_flow
 
         report = poison_flow(config.model_dump(), str(questions) if questions else None, str(corpora) if corpora else None,
-                             str(json_out) if json_out else None, model, str(index) if index else None)
+                             str(json_out) if json_out else None, model, str(index) if index else None,
+                             str(html_out) if html_out else None)
     except ValueError as exc:
         _fail(str(exc))
     print_poison(report)
-    if json_out is not None:
-        typer.echo(f"wrote {json_out}")
+    for path in (json_out, html_out):
+        if path is not None:
+            typer.echo(f"wrote {path}")
 
 
 def print_poison(report) -> None:

@@ -23,7 +23,7 @@ from eval.datasets import load_pydoc_topics, load_questions
 from eval.embedding_cache import EmbeddingCache
 from eval.poison.base import PoisonReport
 from eval.poison.probe import PoisonConfig, run_probe
-from eval.poison.report import markdown_report, report_json, success_rows
+from eval.poison.report import markdown_report, render_html, report_json, success_rows
 from eval.report import machine_info, markdown_summary, table_rows, write_html, write_json
 from eval.runner import Evaluator, default_chunker_factory
 from retrieval.atomic import atomic_write_text
@@ -115,20 +115,22 @@ def poison_probe(config: PoisonConfig, dataset: EvalDataset, model: str | None, 
 
 
 @task(name="publish-poison", cache_policy=NO_CACHE)
-def publish_poison(report: PoisonReport, json_out: str | None) -> None:
-    """The attack-success table as a dashboard artifact, and the whole report as JSON when asked."""
+def publish_poison(report: PoisonReport, json_out: str | None, html_out: str | None) -> None:
+    """The attack-success table as a dashboard artifact, and the report as JSON and HTML when asked."""
     key = artifact_key(f"poison-{report.dataset}")
     create_table_artifact(table=success_rows(report), key=key, description=f"Poisoning probe on {report.dataset}")
     create_markdown_artifact(markdown=markdown_report(report), key=f"{key}-summary")
     if json_out:
         atomic_write_text(Path(json_out), json.dumps({"machine": machine_info(), "poisoning": report_json(report)}, indent=1) + "\n")
+    if html_out:
+        atomic_write_text(Path(html_out), render_html(report))
 
 
 @flow(name="ragpress-poison", validate_parameters=False)
 def poison_flow(config: dict, questions: str | None = None, corpora: str | None = None, json_out: str | None = None,
-                model: str | None = None, index_dir: str | None = None) -> PoisonReport:
+                model: str | None = None, index_dir: str | None = None, html_out: str | None = None) -> PoisonReport:
     """The poisoning probe of ``config`` (a ``PoisonConfig`` dict) on one dataset; ``index_dir`` is
     only ever copied, never written."""
     report = poison_probe(PoisonConfig.model_validate(config), load_dataset(questions, corpora), model, index_dir)
-    publish_poison(report, json_out)
+    publish_poison(report, json_out, html_out)
     return report

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.base import EvalDataset, Question, Reference
+from eval.base import EvalConfig, EvalDataset, Question, Reference
 from eval.poison.probe import PoisonConfig, load_poison_config, run_probe
-from eval.poison.search import Chunking, clean_index
+from eval.poison.search import clean_index
 from eval.testing import BagOfWordsEncoder
 
 ANIMALS = [
@@ -95,7 +95,7 @@ def test_planted_passages_never_reach_the_users_index_files(tmp_path):
 
 
 def test_the_clean_index_is_built_once_per_content(tmp_path):
-    encoder, chunking = BagOfWordsEncoder(), Chunking("recursive", 16, 0, 0)
+    encoder, chunking = BagOfWordsEncoder(), EvalConfig(chunker="recursive", chunk_size=16, overlap=0)
     corpora = small_dataset().corpora
     first = clean_index(corpora, chunking, encoder, tmp_path)
     encoded = encoder.encoded
@@ -202,8 +202,10 @@ def test_cli_eval_poison_prints_and_saves_the_table(prefect_harness, tmp_path, m
     config.write_text(yaml.safe_dump({**SMALL, "n": [1, 3], "k": [2, 3], "attacks": ["random", "query-stuffing"]}))
     out = tmp_path / "poison.json"
     result = CliRunner().invoke(cli_app(), ["eval", "--poison", str(config), "--questions", str(questions),
-                                            "--corpora", str(corpora), "--json", str(out)])
+                                            "--corpora", str(corpora), "--json", str(out), "--html", str(tmp_path / "p.html")])
     assert result.exit_code == 0, result.output
     assert "Poisoning" in result.output and "wrote" in result.output
     table = json.loads(out.read_text())["poisoning"]["table"]
     assert len(table) == 2 * 2 * 3 and {"success@2", "defended@3"} <= set(table[0])
+    page = (tmp_path / "p.html").read_text()
+    assert page.count("<tr>") == len(table) + 1 + 2 * 3 + 1 and "query-stuffing" in page

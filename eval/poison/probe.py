@@ -17,14 +17,15 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from eval.base import EvalDataset, Question
+from eval.base import EvalConfig, EvalDataset, Question
+from eval.defaults import BEST_CONFIG
 from eval.poison.attack_hotflip import HotFlipAttack
 from eval.poison.attack_random import RandomPassages
 from eval.poison.attack_stuffing import KeywordStuffing, QueryStuffing
 from eval.poison.base import Attack, AttackObjective, CleanCell, PoisonReport, SuccessCell
 from eval.poison.defence import QueryLogDefence
 from eval.poison.measures import clean_scores, kept, planted_name, success_rate
-from eval.poison.search import Chunking, clean_index, index_vectors, planted_copy, rank
+from eval.poison.search import clean_index, index_vectors, planted_copy, rank
 from eval.poison.topics import cluster_topics
 from retrieval.base import Encoder, Hit, TokenCounter
 
@@ -55,10 +56,10 @@ class PoisonConfig(BaseModel):
     defence_top: int = Field(default=3, ge=1, description="closest logged queries averaged by the defence")
     defence_quantile: float = Field(default=0.999, gt=0.0, le=1.0, description="share of clean passages under the threshold")
     depth: int = Field(default=30, ge=1, description="hits searched per question before the defence filters")
-    chunker: str = Chunking.chunker
-    chunk_size: int = Chunking.chunk_size
-    overlap: int = Chunking.overlap
-    context_chunks: int = Chunking.context_chunks
+    chunker: str = BEST_CONFIG.chunker
+    chunk_size: int = BEST_CONFIG.chunk_size
+    overlap: int = BEST_CONFIG.overlap
+    context_chunks: int = BEST_CONFIG.context_chunks
     seed: int = 0
 
     @field_validator("n", "k")
@@ -69,9 +70,10 @@ class PoisonConfig(BaseModel):
         return tuple(sorted(set(values)))
 
     @property
-    def chunking(self) -> Chunking:
-        """The chunking of the probed index."""
-        return Chunking(self.chunker, self.chunk_size, self.overlap, self.context_chunks)
+    def chunking(self) -> EvalConfig:
+        """The chunking of the probed index (the chunker fields of an evaluation configuration)."""
+        return EvalConfig(chunker=self.chunker, chunk_size=self.chunk_size, overlap=self.overlap,
+                          context_chunks=self.context_chunks)
 
 
 def load_poison_config(path: Path) -> PoisonConfig:

@@ -67,3 +67,22 @@ def markdown_report(report: PoisonReport) -> str:
             f"{targets} held-out target questions, {report.n_chunks} indexed chunks. Defence threshold "
             f"{report.defence['threshold']:.3f} flags {report.defence['clean_flagged']:g} clean chunks.\n\n")
     return head + markdown_table(success_rows(report)) + "\nClean index (targets):\n\n" + markdown_table(clean_rows(report))
+
+
+def render_html(report: PoisonReport) -> str:
+    """A self-contained page with both tables (the styles of the evaluation report)."""
+    import html
+
+    from eval.report import BASE_CSS, html_table
+
+    title = f"ragpress poisoning probe: {report.dataset}"
+    targets = sum(len(t.targets) for t in report.topics)
+    return (
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{BASE_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p>{len(report.topics)} topics, {targets} held-out target questions, {report.n_chunks} indexed chunks; "
+        f"defence threshold {report.defence['threshold']:.3f} ({report.defence['clean_flagged']:g} clean chunks flagged). "
+        "Success and recall in %; planted passages lived only in a temporary copy of the index.</p>"
+        f"<h2>Attack success</h2>{html_table(success_rows(report), 'success')}"
+        f"<h2>Clean index (targets)</h2>{html_table(clean_rows(report), 'clean')}</body></html>\n"
+    )

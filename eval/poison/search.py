@@ -15,12 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
+from eval.base import EvalConfig
+from eval.defaults import BEST_HYBRID_WEIGHT
 from eval.poison.base import RETRIEVAL_MODES
 from retrieval.base import Document, Encoder, Hit
 from retrieval.index_store import IndexStore
@@ -36,22 +36,6 @@ from retrieval.indexing import (
 
 PLANTED_PREFIX = "planted/"
 MODE_WEIGHTS: dict[str, float | None] = {"dense": None, "bm25": 0.0, "hybrid": BEST_HYBRID_WEIGHT}
-
-
-@dataclass(frozen=True)
-class Chunking:
-    """How the probed index chunks documents (the planted ones too)."""
-
-    chunker: str = BEST_CONFIG.chunker
-    chunk_size: int = BEST_CONFIG.chunk_size
-    overlap: int = BEST_CONFIG.overlap
-    context_chunks: int = BEST_CONFIG.context_chunks
-
-    def build(self):
-        """The library chunker of this choice."""
-        from retrieval.chunkers import make_chunker
-
-        return make_chunker(self.chunker, chunk_size=self.chunk_size, overlap=self.overlap)
 
 
 def rank(index_dir: str | Path, questions: Sequence[str], mode: str, k: int, encoder: Encoder) -> list[list[Hit]]:
@@ -74,10 +58,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("RAGPRESS_CACHE", Path.home() / ".cache" / "ragpress")) / "poison-indexes"
 
 
-def clean_index(corpora: Mapping[str, str], chunking: Chunking, encoder: Encoder, root: Path | None = None) -> Path:
+def chunker_of(chunking: EvalConfig):
+    """The library chunker of an evaluation configuration's chunking (``eval.runner``'s factory)."""
+    from eval.runner import default_chunker_factory
+
+    return default_chunker_factory(chunking)
+
+
+def clean_index(corpora: Mapping[str, str], chunking: EvalConfig, encoder: Encoder, root: Path | None = None) -> Path:
     """The index of ``corpora`` (corpus id -> text; document ``<id>.txt``), built once and reused:
     its directory name hashes the texts, the chunking and the model, so any change builds a new one."""
-    chunker = chunking.build()
+    chunker = chunker_of(chunking)
     key = {
         "corpora": {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in sorted(corpora.items())},
         "index": index_config(chunker, chunking.context_chunks),
@@ -115,7 +106,7 @@ def planted_document(name: str, text: str) -> Document:
 
 
 @contextmanager
-def planted_copy(index_dir: str | Path, passages: Mapping[str, str], chunking: Chunking, encoder: Encoder) -> Iterator[Path]:
+def planted_copy(index_dir: str | Path, passages: Mapping[str, str], chunking: EvalConfig, encoder: Encoder) -> Iterator[Path]:
     """A temporary copy of ``index_dir`` with ``passages`` (name -> text) added through the
     incremental indexing API; ``index_dir`` itself is only read. The copy is deleted on exit."""
     with tempfile.TemporaryDirectory(prefix="ragpress-poison-") as scratch:
@@ -123,7 +114,7 @@ def planted_copy(index_dir: str | Path, passages: Mapping[str, str], chunking: C
         shutil.copytree(index_dir, copy)
         store = IndexStore.open(copy)
         docs = tuple(planted_document(name, text) for name, text in passages.items())
-        chunked = chunk_documents(docs, chunking.build())
+        chunked = chunk_documents(docs, chunker_of(chunking))
         vectors = embed_documents(chunked, encoder, chunking.context_chunks)
         apply_update(store, IndexPlan(docs, (), (), (), store.chunker_config), chunked, vectors)
         yield copy
