@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from eval.datasets import load_chroma  # noqa: E402
 from eval.poison.probe import PoisonConfig, run_probe  # noqa: E402
-from eval.poison.report import markdown_report, report_json  # noqa: E402
+from eval.poison.report import clean_rows, markdown_report, report_json  # noqa: E402
 from eval.report import machine_info  # noqa: E402
 from retrieval.atomic import atomic_write_text  # noqa: E402
 from retrieval.encoder import load_encoder  # noqa: E402
@@ -42,26 +42,29 @@ def mean(values: list[float]) -> float:
 
 
 def summary(report: dict) -> dict:
-    """The strongest attack (highest mean success without the defence over modes, n and k), how
-    much the defence removes of it, the clean recall it costs, and HotFlip against query stuffing
-    on dense retrieval."""
-    rows = report["table"]
-    ks = sorted(int(key.split("@")[1]) for key in rows[0] if key.startswith("success@"))
-    by_attack: dict[str, list[dict]] = {}
-    for row in rows:
-        by_attack.setdefault(row["attack"], []).append(row)
-    strength = {name: mean([r[f"success@{k}"] for r in group for k in ks]) for name, group in by_attack.items()}
-    defended = {name: mean([r[f"defended@{k}"] for r in group for k in ks]) for name, group in by_attack.items()}
+    """The strongest attack (highest mean success without a defence over modes, n and k), how much
+    each defence removes of it, the clean recall each costs, and HotFlip against query stuffing on
+    dense retrieval."""
+    cells = report["success"]
+    names = list(dict.fromkeys(c["attack"] for c in cells))
+    defences = [d for d in dict.fromkeys(c["defence"] for c in cells) if d != "none"]
+
+    def success(attack: str, defence: str, mode: str | None = None) -> float:
+        return 100 * mean([c["success"] for c in cells if c["attack"] == attack and c["defence"] == defence
+                           and mode in (None, c["mode"])])
+
+    strength = {a: success(a, "none") for a in names}
     strongest = max(strength, key=strength.__getitem__)
-    clean = [c for c in report["clean"] if c["attack"] is None]
-    drops = [off["recall"] - on["recall"] for off in clean if not off["defence"]
-             for on in clean if on["defence"] and (on["mode"], on["k"]) == (off["mode"], off["k"])]
-    dense = {name: mean([r[f"success@{k}"] for r in group if r["mode"] == "dense" for k in ks])
-             for name, group in by_attack.items()}
-    reduction = 1 - defended[strongest] / strength[strongest] if strength[strongest] else 0.0
-    return {"success": strength, "defended": defended, "dense_success": dense, "strongest": strongest,
-            "relative_reduction": reduction, "max_clean_recall_drop": max(drops),
-            "target_met": reduction >= 0.5 and max(drops) <= 1.0}
+    clean = {(c["mode"], c["k"], c["defence"]): c["recall"] for c in report["clean"] if c["attack"] is None}
+    out: dict = {"success": strength, "dense_success": {a: success(a, "none", "dense") for a in names},
+                 "strongest": strongest, "defences": {}}
+    for defence in defences:
+        reduction = 1 - success(strongest, defence) / strength[strongest] if strength[strongest] else 0.0
+        drop = max(clean[(mode, k, "none")] - clean[(mode, k, defence)] for mode, k, d in clean if d == "none")
+        out["defences"][defence] = {"success": {a: success(a, defence) for a in names}, "relative_reduction": reduction,
+                                    "max_clean_recall_drop": drop, "target_met": reduction >= 0.5 and drop <= 1.0,
+                                    **report["defence"][defence]}
+    return out
 
 
 def render(out: dict) -> str:
@@ -69,44 +72,44 @@ def render(out: dict) -> str:
     config = out["config"]
     lines = [
         "# Retrieval poisoning: planted passages against dense, BM25 and hybrid retrieval\n",
-        f"Machine: {out['machine']}. Embedding model {out.get('model', 'all-MiniLM-L6-v2')}. Command: "
-        "`nice -n 10 .venv/bin/python benchmarks/poisoning.py` (settings = `benchmarks/sweeps/poison.yaml`).\n",
+        f"Machine: {out['machine']}, shared with other jobs (load 10-15 on 2 cores), so wall times are long. Embedding "
+        f"model {out.get('model', 'all-MiniLM-L6-v2')}. Command: `nice -n 10 .venv/bin/python benchmarks/poisoning.py "
+        "[--datasets chroma jadon-cyber]` (settings as `benchmarks/sweeps/poison.yaml`); "
+        "`--render` rewrites this page from `poisoning.json`.\n",
         f"Index: the default (recursive {config['chunk_size']}/{config['overlap']}, neighbour context "
         f"{config['context_chunks']}), all corpora of a dataset in one index; planted passages go into a temporary "
         f"copy through the incremental indexing API, one document each. Topics: KMeans ({config['clusters']} clusters) "
         f"on the MiniLM question embeddings, the {config['topics']} largest clusters probed (a subset, for the CPU "
         f"budget); {config['attack_share']:.0%} of a cluster are the attacker's questions, the rest the held-out "
         "targets. Success = share of targets whose top k (distinct texts) holds a passage planted for their topic; "
-        "the passages of all probed topics are planted together.\n",
+        "the passages of all probed topics are planted together. Baselines in the same run: random passages and "
+        "the unpoisoned index.\n",
         f"Attacks ({config['length']} MiniLM tokens per passage at most): random vocabulary words; query stuffing "
         "(the attack questions concatenated, n orders); keyword stuffing (their content words repeated by frequency, "
         f"n shuffles); HotFlip: from the first query-stuffing passage, {config['hotflip_steps']} gradient steps (up "
         f"to {2 * config['hotflip_steps']} until n flips are accepted) x {config['hotflip_candidates']} exactly "
         f"evaluated single-token flips sampled from the top {config['hotflip_top']} first-order substitutions per "
         "position, maximising the mean cosine to the attack questions; its n passages are the last n accepted states.\n",
-        f"Defence (query-log, `eval/poison/defence.py`): score = mean of the {config['defence_top']} highest cosines "
-        f"to the logged queries - mean of the {config['defence_top']} highest cosines to the clean index; threshold "
-        f"= the {config['defence_quantile']} quantile of the clean chunks' scores; flagged chunks are skipped at "
-        "query time. The query log is every question of the file except the held-out targets, so the attack "
-        "questions are in it (an attacker copies queries users ask) and the targets are not.\n",
-        "Columns: success@k / defended@k in %; `recall@5 lost` = the targets' recall@5 on the clean index minus "
-        "under attack, in points (negative: the planted documents changed BM25 statistics in the targets' favour).\n",
+        "Defences (flagged chunks are skipped at query time; the query log is every question of the file except the "
+        "held-out targets, so the attacker's questions are in it and the targets are not):\n",
+        f"- `query-log` (`eval/poison/defence.py`): score = mean of the {config['defence_top']} highest cosines to the "
+        f"log - the same to the clean index; threshold = {config['defence_quantile']} quantile of the clean chunks.\n"
+        f"- `query-copy` (`eval/poison/defence_copy.py`): flag a passage that copies >= {config['copy_min_queries']} "
+        f"logged queries (>= {config['copy_coverage']:.0%} of a query's word {config['copy_ngram']}-grams present).\n",
+        "Columns: success@k and <defence>@k in %; `recall@5 lost` = the targets' recall@5 on the clean index minus "
+        "under attack, in points (negative: the planted documents changed BM25 statistics in the targets' favour). "
+        "`flagged as new` = share of the clean chunks a defence flags when each one's document is scored as if it "
+        "arrived after calibration: the false alarms on genuine new documents.\n",
     ]
     for name, data in out["datasets"].items():
         info = summary(data)
         topics = data["topics"]
         lines.append(f"## {name}\n\n{len(topics)} topics, {sum(len(t['attack']) for t in topics)} attack and "
-                     f"{sum(len(t['targets']) for t in topics)} target questions, {data['n_chunks']} chunks. Defence "
-                     f"threshold {data['defence']['threshold']:.3f}, {data['defence']['clean_flagged']} clean chunks "
-                     f"flagged, {data['defence']['log_queries']} logged queries. Wall time {data['wall_s']:.0f} s.\n")
+                     f"{sum(len(t['targets']) for t in topics)} target questions, {data['n_chunks']} chunks. "
+                     f"Wall time {data['wall_s']:.0f} s.\n")
         lines.append(markdown_table(data["table"]))
-        lines.append("Clean index, targets (recall in %, IoU in %):\n")
-        clean = [c for c in data["clean"] if c["attack"] is None]
-        rows = [{"mode": off["mode"], "k": off["k"], "recall": round(off["recall"], 1), "recall defended": round(on["recall"], 1),
-                 "IoU": round(off["iou"], 2), "IoU defended": round(on["iou"], 2)}
-                for off in clean if not off["defence"] for on in clean
-                if on["defence"] and (on["mode"], on["k"]) == (off["mode"], off["k"])]
-        lines.append(markdown_table(rows))
+        lines.append("Clean index, targets (recall and IoU in %):\n")
+        lines.append(markdown_table(data["clean_table"]))
         objectives: dict[str, list[dict]] = {}
         for row in data["objectives"]:
             objectives.setdefault(row["attack"], []).append(row)
@@ -116,14 +119,16 @@ def render(out: dict) -> str:
         trace_text = "; ".join(f"{t[0]:.3f} -> {t[-1]:.3f} in {len(t) - 1} steps" for t in traces) or "not run"
         lines.append(
             f"Mean cosine of the passages to the attack / target questions: {cosines}. HotFlip objective per topic: "
-            f"{trace_text}.\n\n"
-            f"Mean success over modes, n and k (no defence -> defence): "
-            + ", ".join(f"{a} {info['success'][a]:.1f} -> {info['defended'][a]:.1f}" for a in info["success"])
-            + ". Dense only: " + ", ".join(f"{a} {v:.1f}" for a, v in info["dense_success"].items())
-            + f".\n\nStrongest attack: **{info['strongest']}**; the defence lowers its mean success by "
-            f"**{100 * info['relative_reduction']:.0f}%** (relative) while the targets' clean recall drops by at most "
-            f"**{info['max_clean_recall_drop']:.1f}** points (any mode, any k): target (>= 50%, <= 1 point) "
-            f"**{'met' if info['target_met'] else 'NOT met'}**.\n")
+            f"{trace_text}.\n\nMean success over modes, n and k without a defence: "
+            + ", ".join(f"{a} {v:.1f}" for a, v in info["success"].items())
+            + "; dense only: " + ", ".join(f"{a} {v:.1f}" for a, v in info["dense_success"].items()) + ".\n")
+        for defence, d in info["defences"].items():
+            lines.append(
+                f"- `{defence}`: mean success " + ", ".join(f"{a} {v:.1f}" for a, v in d["success"].items())
+                + f". Strongest attack ({info['strongest']}) down **{100 * d['relative_reduction']:.0f}%** (relative); "
+                f"clean recall of the targets down at most **{d['max_clean_recall_drop']:.1f}** points; "
+                f"{d['clean_flagged']:g} clean chunks flagged; flagged as new **{100 * d['flagged_as_new']:.1f}%**. "
+                f"Target (>= 50%, <= 1 point): **{'met' if d['target_met'] else 'NOT met'}** on this probe.\n")
     return "\n".join(lines)
 
 
@@ -162,12 +167,18 @@ def main() -> None:
         started = time.perf_counter()
         report = run_probe(config, dataset, encoder, counter, counter.backend.get_vocab(), progress=progress_printer(name))
         data = report_json(report)
+        data["clean_table"] = clean_rows(report)
         data["summary"] = summary(data)
         data["wall_s"] = time.perf_counter() - started
         out["datasets"][name] = data
         print(markdown_report(report), json.dumps(data["summary"]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "poisoning.json", json.dumps(out, indent=1) + "\n")
+    saved = RESULTS / "poisoning.json"
+    if len(args.datasets) < len(DATASETS) and saved.is_file():  # one dataset at a time: keep the others' results
+        previous = json.loads(saved.read_text())
+        if previous.get("config") == out["config"]:
+            out["datasets"] = {**previous["datasets"], **out["datasets"]}
+    atomic_write_text(saved, json.dumps(out, indent=1) + "\n")
     atomic_write_text(RESULTS / "poisoning.md", render(out))
 
 

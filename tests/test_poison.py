@@ -35,8 +35,8 @@ QUESTIONS = {
                 "Which planet is the hottest?", "Which planet orbits closest to the sun?", "Which planet has the fastest winds?",
                 "Which planet spins on its side?", "Where is the dwarf planet Pluto?"],
 }
-SMALL = dict(clusters=2, topics=2, min_cluster=4, length=24, n=(1, 3), k=(2, 3), depth=8, chunker="recursive",
-             chunk_size=16, context_chunks=0, defence_top=2)
+SMALL = dict(clusters=2, topics=2, min_cluster=4, length=14, n=(1, 3), k=(2, 3), depth=8, chunker="recursive",
+             chunk_size=16, context_chunks=0, defence_top=2, copy_min_queries=1)  # a planted passage fits one chunk
 
 
 def small_dataset() -> EvalDataset:
@@ -59,7 +59,7 @@ def probe(tmp_path: Path, attacks: tuple[str, ...], index_dir: Path | None = Non
 
 
 def success(report, attack: str) -> list[float]:
-    return [cell.success for cell in report.success if cell.attack == attack and not cell.defence]
+    return [cell.success for cell in report.success if cell.attack == attack and cell.defence == "none"]
 
 
 @pytest.mark.slow
@@ -103,13 +103,40 @@ def test_the_clean_index_is_built_once_per_content(tmp_path):
     assert clean_index({**corpora, "animals": corpora["animals"] + " Bees make honey."}, chunking, encoder, tmp_path) != first
 
 
-def test_the_defence_flags_stuffed_passages_and_no_clean_recall_is_lost(tmp_path):
+@pytest.mark.parametrize("defence", ["query-log", "query-copy"])
+def test_each_defence_flags_stuffed_passages_and_no_clean_recall_is_lost(tmp_path, defence):
     report = probe(tmp_path, ("query-stuffing",))
-    undefended = [c.success for c in report.success if not c.defence]
-    defended = [c.success for c in report.success if c.defence]
+    undefended = [c.success for c in report.success if c.defence == "none"]
+    defended = [c.success for c in report.success if c.defence == defence]
+    assert len(defended) == len(undefended) == 3 * 2 * 2
     assert np.mean(defended) <= 0.5 * np.mean(undefended)
     clean = {(c.mode, c.k, c.defence): c.recall for c in report.clean if c.attack is None}
-    assert all(clean[(mode, k, True)] >= clean[(mode, k, False)] - 1.0 for mode, k, _ in clean)
+    assert all(clean[(mode, k, defence)] >= clean[(mode, k, "none")] - 1.0 for mode, k, _ in clean)
+
+
+def test_query_copy_counts_queries_copied_word_for_word():
+    from eval.poison.defence_copy import QueryCopyDefence
+
+    defence = QueryCopyDefence(["What is the capital of France?", "Who wrote Hamlet?", "How do rockets fly?"])
+    assert defence.copied("Who wrote Hamlet? What is the capital of France? And more.") == 2
+    assert defence.copied("Hamlet was written by Shakespeare; Paris is the capital of France.") == 0
+    texts = ["Who wrote Hamlet? How do rockets fly?", "Rockets fly by pushing gas out."]
+    assert defence.flagged([0, 1], texts, np.zeros((2, 4))).tolist() == [True, False]
+
+
+def test_query_log_flags_a_new_document_it_would_not_flag_once_indexed():
+    from eval.poison.defence import QueryLogDefence
+
+    # Two documents of near-identical neighbouring chunks; the log sits between them.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(2, 16))
+    vectors = np.concatenate([base[0] + 0.05 * rng.normal(size=(5, 16)), base[1] + 0.05 * rng.normal(size=(5, 16))])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    log = (base[0] + base[1])[None, :] / np.linalg.norm(base[0] + base[1])
+    docs = ["a"] * 5 + ["b"] * 5
+    defence = QueryLogDefence.calibrate(log, list(range(10)), vectors, top=2, quantile=1.0, doc_ids=docs)
+    assert not defence.flagged(list(range(10)), [""] * 10, vectors).any()
+    assert defence.flagged_as_new(docs, list(range(10)), [""] * 10, vectors).all()
 
 
 def tiny_bert(seed: int = 0):

@@ -35,7 +35,7 @@ class SuccessCell:
     n: int
     mode: str
     k: int
-    defence: bool
+    defence: str  # "none" or the defence's name
     success: float
     n_targets: int
 
@@ -48,7 +48,7 @@ class CleanCell:
     n: int
     mode: str
     k: int
-    defence: bool
+    defence: str
     recall: float
     iou: float
 
@@ -73,7 +73,7 @@ class PoisonReport:
     success: tuple[SuccessCell, ...]
     clean: tuple[CleanCell, ...]
     objectives: tuple[AttackObjective, ...]
-    defence: dict[str, float]
+    defence: dict[str, dict[str, float]]
     settings: dict[str, object]
     timings: dict[str, float]
 
@@ -89,10 +89,16 @@ class Attack(Protocol):
 
 
 class Defence(Protocol):
-    """Flags indexed passages (by their chunk ids and stored vectors) that look planted."""
+    """Flags indexed passages (by their chunk ids, texts and stored vectors) that look planted."""
 
     name: str
 
-    def flagged(self, chunk_ids: Sequence[int], vectors: np.ndarray) -> np.ndarray:
+    def flagged(self, chunk_ids: Sequence[int], texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         """A boolean mask, one entry per passage; True = keep out of every top k."""
+        ...
+
+    def flagged_as_new(self, doc_ids: Sequence[str], chunk_ids: Sequence[int], texts: Sequence[str],
+                       vectors: np.ndarray) -> np.ndarray:
+        """The flags the indexed passages would get had their document arrived after calibration
+        (the false alarms on genuine new documents)."""
         ...

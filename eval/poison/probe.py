@@ -1,5 +1,5 @@
 """The poisoning probe: cluster the questions into topics, plant each attack's passages in a copy
-of the clean index, and measure attack success and clean recall/IoU with and without the defence.
+of the clean index, and measure attack success and clean recall/IoU without and with each defence.
 
 Per attack and ``n``, the passages of every probed topic are planted together in one copy (a
 campaign against several topics at once); a target question counts as taken when its top k holds
@@ -22,8 +22,9 @@ from eval.defaults import BEST_CONFIG
 from eval.poison.attack_hotflip import HotFlipAttack
 from eval.poison.attack_random import RandomPassages
 from eval.poison.attack_stuffing import KeywordStuffing, QueryStuffing
-from eval.poison.base import Attack, AttackObjective, CleanCell, PoisonReport, SuccessCell
+from eval.poison.base import Attack, AttackObjective, CleanCell, Defence, PoisonReport, SuccessCell
 from eval.poison.defence import QueryLogDefence
+from eval.poison.defence_copy import QueryCopyDefence
 from eval.poison.measures import clean_scores, kept, planted_name, success_rate
 from eval.poison.search import clean_index, index_vectors, planted_copy, rank
 from eval.poison.topics import cluster_topics
@@ -33,6 +34,8 @@ AttackName = Literal["random", "query-stuffing", "keyword-stuffing", "hotflip"]
 ModeName = Literal["dense", "bm25", "hybrid"]
 ATTACKS: tuple[AttackName, ...] = ("random", "query-stuffing", "keyword-stuffing", "hotflip")
 MODES: tuple[ModeName, ...] = ("dense", "bm25", "hybrid")
+DefenceName = Literal["query-log", "query-copy"]
+NO_DEFENCE = "none"
 Progress = Callable[[str], None]
 
 
@@ -53,8 +56,12 @@ class PoisonConfig(BaseModel):
     hotflip_steps: int = Field(default=10, ge=1, description="gradient steps per topic (at most twice that to get n flips)")
     hotflip_candidates: int = Field(default=12, ge=1, description="exactly evaluated flips per step")
     hotflip_top: int = Field(default=32, ge=1, description="best first-order tokens per position sampled from")
-    defence_top: int = Field(default=3, ge=1, description="closest logged queries averaged by the defence")
-    defence_quantile: float = Field(default=0.999, gt=0.0, le=1.0, description="share of clean passages under the threshold")
+    defences: tuple[DefenceName, ...] = Field(default=("query-log", "query-copy"), description="defences measured")
+    defence_top: int = Field(default=3, ge=1, description="query-log: closest logged queries / passages averaged")
+    defence_quantile: float = Field(default=0.999, gt=0.0, le=1.0, description="query-log: share of clean passages under the threshold")
+    copy_ngram: int = Field(default=3, ge=1, description="query-copy: words per n-gram")
+    copy_coverage: float = Field(default=0.8, gt=0.0, le=1.0, description="query-copy: share of a query's n-grams that makes it copied")
+    copy_min_queries: int = Field(default=2, ge=1, description="query-copy: copied queries that flag a passage")
     depth: int = Field(default=30, ge=1, description="hits searched per question before the defence filters")
     chunker: str = BEST_CONFIG.chunker
     chunk_size: int = BEST_CONFIG.chunk_size
@@ -109,7 +116,7 @@ def make_attacks(config: PoisonConfig, encoder: Encoder, counter: TokenCounter, 
 
 
 class Probe:
-    """One probe of one dataset: topics, the clean index, the defence, and the measurements."""
+    """One probe of one dataset: topics, the clean index, the defences, and the measurements."""
 
     def __init__(self, config: PoisonConfig, dataset: EvalDataset, encoder: Encoder, index_dir: Path,
                  progress: Progress | None = None) -> None:
@@ -122,12 +129,22 @@ class Probe:
         self.targets: list[Question] = [q for topic in self.topics for q in topic.targets]
         self.target_topics = [topic.topic_id for topic in self.topics for _ in topic.targets]
         held_out = {q.qid for q in self.targets}
-        log = np.stack([vector for question, vector in zip(questions, vectors) if question.qid not in held_out])
-        ids, _, clean_vectors = index_vectors(self.index_dir)
-        self.n_chunks = len(ids)
-        self.clean_ids = set(ids)
-        self.defence = QueryLogDefence.calibrate(log, ids, clean_vectors, config.defence_top, config.defence_quantile)
-        self.clean_flagged = {i for i, flag in zip(ids, self.defence.flagged(ids, clean_vectors)) if flag}
+        logged = [(question.text, vector) for question, vector in zip(questions, vectors) if question.qid not in held_out]
+        ids, texts, clean_vectors, docs = index_vectors(self.index_dir)
+        self.n_chunks, self.clean_ids = len(ids), set(ids)
+        self.defences: dict[str, Defence] = {}
+        if "query-log" in config.defences:
+            self.defences["query-log"] = QueryLogDefence.calibrate(
+                np.stack([vector for _, vector in logged]), ids, clean_vectors, config.defence_top, config.defence_quantile, docs)
+        if "query-copy" in config.defences:
+            self.defences["query-copy"] = QueryCopyDefence([text for text, _ in logged], config.copy_ngram, config.copy_coverage,
+                                                           config.copy_min_queries)
+        self.clean_flagged = {name: {i for i, flag in zip(ids, defence.flagged(ids, texts, clean_vectors)) if flag}
+                              for name, defence in self.defences.items()}
+        self.defence_info = {name: {"clean_flagged": len(self.clean_flagged[name]), "log_queries": len(logged),
+                                    "flagged_as_new": float(np.mean(defence.flagged_as_new(docs, ids, texts, clean_vectors))),
+                                    "threshold": float(getattr(defence, "threshold", float("nan")))}
+                             for name, defence in self.defences.items()}
 
     def rankings(self, index_dir: Path) -> dict[str, list[list[Hit]]]:
         """Each mode's hits (to ``depth``) for every target question."""
@@ -135,30 +152,34 @@ class Probe:
         depth = max(self.config.depth, max(self.config.k))
         return {mode: rank(index_dir, texts, mode, depth, self.encoder) for mode in self.config.modes}
 
-    def flagged(self, index_dir: Path) -> set[int]:
-        """Chunk ids the defence flags in a copy of the clean index (its new chunks scored as they arrive)."""
-        ids, _, vectors = index_vectors(index_dir)
+    def flagged(self, index_dir: Path) -> dict[str, set[int]]:
+        """Per defence, the chunk ids it flags in a copy of the clean index (its new chunks scored as they arrive)."""
+        ids, texts, vectors, _ = index_vectors(index_dir)
         new = [row for row, i in enumerate(ids) if i not in self.clean_ids]
-        flags = self.defence.flagged([ids[row] for row in new], vectors[new])
-        return self.clean_flagged | {ids[row] for row, flag in zip(new, flags) if flag}
+        out: dict[str, set[int]] = {NO_DEFENCE: set()}
+        for name, defence in self.defences.items():
+            flags = defence.flagged([ids[row] for row in new], [texts[row] for row in new], vectors[new])
+            out[name] = self.clean_flagged[name] | {ids[row] for row, flag in zip(new, flags) if flag}
+        return out
 
-    def clean_cells(self, rankings: Mapping[str, list[list[Hit]]], flagged: set[int], attack: str | None, n: int) -> list[CleanCell]:
-        """Recall and IoU of the targets, per mode and k, with and without the defence."""
+    def clean_cells(self, rankings: Mapping[str, list[list[Hit]]], flagged: Mapping[str, set[int]], attack: str | None,
+                    n: int) -> list[CleanCell]:
+        """Recall and IoU of the targets, per mode, k and defence (``none`` included)."""
         cells = []
         for mode, ranked in rankings.items():
             for k in self.config.k:
-                for defence in (False, True):
-                    scores = [clean_scores(q, kept(hits, flagged if defence else set(), k)) for q, hits in zip(self.targets, ranked)]
+                for defence, skip in flagged.items():
+                    scores = [clean_scores(q, kept(hits, skip, k)) for q, hits in zip(self.targets, ranked)]
                     recall, iou = (100.0 * float(np.mean(column)) for column in zip(*scores))
                     cells.append(CleanCell(attack, n, mode, k, defence, recall, iou))
         return cells
 
-    def success_cells(self, rankings: Mapping[str, list[list[Hit]]], flagged: set[int], attack: str, n: int) -> list[SuccessCell]:
-        """Attack success per mode and k, with and without the defence."""
+    def success_cells(self, rankings: Mapping[str, list[list[Hit]]], flagged: Mapping[str, set[int]], attack: str,
+                      n: int) -> list[SuccessCell]:
+        """Attack success per mode, k and defence (``none`` included)."""
         return [SuccessCell(attack, n, mode, k, defence,
-                            success_rate([kept(hits, flagged if defence else set(), k) for hits in ranked], self.target_topics),
-                            len(self.targets))
-                for mode, ranked in rankings.items() for k in self.config.k for defence in (False, True)]
+                            success_rate([kept(hits, skip, k) for hits in ranked], self.target_topics), len(self.targets))
+                for mode, ranked in rankings.items() for k in self.config.k for defence, skip in flagged.items()]
 
     def objectives(self, attack: str, passages: Mapping[int, Sequence[str]]) -> list[AttackObjective]:
         """Mean cosine of each topic's passages to its attack and its target questions."""
@@ -175,7 +196,7 @@ class Probe:
         """Measure the clean index, then every attack × n."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        clean = self.clean_cells(self.rankings(self.index_dir), self.clean_flagged, None, 0)
+        clean = self.clean_cells(self.rankings(self.index_dir), {NO_DEFENCE: set(), **self.clean_flagged}, None, 0)
         timings["clean_s"] = time.perf_counter() - started
         success: list[SuccessCell] = []
         objectives: list[AttackObjective] = []
@@ -198,10 +219,8 @@ class Probe:
         timings["total_s"] = time.perf_counter() - started
         traces = getattr(attacks.get("hotflip"), "traces", [])
         settings = {**self.config.model_dump(mode="json"), "hotflip_traces": [list(t) for t in traces]}
-        defence = {"threshold": self.defence.threshold, "clean_flagged": len(self.clean_flagged),
-                   "log_queries": len(self.defence.log_vectors)}
         return PoisonReport(self.dataset.name, self.n_chunks, self.topics, tuple(success), tuple(clean),
-                            tuple(objectives), defence, settings, timings)
+                            tuple(objectives), self.defence_info, settings, timings)
 
 
 def run_probe(config: PoisonConfig, dataset: EvalDataset, encoder: Encoder, counter: TokenCounter, vocab: dict[str, int], *,

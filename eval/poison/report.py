@@ -17,36 +17,55 @@ def report_json(report: PoisonReport) -> dict[str, Any]:
     return data
 
 
-def _clean(report: PoisonReport, attack: str | None, n: int, mode: str, k: int, defence: bool) -> CleanCell:
+def _clean(report: PoisonReport, attack: str | None, n: int, mode: str, k: int, defence: str) -> CleanCell:
     return next(c for c in report.clean if (c.attack, c.n, c.mode, c.k, c.defence) == (attack, n, mode, k, defence))
 
 
+def defences(report: PoisonReport) -> list[str]:
+    """The defences measured, in report order (without ``none``)."""
+    return [name for name in dict.fromkeys(c.defence for c in report.success) if name != "none"]
+
+
 def success_rows(report: PoisonReport) -> list[dict[str, object]]:
-    """One row per attack × n × mode: success (%) at each k without / with the defence, and the
-    recall the attack costs the targets at the smallest k."""
+    """One row per attack × n × mode: success (%) at each k without and with each defence, and the
+    recall the attack costs the targets at the smallest k (points), without and with each defence."""
     cells = {(c.attack, c.n, c.mode, c.k, c.defence): c.success for c in report.success}
     ks = sorted({c.k for c in report.success})
     rows = []
     for attack, n, mode in dict.fromkeys((c.attack, c.n, c.mode) for c in report.success):
         row: dict[str, object] = {"attack": attack, "n": n, "mode": mode}
-        for k in ks:
-            row[f"success@{k}"] = round(100 * cells[(attack, n, mode, k, False)], 1)
-            row[f"defended@{k}"] = round(100 * cells[(attack, n, mode, k, True)], 1)
-        base = _clean(report, None, 0, mode, ks[0], False).recall
-        row[f"recall@{ks[0]} lost"] = round(base - _clean(report, attack, n, mode, ks[0], False).recall, 1)
-        row[f"recall@{ks[0]} lost defended"] = round(base - _clean(report, attack, n, mode, ks[0], True).recall, 1)
+        for defence in ("none", *defences(report)):
+            label = "success" if defence == "none" else defence
+            for k in ks:
+                row[f"{label}@{k}"] = round(100 * cells[(attack, n, mode, k, defence)], 1)
+        base = _clean(report, None, 0, mode, ks[0], "none").recall
+        for defence in ("none", *defences(report)):
+            label = "" if defence == "none" else f" {defence}"
+            row[f"recall@{ks[0]} lost{label}"] = round(base - _clean(report, attack, n, mode, ks[0], defence).recall, 1)
         rows.append(row)
     return rows
 
 
 def clean_rows(report: PoisonReport) -> list[dict[str, object]]:
-    """Recall and IoU of the targets on the unpoisoned index, without and with the defence."""
+    """Recall and IoU (%) of the targets on the unpoisoned index, without and with each defence."""
     rows = []
     for mode, k in dict.fromkeys((c.mode, c.k) for c in report.clean if c.attack is None):
-        off, on = _clean(report, None, 0, mode, k, False), _clean(report, None, 0, mode, k, True)
-        rows.append({"mode": mode, "k": k, "recall": round(off.recall, 1), "recall defended": round(on.recall, 1),
-                     "IoU": round(off.iou, 2), "IoU defended": round(on.iou, 2)})
+        row: dict[str, object] = {"mode": mode, "k": k}
+        for defence in ("none", *defences(report)):
+            cell = _clean(report, None, 0, mode, k, defence)
+            label = "" if defence == "none" else f" {defence}"
+            row[f"recall{label}"], row[f"IoU{label}"] = round(cell.recall, 1), round(cell.iou, 2)
+        rows.append(row)
     return rows
+
+
+def defence_text(report: PoisonReport) -> str:
+    """One sentence per defence: its calibration and its false alarms."""
+    return " ".join(
+        f"{name}: {info['clean_flagged']:g} of {report.n_chunks} clean chunks flagged, "
+        f"{100 * info['flagged_as_new']:.1f}% of them flagged had their document arrived after calibration"
+        + (f", threshold {info['threshold']:.3f}." if info["threshold"] == info["threshold"] else ".")
+        for name, info in report.defence.items())
 
 
 def markdown_table(rows: list[dict[str, object]]) -> str:
@@ -64,8 +83,7 @@ def markdown_report(report: PoisonReport) -> str:
     targets = sum(len(t.targets) for t in report.topics)
     attackers = sum(len(t.attack) for t in report.topics)
     head = (f"### Poisoning probe: {report.dataset}\n\n{len(report.topics)} topics, {attackers} attack questions, "
-            f"{targets} held-out target questions, {report.n_chunks} indexed chunks. Defence threshold "
-            f"{report.defence['threshold']:.3f} flags {report.defence['clean_flagged']:g} clean chunks.\n\n")
+            f"{targets} held-out target questions, {report.n_chunks} indexed chunks. {defence_text(report)}\n\n")
     return head + markdown_table(success_rows(report)) + "\nClean index (targets):\n\n" + markdown_table(clean_rows(report))
 
 
@@ -80,9 +98,9 @@ def render_html(report: PoisonReport) -> str:
     return (
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
         f"<style>{BASE_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<p>{len(report.topics)} topics, {targets} held-out target questions, {report.n_chunks} indexed chunks; "
-        f"defence threshold {report.defence['threshold']:.3f} ({report.defence['clean_flagged']:g} clean chunks flagged). "
-        "Success and recall in %; planted passages lived only in a temporary copy of the index.</p>"
+        f"<p>{len(report.topics)} topics, {targets} held-out target questions, {report.n_chunks} indexed chunks. "
+        f"{html.escape(defence_text(report))} Success and recall in %; planted passages lived only in a temporary "
+        "copy of the index.</p>"
         f"<h2>Attack success</h2>{html_table(success_rows(report), 'success')}"
         f"<h2>Clean index (targets)</h2>{html_table(clean_rows(report), 'clean')}</body></html>\n"
     )

@@ -45,12 +45,12 @@ def rank(index_dir: str | Path, questions: Sequence[str], mode: str, k: int, enc
     return search_texts(IndexStore.open(index_dir), encoder, list(questions), k, MODE_WEIGHTS[mode], distinct=True)
 
 
-def index_vectors(index_dir: str | Path) -> tuple[list[int], list[str], np.ndarray]:
-    """Chunk ids, texts and stored vectors of the current version of an index."""
+def index_vectors(index_dir: str | Path) -> tuple[list[int], list[str], np.ndarray, list[str]]:
+    """Chunk ids, texts, stored vectors and document ids of the current version of an index."""
     store = IndexStore.open(index_dir)
     records = store.chunks()
     ids = [record.id for record in records]
-    return ids, [record.text for record in records], store.vectors_of(ids)
+    return ids, [record.text for record in records], store.vectors_of(ids), [record.doc_id for record in records]
 
 
 def cache_root() -> Path:
