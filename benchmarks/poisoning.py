@@ -86,10 +86,9 @@ def render(out: dict) -> str:
         "the unpoisoned index.\n",
         f"Attacks ({config['length']} MiniLM tokens per passage at most): random vocabulary words; query stuffing "
         "(the attack questions concatenated, n orders); keyword stuffing (their content words repeated by frequency, "
-        f"n shuffles); HotFlip: from the first query-stuffing passage, {config['hotflip_steps']} gradient steps (up "
-        f"to {2 * config['hotflip_steps']} until n flips are accepted) x {config['hotflip_candidates']} exactly "
-        f"evaluated single-token flips sampled from the top {config['hotflip_top']} first-order substitutions per "
-        "position, maximising the mean cosine to the attack questions; its n passages are the last n accepted states.\n",
+        "n shuffles); HotFlip: from the first query-stuffing passage, S gradient steps (up to 2S until n flips are "
+        f"accepted) x C exactly evaluated single-token flips sampled from the top {config['hotflip_top']} first-order substitutions per "
+        "position, maximising the mean cosine to the attack questions; its n passages are the last n accepted states (S and C per dataset below).\n",
         "Defences (flagged chunks are skipped at query time; the query log is every question of the file except the "
         "held-out targets, so the attacker's questions are in it and the targets are not):\n",
         f"- `query-log` (`eval/poison/defence.py`): score = mean of the {config['defence_top']} highest cosines to the "
@@ -104,8 +103,10 @@ def render(out: dict) -> str:
     for name, data in out["datasets"].items():
         info = summary(data)
         topics = data["topics"]
+        own = data.get("config", config)
         lines.append(f"## {name}\n\n{len(topics)} topics, {sum(len(t['attack']) for t in topics)} attack and "
-                     f"{sum(len(t['targets']) for t in topics)} target questions, {data['n_chunks']} chunks. "
+                     f"{sum(len(t['targets']) for t in topics)} target questions, {data['n_chunks']} chunks. HotFlip "
+                     f"budget {own['hotflip_steps']} steps x {own['hotflip_candidates']} candidates. "
                      f"Wall time {data['wall_s']:.0f} s.\n")
         lines.append(markdown_table(data["table"]))
         lines.append("Clean index, targets (recall and IoU in %):\n")
@@ -129,6 +130,17 @@ def render(out: dict) -> str:
                 f"clean recall of the targets down at most **{d['max_clean_recall_drop']:.1f}** points; "
                 f"{d['clean_flagged']:g} clean chunks flagged; flagged as new **{100 * d['flagged_as_new']:.1f}%**. "
                 f"Target (>= 50%, <= 1 point): **{'met' if d['target_met'] else 'NOT met'}** on this probe.\n")
+    lines.append(
+        "## Limits of these figures\n\n"
+        "- `query-log` compares a passage with the index it was calibrated on. Every indexed chunk has near-copies "
+        "there (its neighbours share its neighbour-context embedding), a planted passage has none, and so does a "
+        "genuine document added later: `flagged as new` shows it flags such documents wholesale. Its success here "
+        "is that structural signal, not a usable defence.\n"
+        "- `query-copy` only catches passages that keep logged queries word for word (query stuffing and HotFlip "
+        "started from it, with few flips). A paraphrasing attacker, keyword stuffing, or a HotFlip run long enough "
+        "to rewrite the questions pass it; FAQ-style documents that quote users' questions would be flagged.\n"
+        "- No adaptive attacker (one who knows the defence) was run; the topics are a subset of the clusters; "
+        "clean recall is measured on the held-out targets of the probed topics only.\n")
     return "\n".join(lines)
 
 
@@ -170,14 +182,14 @@ def main() -> None:
         data["clean_table"] = clean_rows(report)
         data["summary"] = summary(data)
         data["wall_s"] = time.perf_counter() - started
+        data["config"] = out["config"]
         out["datasets"][name] = data
         print(markdown_report(report), json.dumps(data["summary"]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved = RESULTS / "poisoning.json"
     if len(args.datasets) < len(DATASETS) and saved.is_file():  # one dataset at a time: keep the others' results
         previous = json.loads(saved.read_text())
-        if previous.get("config") == out["config"]:
-            out["datasets"] = {**previous["datasets"], **out["datasets"]}
+        out["datasets"] = {**previous["datasets"], **out["datasets"]}
     atomic_write_text(saved, json.dumps(out, indent=1) + "\n")
     atomic_write_text(RESULTS / "poisoning.md", render(out))
 

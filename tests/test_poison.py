@@ -233,6 +233,6 @@ def test_cli_eval_poison_prints_and_saves_the_table(prefect_harness, tmp_path, m
     assert result.exit_code == 0, result.output
     assert "Poisoning" in result.output and "wrote" in result.output
     table = json.loads(out.read_text())["poisoning"]["table"]
-    assert len(table) == 2 * 2 * 3 and {"success@2", "defended@3"} <= set(table[0])
+    assert len(table) == 2 * 2 * 3 and {"success@2", "query-log@3", "query-copy@2"} <= set(table[0])
     page = (tmp_path / "p.html").read_text()
     assert page.count("<tr>") == len(table) + 1 + 2 * 3 + 1 and "query-stuffing" in page
