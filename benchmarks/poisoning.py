@@ -67,6 +67,32 @@ def summary(report: dict) -> dict:
     return out
 
 
+def gradient_note(info: dict, data: dict) -> str:
+    """Whether HotFlip beats query stuffing on dense retrieval, and why not when it does not."""
+    dense = info["dense_success"]
+    if "hotflip" not in dense or "query-stuffing" not in dense:
+        return ""
+    if dense["hotflip"] > dense["query-stuffing"]:
+        return f"HotFlip beats query stuffing on dense retrieval ({dense['hotflip']:.1f} vs {dense['query-stuffing']:.1f})."
+    per_topic = mean([len(t["attack"]) for t in data["topics"]])
+    return (f"HotFlip does NOT beat query stuffing on dense retrieval here ({dense['hotflip']:.1f} vs "
+            f"{dense['query-stuffing']:.1f}): the topics are broad ({per_topic:.0f} attack questions each, of which a "
+            "64-token passage holds about 3), the budget lifts the objective only to the cosines above "
+            "(a 0.1 gain), and its n passages are consecutive states of one run (one flip apart) while query "
+            "stuffing's n passages put different questions first, so more passages add coverage only for stuffing. "
+            "One run per sub-cluster of the attack questions (as GASLITE does for several passages) and a larger "
+            "budget are what it would need.")
+
+
+def verdict(defence: dict) -> str:
+    """Whether a defence meets the target, and whether that holds up for documents indexed later."""
+    if not defence["target_met"]:
+        return "NOT met"
+    if defence["flagged_as_new"] > 0.01:
+        return f"met on the indexed corpus only; it would also flag {100 * defence['flagged_as_new']:.0f}% of genuine new documents"
+    return "met"
+
+
 def render(out: dict) -> str:
     """The results page: settings, per dataset the tables and what they say."""
     config = out["config"]
@@ -122,14 +148,15 @@ def render(out: dict) -> str:
             f"Mean cosine of the passages to the attack / target questions: {cosines}. HotFlip objective per topic: "
             f"{trace_text}.\n\nMean success over modes, n and k without a defence: "
             + ", ".join(f"{a} {v:.1f}" for a, v in info["success"].items())
-            + "; dense only: " + ", ".join(f"{a} {v:.1f}" for a, v in info["dense_success"].items()) + ".\n")
+            + "; dense only: " + ", ".join(f"{a} {v:.1f}" for a, v in info["dense_success"].items()) + ". "
+            + gradient_note(info, data) + "\n")
         for defence, d in info["defences"].items():
             lines.append(
                 f"- `{defence}`: mean success " + ", ".join(f"{a} {v:.1f}" for a, v in d["success"].items())
                 + f". Strongest attack ({info['strongest']}) down **{100 * d['relative_reduction']:.0f}%** (relative); "
                 f"clean recall of the targets down at most **{d['max_clean_recall_drop']:.1f}** points; "
                 f"{d['clean_flagged']:g} clean chunks flagged; flagged as new **{100 * d['flagged_as_new']:.1f}%**. "
-                f"Target (>= 50%, <= 1 point): **{'met' if d['target_met'] else 'NOT met'}** on this probe.\n")
+                f"Target (>= 50%, <= 1 point): **{verdict(d)}**.\n")
     lines.append(
         "## Limits of these figures\n\n"
         "- `query-log` compares a passage with the index it was calibrated on. Every indexed chunk has near-copies "
