@@ -81,6 +81,9 @@ def evaluate(
     distinct: bool | None = typer.Option(None, "--distinct/--with-copies",
                                             help="top k = k different texts (default), or the plain top k with identical copies"),
     sweep: Path | None = typer.Option(None, "--sweep", help="YAML/JSON grid of configurations (see eval/sweep.py)"),
+    poison: Path | None = typer.Option(None, "--poison", help="YAML/JSON poisoning-probe settings (see eval/poison/probe.py); "
+                                       "plants passages in a copy of the index and reports attack success"),
+    index: Path | None = typer.Option(None, "--index", help="with --poison: probe a copy of this index instead of one built from the corpora"),
     json_out: Path | None = typer.Option(None, "--json", help="write per-corpus, overall and per-question scores here"),
     html_out: Path | None = typer.Option(None, "--html", help="write the dashboard page (this run and the recorded history) here"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="embedding cache (default $RAGPRESS_CACHE/eval-embeddings)"),
@@ -89,6 +92,16 @@ def evaluate(
     """Evaluate chunking + retrieval on questions with reference spans (recall, precision, PΩ, IoU)."""
     from eval.sweep import load_sweep
 
+    if poison is not None:
+        given = dict(chunker=chunker, chunk_size=chunk_size, overlap=overlap, k=k, retrieval=retrieval,
+                     hybrid_weight=hybrid_weight, context_chunks=context_chunks, merge_adjacent=merge_adjacent, unit=unit,
+                     distinct=distinct, sweep=sweep)
+        if any(value is not None for value in given.values()):
+            fail("--poison takes its settings from the config file; drop the chunker/retrieval/--sweep options")
+        run_poison(poison, questions, corpora, json_out, html_out, model, index)
+        return
+    if index is not None:
+        fail("--index is only used with --poison")
     options = dict(
         chunker=chunker, chunk_size=chunk_size, overlap=overlap, k=parse_k(k), retrieval=retrieval,
         hybrid_weight=hybrid_weight, context_chunks=context_chunks, merge_adjacent=merge_adjacent, unit=unit,
@@ -122,6 +135,49 @@ def evaluate(
     for path in (json_out, html_out):
         if path is not None:
             typer.echo(f"wrote {path}")
+
+
+def run_poison(config_path: Path, questions: Path | None, corpora: Path | None, json_out: Path | None,
+               html_out: Path | None, model: str | None, index: Path | None) -> None:
+    """``ragpress eval --poison CONFIG``: validate everything, run the probe flow, print its table."""
+    from eval.poison.probe import load_poison_config
+
+    with user_errors():
+        config = load_poison_config(config_path)
+        if questions is not None and not questions.is_file():
+            fail(f"questions file {questions} does not exist")
+        if index is not None:
+            from retrieval.index_store import IndexStore
+
+            if not IndexStore.exists(index):
+                fail(f"--index {index} holds no committed index; build one with ragpress index, or drop --index")
+        from flows.evaluate import poison_flow
+
+        report = poison_flow(config.model_dump(), str(questions) if questions else None, str(corpora) if corpora else None,
+                             str(json_out) if json_out else None, model, str(index) if index else None,
+                             str(html_out) if html_out else None)
+    print_poison(report)
+    for path in (json_out, html_out):
+        if path is not None:
+            typer.echo(f"wrote {path}")
+
+
+def print_poison(report) -> None:
+    """The attack-success table and the clean-index table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from eval.poison.report import clean_rows, success_rows
+
+    console = Console()
+    for title, rows in ((f"Poisoning probe: {report.dataset} (success %, recall points)", success_rows(report)),
+                        ("Clean index, target questions", clean_rows(report))):
+        table = Table(title=title)
+        for column in rows[0]:
+            table.add_column(column, justify="left" if column in ("attack", "mode") else "right")
+        for row in rows:
+            table.add_row(*(str(value) for value in row.values()))
+        console.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ page when asked.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +22,13 @@ from prefect.cache_policies import NO_CACHE
 from eval.base import EvalConfig, EvalDataset, EvalResult
 from eval.datasets import load_pydoc_topics, load_questions
 from eval.embedding_cache import EmbeddingCache
-from eval.report import markdown_summary, table_rows, write_json
+from eval.poison.base import PoisonReport
+from eval.poison.probe import PoisonConfig, run_probe
+from eval.poison.report import markdown_report, render_html, report_json, success_rows
+from eval.report import machine_info, markdown_summary, table_rows, write_json
 from eval.run_store import RunRecord, RunStore, eval_run
 from eval.runner import Evaluator, default_chunker_factory
+from filestore import atomic_write_text
 
 
 @task(name="load-dataset", cache_policy=NO_CACHE)
@@ -122,3 +127,36 @@ def evaluate_flow(
     publish_artifacts(results, dataset.name, runs_markdown(run_ids, RunStore(runs_db), html_out))
     write_reports(results, json_out, html_out, {"questions": questions, "corpora": corpora}, run_ids, runs_db)
     return results
+
+
+@task(name="poison-probe", cache_policy=NO_CACHE)
+def poison_probe(config: PoisonConfig, dataset: EvalDataset, model: str | None, index_dir: str | None) -> PoisonReport:
+    """Plant each attack's passages in copies of the index and measure them (``eval.poison.probe``)."""
+    from retrieval.encoder import load_encoder
+    from retrieval.tokenizer import load_tokenizer
+
+    counter = load_tokenizer(model)
+    return run_probe(config, dataset, load_encoder(model), counter, counter.backend.get_vocab(),
+                     index_dir=Path(index_dir) if index_dir else None)
+
+
+@task(name="publish-poison", cache_policy=NO_CACHE)
+def publish_poison(report: PoisonReport, json_out: str | None, html_out: str | None) -> None:
+    """The attack-success table as a dashboard artifact, and the report as JSON and HTML when asked."""
+    key = artifact_key(f"poison-{report.dataset}")
+    create_table_artifact(table=success_rows(report), key=key, description=f"Poisoning probe on {report.dataset}")
+    create_markdown_artifact(markdown=markdown_report(report), key=f"{key}-summary")
+    if json_out:
+        atomic_write_text(Path(json_out), json.dumps({"machine": machine_info(), "poisoning": report_json(report)}, indent=1) + "\n")
+    if html_out:
+        atomic_write_text(Path(html_out), render_html(report))
+
+
+@flow(name="ragpress-poison", validate_parameters=False)
+def poison_flow(config: dict, questions: str | None = None, corpora: str | None = None, json_out: str | None = None,
+                model: str | None = None, index_dir: str | None = None, html_out: str | None = None) -> PoisonReport:
+    """The poisoning probe of ``config`` (a ``PoisonConfig`` dict) on one dataset; ``index_dir`` is
+    only ever copied, never written."""
+    report = poison_probe(PoisonConfig.model_validate(config), load_dataset(questions, corpora), model, index_dir)
+    publish_poison(report, json_out, html_out)
+    return report

@@ -54,6 +54,11 @@ class SentenceEncoder:
     def __repr__(self) -> str:
         return f"SentenceEncoder({self.model_id!r}, dim={self.dim}, max_seq_length={self.max_seq_length})"
 
+    def transformer(self) -> tuple[Any, Any]:
+        """The underlying Hugging Face model and tokenizer (mean pooling + L2 norm give ``encode``);
+        for probes that need gradients through the encoder."""
+        return self._model[0].auto_model, self._model.tokenizer
+
     def count_too_long(self, texts: Sequence[str]) -> int:
         """How many texts exceed max_seq_length tokens (special tokens included), i.e. get truncated."""
         # A WordPiece token covers at least one character: short texts cannot overflow.
