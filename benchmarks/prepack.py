@@ -13,8 +13,8 @@ interleaved per repeat (the order rotates), medians and ratios against baselines
 2. MiniLM embedding of ``--embed-chunks`` chunks: packed rows (``retrieval.packing``), the
    library's padded batches (``SentenceTransformer.encode``, batch 64, which sorts by length),
    and one text per call.
-3. Indexing end to end (``index_paths`` of one chroma corpus file with the encoder's default
-   settings) vs the bare ``SentenceTransformer.encode`` of the same chunk texts.
+3. Indexing end to end (``index_paths`` of one chroma corpus file, the encoder embedding in
+   packed rows) vs the bare ``SentenceTransformer.encode`` of the same chunk texts.
 
 Cost is CPU seconds of this process (``time.process_time``) per 1,000 real tokens (padding and
 the repeated prefix not counted); wall seconds are recorded too. Every variant's output is
@@ -194,11 +194,14 @@ def run_embed(texts: list[str], n_chunks: int, repeats: int, seed: int) -> dict:
 
 def run_indexing(repeats: int, file_name: str) -> dict:
     from retrieval.chunkers import make_chunker
-    from retrieval.encoder import TruncationWarning, load_encoder
+    from retrieval.encoder import SentenceEncoder, TruncationWarning, load_encoder
     from retrieval.indexing import chunk_documents, index_paths, load_documents
+    from retrieval.packing import DEFAULT_ROW_TOKENS
 
     corpus = DATA / "chroma" / "corpora" / file_name
-    encoder, chunker = load_encoder(), make_chunker(CHUNKER, CHUNK_SIZE, 0)
+    loaded = load_encoder()  # packing is off by default; this measures the encoder with it on
+    encoder = SentenceEncoder(loaded._model, loaded.name, loaded.model_dir, row_tokens=DEFAULT_ROW_TOKENS)
+    chunker = make_chunker(CHUNKER, CHUNK_SIZE, 0)
     docs, _ = load_documents([corpus])
     texts = [c.text for _, chunks in chunk_documents(docs, chunker) for c in chunks]
     model = encoder._model
@@ -218,7 +221,7 @@ def run_indexing(repeats: int, file_name: str) -> dict:
     assert results["index_paths"] == len(texts) == len(results["bare_encode"]), "end to end indexed other chunks than the bare encode embeds"
     tokens = sum(len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"])
     return summarise(times, tokens, baseline="bare_encode") | {"chunks": len(texts), "encoder_row_tokens": encoder.row_tokens,
-                                                               "files": [d.id for d in docs]}
+                                                               "files": [d.doc_id for d in docs]}
 
 
 def summarise(times: dict[str, dict[str, list[float]]], tokens: int, baseline: str) -> dict:
@@ -278,6 +281,13 @@ def markdown(r: dict) -> str:
                       + "".join(f" --skip {part}" for part in c["skip"]) + (f" --tag {c['tag']}" if c["tag"] else "") + "`", ""])
 
 
+def verdict(variant: dict) -> str:
+    """'met' when the ratio of medians and every paired ratio are above 1, else how it stands."""
+    if variant["speedup_vs_baseline"] > 1 and min(variant["paired_speedups"]) > 1:
+        return "met"
+    return "not shown: within noise" if variant["speedup_vs_baseline"] > 1 else "NOT met"
+
+
 def lm_markdown(lm: dict) -> list[str]:
     speedup, ct = lm["variants"]["packed"]["speedup_vs_baseline"], lm["chunk_tokens"]
     return [
@@ -310,7 +320,7 @@ def indexing_markdown(idx: dict) -> list[str]:
         f"{'on, rows of ' + format(idx['encoder_row_tokens'], ',') + ' tokens' if idx['encoder_row_tokens'] else 'off'}) "
         "vs the bare `SentenceTransformer.encode` of the same chunk texts (batch 64, normalised).", "",
         *table(idx, {"bare_encode": "bare `SentenceTransformer.encode`", "index_paths": "ragpress `index_paths` end to end"}), "",
-        f"Target: end to end faster than the bare encode: **{'met' if speedup > 1 else 'NOT met'}** ({speedup:.2f}x).", "",
+        f"Target: end to end faster than the bare encode: **{verdict(idx['variants']['index_paths'])}** ({speedup:.2f}x).", "",
     ]
 
 
@@ -326,7 +336,12 @@ def main() -> None:
     parser.add_argument("--index-file", default="chatlogs.md", help="chroma corpus indexed end to end")
     parser.add_argument("--skip", choices=("lm", "embed", "indexing"), action="append", default=[], help="leave a part out")
     parser.add_argument("--tag", default="", help="results go to prepack_<tag>.json/.md")
+    parser.add_argument("--markdown-only", action="store_true", help="re-render the .md from the stored .json")
     args = parser.parse_args()
+    name = f"prepack_{args.tag}" if args.tag else "prepack"
+    if args.markdown_only:
+        atomic_write_text(RESULTS / f"{name}.md", markdown(json.loads((RESULTS / f"{name}.json").read_text())))
+        return
     import torch
 
     torch.set_num_threads(args.threads)
@@ -343,7 +358,6 @@ def main() -> None:
     result["indexing"] = {} if "indexing" in args.skip else run_indexing(args.repeats, args.index_file)
     result["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"prepack_{args.tag}" if args.tag else "prepack"
     atomic_write_text(RESULTS / f"{name}.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(RESULTS / f"{name}.md", markdown(result))
     print(markdown(result))

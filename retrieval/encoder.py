@@ -18,7 +18,7 @@ import numpy as np
 
 from retrieval.errors import EmbeddingModelUnavailable, InputError
 from retrieval.models import DEFAULT_EMBEDDING_MODEL, resolve_embedding_model
-from retrieval.packing import DEFAULT_ROW_TOKENS, encode_packed, packable
+from retrieval.packing import encode_packed, packable
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -44,10 +44,12 @@ class SentenceEncoder:
     """A sentence-transformers model behind the ``retrieval.base.Encoder`` protocol.
 
     ``row_tokens``: embed in packed rows of this many tokens where the model allows it
-    (``retrieval.packing``); None or a model that does not allow it: the library's padded batches.
+    (``retrieval.packing``, e.g. ``DEFAULT_ROW_TOKENS``); None (the default) or a model that does
+    not allow it: the library's padded batches. Off by default: ``benchmarks/prepack.py`` measured
+    packed rows ~1.1x faster with one torch thread but slower with two (many small kernels).
     """
 
-    def __init__(self, model: Any, name: str, model_dir: Path, row_tokens: int | None = DEFAULT_ROW_TOKENS) -> None:
+    def __init__(self, model: Any, name: str, model_dir: Path, row_tokens: int | None = None) -> None:
         self._model = model
         self.row_tokens = row_tokens if row_tokens and packable(model) else None
         self.name = name

@@ -94,12 +94,13 @@ def test_engine_warm_packs_stores_and_computes_repeats_once(tiny_kv_engine) -> N
 def test_packed_minilm_embeddings_equal_the_library() -> None:
     import pydoc_data.topics
 
-    from retrieval.encoder import load_encoder
-    from retrieval.packing import encode_packed, packable
+    from retrieval.encoder import SentenceEncoder, load_encoder
+    from retrieval.packing import DEFAULT_ROW_TOKENS, encode_packed, packable
 
-    encoder = load_encoder()
-    model = encoder._model
-    assert packable(model) and encoder.row_tokens
+    loaded = load_encoder()
+    model = loaded._model
+    encoder = SentenceEncoder(model, loaded.name, loaded.model_dir, row_tokens=DEFAULT_ROW_TOKENS)
+    assert packable(model) and encoder.row_tokens == DEFAULT_ROW_TOKENS
     words = " ".join(text for _, text in sorted(pydoc_data.topics.topics.items())).split()
     # Different lengths, from one word to past the 256-token window (truncated alike on both sides).
     texts = [" ".join(words[start:start + size]) for start, size in zip(range(0, 4000, 97), [1, 5, 40, 90, 150, 400, 12, 70] * 2)]
@@ -107,7 +108,7 @@ def test_packed_minilm_embeddings_equal_the_library() -> None:
     packed = encode_packed(model, texts, row_tokens=512)
     cosine = (packed * reference).sum(axis=1) / np.linalg.norm(packed, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() >= 0.9999
-    np.testing.assert_allclose(encoder.encode(texts[:6]), packed[:6], atol=1e-5)  # the encoder's default path is the packed one
+    np.testing.assert_allclose(encoder.encode(texts[:6]), packed[:6], atol=1e-5)  # the encoder's packed path
     # The library's own padded path on the switched model is still plain SDPA.
     np.testing.assert_allclose(model.encode(texts[:3], normalize_embeddings=True), reference[:3], atol=1e-6)
 
@@ -124,6 +125,6 @@ def test_unpackable_encoder_falls_back_to_library_batching() -> None:
     hf_config._attn_implementation = "eager"
     try:
         assert not packable(model)
-        assert SentenceEncoder(model, loaded.name, loaded.model_dir).row_tokens is None
+        assert SentenceEncoder(model, loaded.name, loaded.model_dir, row_tokens=2048).row_tokens is None
     finally:
         hf_config._attn_implementation = saved
