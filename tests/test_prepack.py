@@ -90,6 +90,7 @@ def test_engine_warm_packs_stores_and_computes_repeats_once(tiny_kv_engine) -> N
         torch.testing.assert_close(packed.values, alone.values, atol=ATOL, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_packed_minilm_embeddings_equal_the_library() -> None:
     import pydoc_data.topics
