@@ -118,5 +118,5 @@ def precompute_flow(index: str, cache_dir: str | None = None, lm_name: str = "sm
 
     engine = make_engine(index, cache_dir, lm_name)
     texts = [chunk.text for chunk in IndexStore.open(index).chunks()]
-    computed = sum(engine.warm(engine.prompt([text], "?")) for text in texts)
+    computed = engine.warm(engine.prompt(texts, "?")) if texts else 0  # one prompt: missing caches are prefilled packed
     return {"chunks": len(texts), "computed": computed, "cache_dir": str(kv_cache_dir(index, cache_dir))}

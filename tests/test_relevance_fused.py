@@ -131,7 +131,7 @@ def test_block_attention_switch_is_undone_and_other_calls_are_sdpa(tiny_model):
     """Inside the switch a call without block bounds is plain SDPA; the switch is undone even on error."""
     import torch
 
-    from compression.llmlingua.block_attention import blocks_attention
+    from compression.block_attention import blocks_attention
 
     ids = torch.tensor([[0, 7, 11, 13, 17, 19]])
     with torch.inference_mode():
@@ -148,7 +148,7 @@ def test_block_attention_switch_is_undone_and_other_calls_are_sdpa(tiny_model):
 
 def test_block_attention_nested_callers_keep_the_switch(tiny_model):
     """A caller leaving while another is still inside (threads sharing one model) does not undo the switch."""
-    from compression.llmlingua.block_attention import NAME, blocks_attention
+    from compression.block_attention import NAME, blocks_attention
 
     with blocks_attention(tiny_model):
         with blocks_attention(tiny_model):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from compression.hf_cache import cache_arg, returned_cache
-from compression.kv.base import CacheCorrupted, CacheMismatch, ChunkKV, KVStore, PrefixKV
+from compression.kv.base import CacheCorrupted, CacheKey, CacheMismatch, ChunkKV, KVStore, PrefixKV
 from compression.kv.keys import make_key
 from compression.kv.rope import inv_freq, rerotate
 
@@ -65,17 +65,23 @@ def encode_chunk(model: Any, prefix: PrefixKV, token_ids: Sequence[int]) -> tupl
     return cache_tensors(returned_cache(out), start=len(prefix.token_ids))
 
 
+def stored_cache(store: KVStore, key: CacheKey) -> ChunkKV | None:
+    """The cache stored under ``key``; None when absent, corrupted or computed under other settings
+    (logged: the caller recomputes and replaces it)."""
+    try:
+        return store.get(key)
+    except (CacheCorrupted, CacheMismatch) as exc:
+        log.warning("%s", exc)
+        return None
+
+
 def chunk_cache(lm: Any, prefix: PrefixKV, token_ids: Sequence[int], store: KVStore, tokenizer_sig: str) -> tuple[ChunkKV, bool]:
     """The chunk's cache from ``store`` (True) or freshly computed and stored (False).
 
     A stored cache that is corrupted or was computed under other settings is logged and replaced.
     """
     key = make_key(lm, prefix, token_ids, tokenizer_sig)
-    try:
-        found = store.get(key)
-    except (CacheCorrupted, CacheMismatch) as exc:
-        log.warning("%s", exc)
-        found = None
+    found = stored_cache(store, key)
     if found is not None:
         return found, True
     keys, values = encode_chunk(lm.model, prefix, token_ids)

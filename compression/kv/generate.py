@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
 from compression.hf_cache import cache_arg, returned_cache
-from compression.kv.assemble import assemble, chunk_cache, encode_prefix
-from compression.kv.base import Generation, KVStore, PrefixKV, Prompt
+from compression.kv.assemble import assemble, encode_prefix
+from compression.kv.base import ChunkKV, Generation, KVStore, PrefixKV, Prompt
 from compression.kv.blockwise import DEFAULT_BLOCK, grow_cache, run_in_place, supported
 from compression.kv.keys import tokenizer_signature
+from compression.kv.packing import DEFAULT_ROW_TOKENS, chunk_caches
 from compression.kv.prompt import DEFAULT_SYSTEM, build_prompt
 from compression.kv.recovery import Recovery, additive
 
@@ -100,10 +101,14 @@ def reuse_prefill(model: Any, cache: Any, prompt: Prompt, recovery: Recovery) ->
 
 
 class KVReuseEngine:
-    """Answers questions over chunks whose caches are computed once and kept in ``store``."""
+    """Answers questions over chunks whose caches are computed once and kept in ``store``.
 
-    def __init__(self, lm: Any, store: KVStore, system: str = DEFAULT_SYSTEM) -> None:
-        self.lm, self.store, self.system = lm, store, system
+    ``row_tokens``: missing chunk caches are prefilled packed into rows of this many tokens
+    (``compression.kv.packing``); None: one chunk per forward pass.
+    """
+
+    def __init__(self, lm: Any, store: KVStore, system: str = DEFAULT_SYSTEM, row_tokens: int | None = DEFAULT_ROW_TOKENS) -> None:
+        self.lm, self.store, self.system, self.row_tokens = lm, store, system, row_tokens
         self._prefixes: dict[tuple[int, ...], PrefixKV] = {}
         self._tokenizer_sig = tokenizer_signature(lm.tokenizer)
         eos = lm.tokenizer.eos_token_id
@@ -119,10 +124,15 @@ class KVReuseEngine:
             self._prefixes[prompt.prefix_ids] = encode_prefix(self.lm.model, prompt.prefix_ids, self.lm.model_id)
         return self._prefixes[prompt.prefix_ids]
 
+    def chunk_caches(self, prompt: Prompt, indices: Sequence[int] | None = None) -> Iterator[tuple[int, ChunkKV, bool]]:
+        """``(index, cache, reused)`` for chunks ``indices`` of ``prompt`` (all by default), missing
+        ones computed packed and stored (``compression.kv.packing.chunk_caches``); index into ``indices``."""
+        chunks = prompt.chunk_ids if indices is None else [prompt.chunk_ids[i] for i in indices]
+        return chunk_caches(self.lm, self.prefix(prompt), chunks, self.store, self._tokenizer_sig, self.row_tokens)
+
     def warm(self, prompt: Prompt) -> int:
         """Make sure every chunk of ``prompt`` is cached; returns how many had to be computed."""
-        prefix = self.prefix(prompt)
-        return sum(not chunk_cache(self.lm, prefix, ids, self.store, self._tokenizer_sig)[1] for ids in prompt.chunk_ids)
+        return sum(not reused for _, _, reused in self.chunk_caches(prompt))
 
     @torch.inference_mode()
     def prefill(self, prompt: Prompt, recovery: Recovery,
@@ -134,7 +144,8 @@ class KVReuseEngine:
         """
         prefix = self.prefix(prompt)
         used = [i for i in range(len(prompt.chunk_ids)) if keep is None or keep[i]]
-        chunks = [chunk_cache(self.lm, prefix, prompt.chunk_ids[i], self.store, self._tokenizer_sig)[0] for i in used]
+        found = {index: kv for index, kv, _ in self.chunk_caches(prompt, used)}
+        chunks = [found[index] for index in range(len(used))]
         cache = assemble(self.lm.model, prefix, chunks, None if keep is None else [keep[i] for i in used])
         read = prompt if keep is None else prompt.keep(keep)
         logits, selected = reuse_prefill(self.lm.model, cache, read, recovery)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from compression.block_attention import block_mask, blocks_attention, supported
 from compression.hf_cache import cache_arg
-from compression.llmlingua.block_attention import blocks_attention, supported
 
 # Inputs longer than the LM window restart the cache from the prefix plus this many kept tokens.
 REPRIME_TOKENS = 32
@@ -274,7 +274,7 @@ def _score_group(model: Any, prefix: Sequence[int], blocks: Sequence[Sequence[in
             with blocks_attention(model):
                 logits = _packed_logits(model, torch.tensor([seq]), rows, block_bounds=bounds, **kwargs)
         else:
-            logits = _packed_logits(model, torch.tensor([seq]), rows, attention_mask=_block_mask(n_prefix, blocks), **kwargs)
+            logits = _packed_logits(model, torch.tensor([seq]), rows, attention_mask=block_mask(n_prefix, blocks), **kwargs)
         values = _surprisal(logits, torch.tensor(targets)).numpy()
     for (b, k), v in zip(where, values):
         out[b][k] = v
@@ -286,15 +286,3 @@ def _packed_logits(model: Any, ids: Any, rows: list[int], **kwargs: Any) -> Any:
     if splits_head(model):
         return model.lm_head(model.model(input_ids=ids, **kwargs).last_hidden_state[0][rows])
     return model(ids, **kwargs).logits[0][rows]
-
-
-def _block_mask(n_prefix: int, blocks: Sequence[Sequence[int]]) -> Any:
-    """Additive mask: each block sees the prefix and its own past (for non-SDPA models)."""
-    import torch
-
-    owner = np.array([-1] * n_prefix + [b for b, ids in enumerate(blocks) for _ in ids])
-    causal = np.tril(np.ones((len(owner), len(owner)), dtype=bool))
-    allowed = causal & ((owner[None, :] == -1) | (owner[None, :] == owner[:, None]))
-    mask = torch.zeros(allowed.shape, dtype=torch.float32)
-    mask.masked_fill_(torch.from_numpy(~allowed), torch.finfo(torch.float32).min)
-    return mask[None, None]

@@ -1,6 +1,7 @@
 """Attention over independent blocks that share one prefix, computed block by block without a mask.
 
-``scoring.score_blocks`` packs several short contexts after one copy of the prefix into a
+Shared by the LLMLingua-style scorer and the packed chunk-cache prefill (``kv/packing.py``).
+``llmlingua.scoring.score_blocks`` packs several short contexts after one copy of the prefix into a
 single sequence (one forward pass streams the weights once). Each block may see only the prefix
 and itself. An explicit block-diagonal mask does that, but it keeps SDPA off its causal kernel
 and makes every layer attend over the whole packed sequence: on SmolLM2 with five 200-token
@@ -20,6 +21,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+import numpy as np
 
 NAME = "ragpress_blocks"
 
@@ -79,3 +82,15 @@ def blocks_attention(model: Any) -> Iterator[None]:
                 _ACTIVE[id(model)] = (inside - 1, previous)
             else:
                 model.config._attn_implementation = previous
+
+
+def block_mask(n_prefix: int, blocks: Sequence[Sequence[int]]) -> Any:
+    """Additive mask: each block sees the prefix and its own past (for non-SDPA models)."""
+    import torch
+
+    owner = np.array([-1] * n_prefix + [b for b, ids in enumerate(blocks) for _ in ids])
+    causal = np.tril(np.ones((len(owner), len(owner)), dtype=bool))
+    allowed = causal & ((owner[None, :] == -1) | (owner[None, :] == owner[:, None]))
+    mask = torch.zeros(allowed.shape, dtype=torch.float32)
+    mask.masked_fill_(torch.from_numpy(~allowed), torch.finfo(torch.float32).min)
+    return mask[None, None]
