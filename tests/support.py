@@ -9,13 +9,21 @@ import os
 import random
 import re
 import shutil
-import subprocess
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from langchain_core.embeddings import Embeddings as _Embeddings
 
+from compression.base import CompressionResult, KeptSpan
 from eval.base import EvalConfig, EvalDataset, Question, Reference
+from eval.embedding_cache import EmbeddingCache
+from eval.metrics import union_ranges
+from eval.pipeline import Pipeline
+from eval.pipeline_base import PipelineConfig
+from eval.runner import Evaluator
+from eval.stage_cache import StageCache
 
 DIM = 64
 
@@ -320,13 +328,6 @@ def chromium() -> str:
     pytest.skip("chromium is not installed (apt-get install -y chromium); skipped outside CI")
 
 
-def run_chromium(binary, tmp_path, *args):
-    """Run Chromium headless with a throw-away profile under ``tmp_path``."""
-    profile = tmp_path / "profile"
-    command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-
-
 # A deterministic LangChain Embeddings for the search tests: a sum of per-word random vectors.
 WORDS_DIM = 32
 
@@ -349,3 +350,90 @@ class WordsEmbedding(_Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         return self._one(text)
+
+
+# -- a pipeline over stand-in models, and the runs it records -----------------------------------
+
+
+RETRIEVAL = EvalConfig(chunker="sentence", chunk_size=30, overlap=0, k=2, retrieval="dense")
+
+
+class FirstSentence:
+    """A stand-in compressor: keeps each context's text up to its first '. ' (spans known by hand)."""
+
+    name = "first-sentence"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def compress(self, contexts, budget, question=None):
+        self.calls += 1
+        kept = tuple(KeptSpan(i, 0, c.find(". ") + 1 if ". " in c else len(c)) for i, c in enumerate(contexts))
+        text = "\n\n".join(contexts[s.context][s.start:s.end] for s in kept)
+        return CompressionResult(text, kept, 10, 5, self.name)
+
+
+class Counting:
+    """Counts how often the pipeline builds each collaborator (a cache hit builds none)."""
+
+    def __init__(self, tiny_llama, store_dir: Path) -> None:
+        self.tiny_llama, self.store_dir = tiny_llama, store_dir
+        self.engines = self.evaluators = 0
+        self.compressor = FirstSentence()
+
+    def evaluator(self, dataset):
+        self.evaluators += 1
+        return Evaluator(dataset, BagOfWordsEncoder(), cache=NoDiskCache())
+
+    def engine(self):
+        from compression.kv.generate import KVReuseEngine
+        from compression.kv.store import DiskStore, MemoryStore, TieredStore
+
+        self.engines += 1
+        lm = SimpleNamespace(model=self.tiny_llama(seed=3, max_position_embeddings=2048), tokenizer=ByteTokenizer(),
+                             model_id="tiny@0", weights_hash="0" * 64, dtype="float32")
+        return KVReuseEngine(lm, TieredStore(MemoryStore(2**26), DiskStore(self.store_dir)))
+
+    def options(self) -> dict:
+        return dict(evaluator_factory=self.evaluator, engine_factory=self.engine, compressor_factory=lambda method: self.compressor,
+                    lm_id="tiny@0")
+
+
+class NoDiskCache:
+    """Embeds directly (the tests must not write to the user's embedding cache)."""
+
+    def embed(self, encoder, texts):
+        return encoder.encode(list(texts))
+
+
+def make_pipeline(counting: Counting, cache_dir: Path) -> Pipeline:
+    return Pipeline(tiny_dataset(), StageCache(cache_dir), **counting.options())
+
+
+def config(**options) -> PipelineConfig:
+    return PipelineConfig(retrieval=RETRIEVAL, max_new_tokens=6, **options)
+
+
+DENSE = EvalConfig(chunker="token", chunk_size=8, k=2, retrieval="dense")
+BM25 = EvalConfig(chunker="token", chunk_size=16, k=2, retrieval="bm25")
+
+
+def eval_results(tmp_path):
+    evaluator = Evaluator(tiny_dataset(), BagOfWordsEncoder(), cache=EmbeddingCache(tmp_path / "embeddings"))
+    return [evaluator.evaluate(c) for c in (DENSE, BM25)]
+
+
+def pipeline_results(tmp_path):
+    """Two pipeline configurations: no compression, and a compressor keeping each chunk's first sentence."""
+    counting = Counting(build_tiny_llama, tmp_path / "kv")
+    pipeline = make_pipeline(counting, tmp_path / "stages")
+    results = [pipeline.run(config()), pipeline.run(config(compression="extractive"))]
+    assert isinstance(counting.compressor, FirstSentence)
+    return results, pipeline.model_ids()
+
+
+def union_length(spans) -> int:
+    by_corpus: dict[str, list] = {}
+    for corpus, start, end in spans:
+        by_corpus.setdefault(corpus, []).append((start, end))
+    return sum(e - s for ranges in by_corpus.values() for s, e in union_ranges(ranges))

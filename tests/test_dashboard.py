@@ -14,12 +14,16 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import build_tiny_llama
-from support import BagOfWordsEncoder, tiny_dataset
-from test_pipeline import Counting, FirstSentence, config, make_pipeline
+from support import (
+    DENSE,
+    eval_results,
+    pipeline_results,
+    tiny_dataset,
+    union_length,
+)
 from typer.testing import CliRunner
 
-from eval.base import EvalConfig, Span
+from eval.base import Span
 from eval.dashboard import (
     dashboard_data,
     load_runs,
@@ -30,28 +34,10 @@ from eval.dashboard import (
     write_dashboard,
 )
 from eval.embedding_cache import EmbeddingCache
-from eval.metrics import union_ranges
 from eval.run_compare import compare_runs, config_diff
 from eval.run_store import RunStore, eval_run, excerpts, pipeline_run
 from eval.runner import Evaluator
 from flows.cli import app
-
-DENSE = EvalConfig(chunker="token", chunk_size=8, k=2, retrieval="dense")
-BM25 = EvalConfig(chunker="token", chunk_size=16, k=2, retrieval="bm25")
-
-
-def eval_results(tmp_path):
-    evaluator = Evaluator(tiny_dataset(), BagOfWordsEncoder(), cache=EmbeddingCache(tmp_path / "embeddings"))
-    return [evaluator.evaluate(c) for c in (DENSE, BM25)]
-
-
-def pipeline_results(tmp_path):
-    """Two pipeline configurations: no compression, and a compressor keeping each chunk's first sentence."""
-    counting = Counting(build_tiny_llama, tmp_path / "kv")
-    pipeline = make_pipeline(counting, tmp_path / "stages")
-    results = [pipeline.run(config()), pipeline.run(config(compression="extractive"))]
-    assert isinstance(counting.compressor, FirstSentence)
-    return results, pipeline.model_ids()
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +51,6 @@ def stored(tmp_path_factory):
     ids = [store.add(eval_run(r, dataset, command="ragpress eval")) for r in evals]
     ids += [store.add(pipeline_run(r, dataset, models=models)) for r in pipes]
     return store, ids, evals, pipes
-
-
-def union_length(spans) -> int:
-    by_corpus: dict[str, list] = {}
-    for corpus, start, end in spans:
-        by_corpus.setdefault(corpus, []).append((start, end))
-    return sum(e - s for ranges in by_corpus.values() for s, e in union_ranges(ranges))
 
 
 def test_store_round_trips_runs(stored):

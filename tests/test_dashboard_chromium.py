@@ -16,8 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support import tiny_dataset
-from test_dashboard import eval_results, pipeline_results, union_length
+from support import CHROMIUM_FLAGS, chromium, eval_results, pipeline_results, tiny_dataset, union_length
 
 from eval.dashboard import write_dashboard
 from eval.run_store import RunStore, eval_run, pipeline_run
@@ -25,22 +24,6 @@ from eval.run_store import RunStore, eval_run, pipeline_run
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("RAGPRESS_ARTIFACTS", REPO / ".ragpress" / "artifacts"))
-
-
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-)
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("chromium is not installed but CI=true: the CI set-up must apt-get install chromium")
-    pytest.skip("chromium is not installed (apt-get install -y chromium); skipped outside CI")
 
 
 def chromedriver() -> str:

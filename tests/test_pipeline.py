@@ -10,12 +10,20 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from support import BagOfWordsEncoder, ByteTokenizer, tiny_dataset
+from support import (
+    RETRIEVAL,
+    BagOfWordsEncoder,
+    Counting,
+    FirstSentence,
+    NoDiskCache,
+    config,
+    make_pipeline,
+    tiny_dataset,
+)
 
-from compression.base import CompressionResult, KeptSpan
+from compression.base import KeptSpan
 from eval.base import EvalConfig
 from eval.metrics import retrieval_scores, token_f1
 from eval.pipeline import Pipeline, corpus_spans, spread_sample
@@ -23,74 +31,16 @@ from eval.pipeline_base import PipelineConfig
 from eval.runner import Evaluator
 from eval.stage_cache import StageCache, code_fingerprint
 
-RETRIEVAL = EvalConfig(chunker="sentence", chunk_size=30, overlap=0, k=2, retrieval="dense")
-
-
-class FirstSentence:
-    """A stand-in compressor: keeps each context's text up to its first '. ' (spans known by hand)."""
-
-    name = "first-sentence"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def compress(self, contexts, budget, question=None):
-        self.calls += 1
-        kept = tuple(KeptSpan(i, 0, c.find(". ") + 1 if ". " in c else len(c)) for i, c in enumerate(contexts))
-        text = "\n\n".join(contexts[s.context][s.start:s.end] for s in kept)
-        return CompressionResult(text, kept, 10, 5, self.name)
-
-
-class Counting:
-    """Counts how often the pipeline builds each collaborator (a cache hit builds none)."""
-
-    def __init__(self, tiny_llama, store_dir: Path) -> None:
-        self.tiny_llama, self.store_dir = tiny_llama, store_dir
-        self.engines = self.evaluators = 0
-        self.compressor = FirstSentence()
-
-    def evaluator(self, dataset):
-        self.evaluators += 1
-        return Evaluator(dataset, BagOfWordsEncoder(), cache=_NoDiskCache())
-
-    def engine(self):
-        from compression.kv.generate import KVReuseEngine
-        from compression.kv.store import DiskStore, MemoryStore, TieredStore
-
-        self.engines += 1
-        lm = SimpleNamespace(model=self.tiny_llama(seed=3, max_position_embeddings=2048), tokenizer=ByteTokenizer(),
-                             model_id="tiny@0", weights_hash="0" * 64, dtype="float32")
-        return KVReuseEngine(lm, TieredStore(MemoryStore(2**26), DiskStore(self.store_dir)))
-
-    def options(self) -> dict:
-        return dict(evaluator_factory=self.evaluator, engine_factory=self.engine, compressor_factory=lambda method: self.compressor,
-                    lm_id="tiny@0")
-
-
-class _NoDiskCache:
-    """Embeds directly (the tests must not write to the user's embedding cache)."""
-
-    def embed(self, encoder, texts):
-        return encoder.encode(list(texts))
-
 
 @pytest.fixture
 def counting(tiny_llama, tmp_path):
     return Counting(tiny_llama, tmp_path / "kv")
 
 
-def make_pipeline(counting: Counting, cache_dir: Path) -> Pipeline:
-    return Pipeline(tiny_dataset(), StageCache(cache_dir), **counting.options())
-
-
-def config(**options) -> PipelineConfig:
-    return PipelineConfig(retrieval=RETRIEVAL, max_new_tokens=6, **options)
-
-
 def test_retrieval_stage_scores_equal_the_evaluator(counting, tmp_path):
     pipeline = make_pipeline(counting, tmp_path / "stages")
     result = pipeline.run(config(kv_mode="naive"))
-    reference = Evaluator(tiny_dataset(), BagOfWordsEncoder(), cache=_NoDiskCache()).evaluate(RETRIEVAL)
+    reference = Evaluator(tiny_dataset(), BagOfWordsEncoder(), cache=NoDiskCache()).evaluate(RETRIEVAL)
     assert [r.retrieval.recall for r in result.questions] == [s.recall for s in reference.questions]
     assert [r.retrieval.iou for r in result.questions] == [s.iou for s in reference.questions]
     # Without compression the LM receives exactly what retrieval found.
