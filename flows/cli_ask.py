@@ -1,4 +1,4 @@
-"""``ragpress ask``: answer a question from an index with a local LM, reusing chunk KV caches."""
+"""``ragpress ask``: answer a question from an index with a local LM (reusing chunk KV caches) or an LLM server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ from pathlib import Path
 import typer
 
 from compression.kv.modes import DEFAULT_BLEND_SCORE  # no heavy imports: the recovery code loads lazily
+from flows.cli_llm import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    LLM_KEY_OPTION,
+    LLM_MODEL_OPTION,
+    LLM_URL_OPTION,
+    LM_OPTION,
+    THREADS_OPTION,
+    llm_options,
+    reuse_available,
+)
 from flows.cli_retrieval import DISTINCT_OPTION, HYBRID_WEIGHT_OPTION, RETRIEVAL_OPTION, copies_label, retrieval_weight
 
 
@@ -23,7 +34,8 @@ def ask(
     retrieval: str = RETRIEVAL_OPTION,
     hybrid_weight: float = HYBRID_WEIGHT_OPTION,
     distinct: bool = DISTINCT_OPTION,
-    kv_reuse: str = typer.Option("blend", "--kv-reuse", help="none (full prefill), naive, edge or blend"),
+    kv_reuse: str | None = typer.Option(None, "--kv-reuse", help="none (full prefill), naive, edge or blend (default: blend "
+                                                                 "where the model supports reuse, else none)"),
     compression: str | None = typer.Option(None, "--compression", help="compress the contexts first (e.g. extractive)"),
     rate: float = typer.Option(0.5, "--rate", help="compression rate (kept / original tokens)"),
     blend_r: float = typer.Option(0.15, "--blend-r", help="fraction of context tokens blend recomputes"),
@@ -34,17 +46,28 @@ def ask(
     kv_cache: Path | None = typer.Option(None, "--kv-cache", help="chunk-cache directory (default INDEX/kv-cache)"),
     kv_cache_max_mb: float | None = typer.Option(None, "--kv-cache-max-mb",
                                                     help="afterwards, evict the least recently used chunk caches beyond this size"),
-    lm: str = typer.Option("smollm2", "--lm", help="'smollm2' or a local Hugging Face Llama-family model dir"),
+    lm: str = LM_OPTION,
+    llm_url: str | None = LLM_URL_OPTION,
+    llm_model: str | None = LLM_MODEL_OPTION,
+    llm_api_key_env: str | None = LLM_KEY_OPTION,
+    dtype: str = DTYPE_OPTION,
+    threads: int | None = THREADS_OPTION,
+    device: str = DEVICE_OPTION,
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens to generate at most"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Answer QUESTION: retrieve, optionally compress, generate with reused chunk caches."""
-    from compression.kv.modes import recovery_for
+    from generation.base import ReuseOptions
+    from generation.registry import generator_from_options
 
-    try:  # a bad --kv-reuse, --blend-score, --blend-r, --edge-tokens or --retrieval fails here, before the flow and the LM start
-        recovery_for(kv_reuse, blend_r, edge_tokens, blend_score)
+    # A bad --kv-reuse, --blend-score, --blend-r, --edge-tokens, --retrieval, LLM option or a model that
+    # cannot reuse chunk caches fails here, before the flow and any model start.
+    try:
+        llm = llm_options(lm, llm_url, llm_model, llm_api_key_env, dtype, threads, device)
+        kv_reuse = kv_reuse or ("blend" if reuse_available(llm) else "none")
+        generator_from_options(llm).check_reuse(ReuseOptions(kv_reuse, blend_r, edge_tokens, blend_score))
         weight = retrieval_weight(retrieval, hybrid_weight)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     if k <= 0:
         _fail(f"-k must be a positive integer, got {k}")
@@ -60,7 +83,7 @@ def ask(
         result = answer_flow(question=question, index=str(index), k=k, kv_reuse=kv_reuse, compression=compression, rate=rate,
                              cache_dir=str(kv_cache) if kv_cache else None, lm_name=lm, max_new_tokens=max_new_tokens,
                              blend_r=blend_r, edge_tokens=edge_tokens, kv_cache_max_mb=kv_cache_max_mb,
-                             blend_score=blend_score, hybrid_weight=weight, distinct=distinct)
+                             blend_score=blend_score, hybrid_weight=weight, distinct=distinct, llm=llm)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     if as_json:
@@ -77,9 +100,9 @@ def _print(result: dict) -> None:
         typer.echo(f"[{number}] {hit['source']} [{hit['start']}:{hit['end']}] score {hit['score']:.3f}  {preview}")
         if hit["copies"]:
             typer.echo(f"    same text also at {copies_label(hit['copies'])}")
-    total = result["prefilled_tokens"] + result["reused_tokens"]
+    sent = "unknown (no usage reported)" if result["tokens_sent"] is None else result["tokens_sent"]
     typer.echo(f"\nkv-reuse {result['kv_reuse']}: time to first token {result['ttft_s'] * 1000:.0f} ms; "
-               f"tokens prefilled {result['prefilled_tokens']} / reused {result['reused_tokens']} of {total}"
+               f"prompt tokens {sent}, of them reused from chunk caches {result['reused_tokens']}"
                + (f"; {result['chunk_caches_computed']} chunk caches computed first" if result["chunk_caches_computed"] else ""))
     pruned = result.get("kv_cache_pruned")
     if pruned:
