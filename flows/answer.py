@@ -106,7 +106,7 @@ def answer_flow(question: str, index: str, k: int = 4, kv_reuse: str = "blend", 
 
     llm = llm_options(llm, lm_name)
     reuse = ReuseOptions(kv_reuse, blend_r, edge_tokens, blend_score)
-    make_generator(index, cache_dir, llm).check_reuse(reuse)  # refuse a bad mode or model before any model loads
+    make_generator(index, cache_dir, llm).preflight(reuse)  # refuse a bad mode or model before any model loads
     if kv_cache_max_mb is not None and kv_cache_max_mb < 0:
         raise ValueError(f"kv_cache_max_mb must be >= 0 (or None for no limit), got {kv_cache_max_mb}")
     hits = retrieve(question, index, k, hybrid_weight, distinct)

@@ -65,7 +65,7 @@ def ask(
     try:
         llm = llm_options(lm, llm_url, llm_model, llm_api_key_env, dtype, threads, device)
         kv_reuse = kv_reuse or ("blend" if reuse_available(llm) else "none")
-        generator_from_options(llm).check_reuse(ReuseOptions(kv_reuse, blend_r, edge_tokens, blend_score))
+        generator_from_options(llm).preflight(ReuseOptions(kv_reuse, blend_r, edge_tokens, blend_score))
         weight = retrieval_weight(retrieval, hybrid_weight)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))

@@ -126,7 +126,7 @@ def check_generator(llm: dict, configs: list) -> None:
     generator = generator_from_options(llm)
     for one in configs:
         try:
-            generator.check_reuse(ReuseOptions(one.kv_mode, one.blend_r, one.edge_tokens))
+            generator.preflight(ReuseOptions(one.kv_mode, one.blend_r, one.edge_tokens))
         except ValueError as exc:
             raise ValueError(f"configuration '{one.label}': {exc} (set kv_mode: none)") from None
 

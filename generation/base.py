@@ -79,8 +79,10 @@ class Generator(Protocol):
         values, known without loading a model: part of every cache key of an answer."""
         ...
 
-    def check_reuse(self, reuse: ReuseOptions) -> None:
-        """Raise ValueError (one line, naming the fix) if ``reuse`` is not available here; cheap."""
+    def preflight(self, reuse: ReuseOptions) -> None:
+        """Everything that can be refused before work starts, cheaply and without loading a model:
+        ValueError (one line, naming the fix) if ``reuse`` or an option cannot be served, or a
+        server does not serve the model."""
         ...
 
     def answer(self, contexts: Sequence[str], question: str, *, reuse: ReuseOptions = NO_REUSE,

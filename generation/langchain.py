@@ -10,7 +10,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from compression.kv.prompt import DEFAULT_SYSTEM
 from generation.base import NO_REUSE, Answer, KeptSpans, ReuseOptions
 from generation.messages import chat_messages
 
@@ -20,7 +19,7 @@ class LangChainGenerator:
 
     name = "langchain"
 
-    def __init__(self, chat_model: Any, *, system: str = DEFAULT_SYSTEM) -> None:
+    def __init__(self, chat_model: Any, *, system: str | None = None) -> None:
         from langchain_core.language_models import BaseChatModel
 
         if not isinstance(chat_model, BaseChatModel):
@@ -33,7 +32,7 @@ class LangChainGenerator:
         return {"backend": self.name, "model": type(self.chat_model).__name__,
                 "params": {key: str(value) for key, value in sorted(params.items())}}
 
-    def check_reuse(self, reuse: ReuseOptions) -> None:
+    def preflight(self, reuse: ReuseOptions) -> None:
         """Chunk-cache reuse needs the model's KV in this process: refused for LangChain models."""
         if reuse.reuses:
             raise ValueError(f"chunk-cache reuse (--kv-reuse {reuse.mode}) is not available for a LangChain chat model; "
@@ -42,7 +41,7 @@ class LangChainGenerator:
     def answer(self, contexts: Sequence[str], question: str, *, reuse: ReuseOptions = NO_REUSE,
                max_new_tokens: int = 64, kept: KeptSpans | None = None) -> Answer:
         """Stream one answer; ``max_new_tokens`` is the model's own setting in LangChain and is not applied here."""
-        self.check_reuse(reuse)
+        self.preflight(reuse)
         messages = [(m["role"], m["content"]) for m in chat_messages(contexts, question, kept, self.system)]
         started = time.perf_counter()
         first: float | None = None

@@ -90,7 +90,7 @@ class LocalGenerator:
                               "device": self.device}
         return self._identity
 
-    def check_reuse(self, reuse: ReuseOptions) -> None:
+    def preflight(self, reuse: ReuseOptions) -> None:
         """ValueError unless ``reuse`` (its recovery settings, the device, the model's architecture) can run."""
         from compression.kv.modes import recovery_for
 
@@ -134,7 +134,7 @@ class LocalGenerator:
         from compression.kv.modes import recovery_for
         from compression.kv.subset import kept_tokens
 
-        self.check_reuse(reuse)
+        self.preflight(reuse)
         recovery = recovery_for(reuse.mode, reuse.blend_r, reuse.edge_tokens, reuse.blend_score)
         engine = self.engine()
         prompt = engine.prompt(contexts, question)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from compression.base import KeptSpan
 from compression.chain import rejoin
-from compression.kv.prompt import DEFAULT_SYSTEM, document_block
 from generation.base import KeptSpans
 
 
@@ -23,8 +22,11 @@ def kept_texts(contexts: Sequence[str], kept: KeptSpans | None) -> list[str]:
 
 
 def chat_messages(contexts: Sequence[str], question: str, kept: KeptSpans | None = None,
-                  system: str = DEFAULT_SYSTEM) -> list[dict[str, str]]:
-    """OpenAI-style ``[{role, content}]`` messages: system text, then documents and question."""
+                  system: str | None = None) -> list[dict[str, str]]:
+    """OpenAI-style ``[{role, content}]`` messages: system text (default the local prompt's), then documents and question."""
+    from compression.kv.prompt import DEFAULT_SYSTEM, document_block  # its package computes on tensors: imported on use
+
+    system = DEFAULT_SYSTEM if system is None else system
     if not question.strip():
         raise ValueError("the question is empty; pass the text to answer")
     documents = "".join(document_block(text) for text in kept_texts(contexts, kept))

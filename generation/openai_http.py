@@ -2,7 +2,10 @@
 
 The answer is streamed so the time to first token is measured where the user sees it: from the
 start of the request that succeeded to the first chunk carrying generated text. Token counts come
-from the server's own ``usage`` (asked for with ``stream_options.include_usage``). 429, 5xx and
+from the server's own ``usage`` (asked for with ``stream_options.include_usage``). A server that
+streams no usage (llama-cpp-python's, for one) is asked once more, without streaming and for one
+token, for the same messages: its ``usage.prompt_tokens`` is then the count (the completion's count
+stays unknown, None). 429, 5xx and
 connection failures are retried with exponential back-off (a ``Retry-After`` header is honoured,
 capped); every failure ends in one line naming the cause and the fix. The server keeps its own KV,
 so ragpress's chunk-cache reuse is not available here.
@@ -14,9 +17,9 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
-from compression.kv.prompt import DEFAULT_SYSTEM
 from generation.base import NO_REUSE, Answer, GenerationError, KeptSpans, ReuseOptions
 from generation.messages import chat_messages
 
@@ -39,7 +42,7 @@ class OpenAIHTTPGenerator:
 
     def __init__(self, url: str, model: str, *, api_key_env: str | None = None, timeout_s: float = 120.0,
                  connect_timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.5,
-                 system: str = DEFAULT_SYSTEM) -> None:
+                 system: str | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"--llm-url must start with http:// or https://, got '{url}'")
         if not model:
@@ -55,12 +58,15 @@ class OpenAIHTTPGenerator:
         """The endpoint and model name (what the server serves under that name is its business)."""
         return {"backend": self.name, "url": self.url, "model": self.model}
 
-    def check_reuse(self, reuse: ReuseOptions) -> None:
-        """Chunk-cache reuse needs the model's KV in this process: refused over HTTP."""
+    def preflight(self, reuse: ReuseOptions) -> None:
+        """Refuse reuse (it needs the model's KV in this process), a missing API key, and a model name
+        the server does not list; an unreachable server is left to the answer's retries."""
         if reuse.reuses:
             raise ValueError(f"chunk-cache reuse (--kv-reuse {reuse.mode}) is not available with --llm-url: the server "
                              "keeps its own KV cache; use --kv-reuse none")
-        self._headers()
+        if not self._model_checked:
+            with self._client() as client:
+                self.check_model(client)
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -80,13 +86,15 @@ class OpenAIHTTPGenerator:
     def answer(self, contexts: Sequence[str], question: str, *, reuse: ReuseOptions = NO_REUSE,
                max_new_tokens: int = 64, kept: KeptSpans | None = None) -> Answer:
         """Stream one greedy answer; retried as the module doc says, GenerationError when it cannot."""
-        self.check_reuse(reuse)
+        self.preflight(reuse)
         body = {"model": self.model, "messages": chat_messages(contexts, question, kept, self.system),
                 "max_tokens": max_new_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
         with self._client() as client:
-            if not self._model_checked:
-                self.check_model(client)
-            return self._with_retries(lambda: self._stream(client, body))
+            answer = self._with_retries(lambda: self._stream(client, body))
+            if answer.prompt_tokens is None:
+                prompt_tokens = self._with_retries(lambda: self._count_prompt(client, body))
+                answer = replace(answer, prompt_tokens=prompt_tokens, prefilled_tokens=prompt_tokens)
+            return answer
 
     def check_model(self, client: Any) -> None:
         """Refuse a model name the server does not list in ``GET /models`` (servers without the list are trusted)."""
@@ -99,10 +107,10 @@ class OpenAIHTTPGenerator:
         if response.status_code == 200:
             served = [entry.get("id") for entry in _json(response).get("data", []) if isinstance(entry, dict)]
             if served and self.model not in served:
-                raise GenerationError(f"model '{self.model}' is not served at {self.url}; it serves: {', '.join(map(str, served))} "
+                raise ValueError(f"model '{self.model}' is not served at {self.url}; it serves: {', '.join(map(str, served))} "
                                       "(fix --llm-model)")
         elif response.status_code in (401, 403):
-            raise GenerationError(self._status_message(response))
+            raise ValueError(self._status_message(response))
         self._model_checked = True
 
     def _with_retries(self, attempt: Any) -> Answer:
@@ -134,6 +142,21 @@ class OpenAIHTTPGenerator:
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise _Retryable(f"the LLM server at {self.url} closed the connection mid-answer ({_reason(exc)}); "
                              "check that it is still running") from None
+
+    def _count_prompt(self, client: Any, body: dict[str, Any]) -> int | None:
+        """The server's prompt-token count of ``body``'s messages, from a one-token non-streaming request."""
+        import httpx
+
+        probe = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
+        try:
+            response = client.post(f"{self.url}/chat/completions", json={**probe, "max_tokens": 1})
+        except httpx.ConnectError as exc:
+            raise _Retryable(f"cannot reach the LLM server at {self.url} ({_reason(exc)}); start it or fix --llm-url") from None
+        except httpx.TimeoutException:
+            raise _Retryable(f"no answer from {self.url}/chat/completions within {self.timeout_s:g} s; check the server") from None
+        if response.status_code != 200:
+            self._raise_for(response)
+        return (_json(response).get("usage") or {}).get("prompt_tokens")
 
     def _raise_for(self, response: Any) -> None:
         message = self._status_message(response)

@@ -28,8 +28,8 @@ class FakeServer:
     """Serves scripted replies: ``script`` is a list of statuses for successive completion requests
     (200 streams the answer, "cut" closes the connection mid-stream); the last one repeats."""
 
-    def __init__(self, script=(200,), models=("m",)) -> None:
-        self.script, self.models = list(script), list(models)
+    def __init__(self, script=(200,), models=("m",), stream_usage=True) -> None:
+        self.script, self.models, self.stream_usage = list(script), list(models), stream_usage
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         outer = self
@@ -49,7 +49,10 @@ class FakeServer:
                 outer.requests.append(json.loads(self.rfile.read(length)))
                 outer.headers.append(dict(self.headers))
                 status = outer.script[min(len(outer.requests) - 1, len(outer.script) - 1)]
-                if status == 200:
+                if not outer.requests[-1].get("stream"):  # a count request: usage only
+                    usage = {"prompt_tokens": USAGE["prompt_tokens"], "completion_tokens": 1, "total_tokens": USAGE["prompt_tokens"] + 1}
+                    self._reply(200, json.dumps({"choices": [{"message": {"content": "P"}}], "usage": usage}).encode(), "application/json")
+                elif status == 200:
                     self._stream(cut=False)
                 elif status == "cut":
                     self._stream(cut=True)
@@ -86,7 +89,8 @@ class FakeServer:
                         self.connection.shutdown(socket.SHUT_RDWR)
                         return
                     time.sleep(LATER_DELAY_S / len(PIECES))
-                self._event(json.dumps({"choices": [], "usage": USAGE}))
+                if outer.stream_usage:
+                    self._event(json.dumps({"choices": [], "usage": USAGE}))
                 self._event("[DONE]")
                 self.wfile.write(b"0\r\n\r\n")
 
@@ -129,6 +133,14 @@ def test_streams_the_answer_with_the_servers_usage_and_a_real_ttft(monkeypatch):
     assert body["model"] == "m" and body["max_tokens"] == 9 and body["temperature"] == 0
     # Only the kept span of context 0 is sent; context 1 kept nothing.
     assert body["messages"][1]["content"] == "Document:\nParis is the capital of France.\n\nQuestion: Capital of France?"
+
+
+def test_a_server_that_streams_no_usage_is_asked_for_the_prompt_count():
+    with FakeServer(stream_usage=False) as server:
+        answer = generator(server.url).answer(CONTEXTS, "q?", max_new_tokens=9)
+    assert answer.text == "".join(PIECES) and answer.prompt_tokens == USAGE["prompt_tokens"] and answer.completion_tokens is None
+    streamed, counted = server.requests
+    assert counted["messages"] == streamed["messages"] and counted["max_tokens"] == 1 and "stream" not in counted
 
 
 def one_line_error(url, **options) -> str:
@@ -184,8 +196,9 @@ def test_an_unreachable_server_is_one_clear_line():
 
 
 def test_a_model_the_server_does_not_serve_is_refused_before_any_completion():
-    with FakeServer(models=["smollm2", "other"]) as server:
-        message = one_line_error(server.url)
+    with FakeServer(models=["smollm2", "other"]) as server, pytest.raises(ValueError) as caught:
+        generator(server.url).preflight(ReuseOptions())
+    message = str(caught.value)
     assert message == f"model 'm' is not served at {server.url}; it serves: smollm2, other (fix --llm-model)"
     assert server.requests == []
 
@@ -194,8 +207,8 @@ def test_reuse_and_a_missing_key_are_refused_up_front(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY", raising=False)
     http = OpenAIHTTPGenerator("http://127.0.0.1:9/v1", "m")
     with pytest.raises(ValueError, match="not available with --llm-url.*use --kv-reuse none"):
-        http.check_reuse(ReuseOptions("blend"))
+        http.preflight(ReuseOptions("blend"))
     with pytest.raises(ValueError, match="environment variable NO_SUCH_KEY"):
-        OpenAIHTTPGenerator("http://127.0.0.1:9/v1", "m", api_key_env="NO_SUCH_KEY").check_reuse(ReuseOptions())
+        OpenAIHTTPGenerator("http://127.0.0.1:9/v1", "m", api_key_env="NO_SUCH_KEY").preflight(ReuseOptions())
     with pytest.raises(ValueError, match="needs --llm-model"):
         OpenAIHTTPGenerator("http://127.0.0.1:9/v1", "")

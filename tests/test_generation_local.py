@@ -55,7 +55,7 @@ def test_gpt2_answers_without_reuse_like_transformers_generate(gpt2_dir, one_tor
 
 def test_gpt2_reuse_is_refused_from_its_config(gpt2_dir):
     with pytest.raises(ValueError, match=r"handles llama, qwen2, mistral models only and .* is 'gpt2'; use --kv-reuse none"):
-        LocalGenerator(str(gpt2_dir)).check_reuse(ReuseOptions("naive"))
+        LocalGenerator(str(gpt2_dir)).preflight(ReuseOptions("naive"))
 
 
 @pytest.fixture
@@ -139,11 +139,11 @@ def test_qwen2_folder_is_offered_reuse_and_yarn_is_refused(tmp_path):
     from transformers import Qwen2Config
 
     Qwen2Config(vocab_size=256, hidden_size=64, num_hidden_layers=1, num_attention_heads=4).save_pretrained(tmp_path / "q")
-    LocalGenerator(str(tmp_path / "q")).check_reuse(ReuseOptions("blend"))
+    LocalGenerator(str(tmp_path / "q")).preflight(ReuseOptions("blend"))
     Qwen2Config(vocab_size=256, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                 rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}).save_pretrained(tmp_path / "y")
     with pytest.raises(ValueError, match="RoPE type 'yarn' is not supported"):
-        LocalGenerator(str(tmp_path / "y")).check_reuse(ReuseOptions("blend"))
+        LocalGenerator(str(tmp_path / "y")).preflight(ReuseOptions("blend"))
 
 
 def test_langchain_chat_model_streams_an_answer():
@@ -156,5 +156,5 @@ def test_langchain_chat_model_streams_an_answer():
     answer = LangChainGenerator(chat).answer(CONTEXTS, "capital?")
     assert answer.text == "Paris is the capital." and 0 < answer.ttft_s <= answer.total_s and not answer.chunk_caches_reused
     with pytest.raises(ValueError, match="not available for a LangChain chat model"):
-        LangChainGenerator(chat).check_reuse(ReuseOptions("naive"))
+        LangChainGenerator(chat).preflight(ReuseOptions("naive"))
 
