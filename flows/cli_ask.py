@@ -8,17 +8,7 @@ from pathlib import Path
 import typer
 
 from compression.kv.modes import DEFAULT_BLEND_SCORE  # no heavy imports: the recovery code loads lazily
-from flows.cli_llm import (
-    DEVICE_OPTION,
-    DTYPE_OPTION,
-    LLM_KEY_OPTION,
-    LLM_MODEL_OPTION,
-    LLM_URL_OPTION,
-    LM_OPTION,
-    THREADS_OPTION,
-    llm_options,
-    reuse_available,
-)
+from flows import cli_llm
 from flows.cli_retrieval import DISTINCT_OPTION, HYBRID_WEIGHT_OPTION, RETRIEVAL_OPTION, copies_label, retrieval_weight
 
 
@@ -46,13 +36,13 @@ def ask(
     kv_cache: Path | None = typer.Option(None, "--kv-cache", help="chunk-cache directory (default INDEX/kv-cache)"),
     kv_cache_max_mb: float | None = typer.Option(None, "--kv-cache-max-mb",
                                                     help="afterwards, evict the least recently used chunk caches beyond this size"),
-    lm: str = LM_OPTION,
-    llm_url: str | None = LLM_URL_OPTION,
-    llm_model: str | None = LLM_MODEL_OPTION,
-    llm_api_key_env: str | None = LLM_KEY_OPTION,
-    dtype: str = DTYPE_OPTION,
-    threads: int | None = THREADS_OPTION,
-    device: str = DEVICE_OPTION,
+    lm: str = cli_llm.LM_OPTION,
+    llm_url: str | None = cli_llm.LLM_URL_OPTION,
+    llm_model: str | None = cli_llm.LLM_MODEL_OPTION,
+    llm_api_key_env: str | None = cli_llm.LLM_KEY_OPTION,
+    dtype: str = cli_llm.DTYPE_OPTION,
+    threads: int | None = cli_llm.THREADS_OPTION,
+    device: str = cli_llm.DEVICE_OPTION,
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens to generate at most"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
@@ -63,9 +53,9 @@ def ask(
     # A bad --kv-reuse, --blend-score, --blend-r, --edge-tokens, --retrieval, LLM option or a model that
     # cannot reuse chunk caches fails here, before the flow and any model start.
     try:
-        llm = llm_options(lm, llm_url, llm_model, llm_api_key_env, dtype, threads, device)
-        kv_reuse = kv_reuse or ("blend" if reuse_available(llm) else "none")
-        generator_from_options(llm).preflight(ReuseOptions(kv_reuse, blend_r, edge_tokens, blend_score))
+        llm = cli_llm.llm_options(lm, llm_url, llm_model, llm_api_key_env, dtype, threads, device)
+        mode = kv_reuse or ("blend" if cli_llm.reuse_available(llm) else "none")
+        generator_from_options(llm).preflight(ReuseOptions(mode, blend_r, edge_tokens, blend_score))
         weight = retrieval_weight(retrieval, hybrid_weight)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
@@ -80,7 +70,7 @@ def ask(
     from flows.answer import answer_flow
 
     try:
-        result = answer_flow(question=question, index=str(index), k=k, kv_reuse=kv_reuse, compression=compression, rate=rate,
+        result = answer_flow(question=question, index=str(index), k=k, kv_reuse=mode, compression=compression, rate=rate,
                              cache_dir=str(kv_cache) if kv_cache else None, lm_name=lm, max_new_tokens=max_new_tokens,
                              blend_r=blend_r, edge_tokens=edge_tokens, kv_cache_max_mb=kv_cache_max_mb,
                              blend_score=blend_score, hybrid_weight=weight, distinct=distinct, llm=llm)

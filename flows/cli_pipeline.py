@@ -8,17 +8,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli_llm import (
-    DEVICE_OPTION,
-    DTYPE_OPTION,
-    LLM_KEY_OPTION,
-    LLM_MODEL_OPTION,
-    LLM_URL_OPTION,
-    LM_OPTION,
-    THREADS_OPTION,
-    llm_options,
-    reuse_available,
-)
+from flows import cli_llm
 
 DEFAULT_OUT = Path(".ragpress/pipeline")
 
@@ -57,13 +47,13 @@ def pipeline(
     html_out: Path = typer.Option(DEFAULT_OUT / "dashboard.html", "--html", help="where to write the dashboard"),
     json_out: Path = typer.Option(DEFAULT_OUT / "results.json", "--json", help="where to write every result"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="stage cache (default $RAGPRESS_CACHE/stages)"),
-    lm: str = LM_OPTION,
-    llm_url: str | None = LLM_URL_OPTION,
-    llm_model: str | None = LLM_MODEL_OPTION,
-    llm_api_key_env: str | None = LLM_KEY_OPTION,
-    dtype: str = DTYPE_OPTION,
-    threads: int | None = THREADS_OPTION,
-    device: str = DEVICE_OPTION,
+    lm: str = cli_llm.LM_OPTION,
+    llm_url: str | None = cli_llm.LLM_URL_OPTION,
+    llm_model: str | None = cli_llm.LLM_MODEL_OPTION,
+    llm_api_key_env: str | None = cli_llm.LLM_KEY_OPTION,
+    dtype: str = cli_llm.DTYPE_OPTION,
+    threads: int | None = cli_llm.THREADS_OPTION,
+    device: str = cli_llm.DEVICE_OPTION,
     cache_max_mb: float | None = typer.Option(None, "--cache-max-mb", help="afterwards, evict the least recently used stage results beyond this size"),
 ) -> None:
     """Run retrieve -> compress -> answer for each configuration and report every stage on one yardstick."""
@@ -88,8 +78,8 @@ def pipeline(
             configs, file_limit = [RECOMMENDED_PIPELINE], None
         if fidelity:
             configs = [replace(c, fidelity=True) for c in configs]
-        llm = llm_options(lm, llm_url, llm_model, llm_api_key_env, dtype, threads, device)
-        if config is None and sweep is None and not reuse_available(llm):
+        llm = cli_llm.llm_options(lm, llm_url, llm_model, llm_api_key_env, dtype, threads, device)
+        if config is None and sweep is None and not cli_llm.reuse_available(llm):
             configs = [replace(c, kv_mode="none") for c in configs]  # the default asks for reuse only where it exists
         check_generator(llm, configs)
         from flows.pipeline import pipeline_flow

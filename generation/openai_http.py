@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from generation.base import NO_REUSE, Answer, GenerationError, KeptSpans, ReuseOptions
 from generation.messages import chat_messages
 
+T = TypeVar("T")
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 30.0
 
@@ -113,7 +114,7 @@ class OpenAIHTTPGenerator:
             raise ValueError(self._status_message(response))
         self._model_checked = True
 
-    def _with_retries(self, attempt: Any) -> Answer:
+    def _with_retries(self, attempt: Callable[[], T]) -> T:
         for number in range(self.retries + 1):
             try:
                 return attempt()

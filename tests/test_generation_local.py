@@ -158,3 +158,29 @@ def test_langchain_chat_model_streams_an_answer():
     with pytest.raises(ValueError, match="not available for a LangChain chat model"):
         LangChainGenerator(chat).preflight(ReuseOptions("naive"))
 
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+@pytest.mark.real_model
+def test_ask_answers_with_a_gpt2_folder_without_reuse(prefect_harness, ask_app, gpt2_dir, tmp_path):
+    """Through the CLI and the flow: real MiniLM retrieval, the GPT-2 folder answers with a full prefill,
+    by default too (reuse is only the default where the model supports it)."""
+    import json
+
+    from retrieval.chunkers import make_chunker
+    from retrieval.encoder import load_encoder
+    from retrieval.indexing import index_paths
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "fox.txt").write_text(CONTEXTS[0] + "\n\n" + CONTEXTS[1] + "\n", encoding="utf-8")
+    index_paths([docs], tmp_path / "index", make_chunker("token", chunk_size=32), load_encoder())
+    for flags in (["--kv-reuse", "none"], []):
+        done = CliRunner().invoke(ask_app, ["ask", "what jumps?", "--index", str(tmp_path / "index"), "--lm", str(gpt2_dir),
+                                            "-k", "1", "--max-new-tokens", "5", "--json", *flags])
+        assert done.exit_code == 0, done.output
+        result = json.loads(done.output[done.output.index("{"):])
+        assert result["kv_reuse"] == "none" and result["reused_tokens"] == 0 and result["completion_tokens"] == 5
+        assert result["tokens_sent"] == result["prefilled_tokens"] > 0 and result["generator"]["backend"] == "local"
+    assert not (tmp_path / "index" / "kv-cache").exists()  # no chunk cache was computed
