@@ -1,6 +1,6 @@
-"""Chunk-cache KV reuse vs full prefill with SmolLM2-135M-Instruct on CPU.
+"""Chunk-cache KV reuse vs full prefill on CPU, for any local causal LM reuse supports (default SmolLM2-135M-Instruct).
 
-For k in {4, 8, 12} retrieved ~256-token chunks of the shared Chroma corpora and >= 30 questions,
+For k in {4, 8, 12} retrieved ~256-token chunks (in the model's own tokens) of the shared Chroma corpora and >= 30 questions,
 measures, in one run and against a full prefill of the same prompt: time to first token (median),
 first-token top-1 agreement, 32-token greedy output token-F1 vs the full-prefill output, and answer
 token-F1 vs the question's reference text. Chunk caches are precomputed (the indexing step) and
@@ -9,6 +9,9 @@ kept in memory; that cost is reported separately.
     .venv/bin/python benchmarks/kv_reuse.py            # full run -> benchmarks/results/kv_reuse.{json,md}
     .venv/bin/python benchmarks/kv_reuse.py --questions 6 --ks 8 --name kv_reuse_small
     .venv/bin/python benchmarks/kv_reuse.py --workers 2 --cache-dir ~/.cache/ragpress/kv-bench  # precompute once
+    .venv/bin/python benchmarks/kv_reuse.py --model qwen2.5-coder-0.5b --dtype bfloat16 --threads 2 --ks 8 \
+        --modes naive=none blend-q=blend:r=0.15,score=attention l1qa15=blend:r=0.15,check_layer=1,score=deviation*attention,resume=true \
+        --name kv_reuse_qwen2.5-coder-0.5b      # another scale (--model: a folder, a .gguf, or a name of benchmarks/gguf_parts.py)
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunk-tokens", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="smollm2",
+                        help="'smollm2', a causal-LM folder, a .gguf file, or a benchmark model of benchmarks/gguf_parts.py")
+    parser.add_argument("--dtype", default="float32", help="float32 (the 135M figures), bfloat16, float16 or auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="kv_reuse")
     parser.add_argument("--workers", type=int, default=1, help="question shards run in parallel processes")
@@ -120,15 +126,21 @@ def recoveries(args: argparse.Namespace) -> dict:
     return table
 
 
-def run(args: argparse.Namespace) -> dict:
-    import torch
+def load_lm(args: argparse.Namespace):
+    """The benchmarked LM: ``--model`` (a benchmark-only GGUF is assembled and verified first), ``--dtype``, ``--threads``."""
+    from gguf_parts import MODELS, assemble
 
-    from compression.kv.generate import KVReuseEngine
-    from compression.kv.store import DiskStore, MemoryStore, TieredStore
     from compression.lm import load_causal_lm
 
-    torch.set_num_threads(args.threads)
-    lm = load_causal_lm()
+    source = str(assemble(args.model)) if args.model in MODELS else args.model
+    return load_causal_lm(source, args.dtype, threads=args.threads)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from compression.kv.generate import KVReuseEngine
+    from compression.kv.store import DiskStore, MemoryStore, TieredStore
+
+    lm = load_lm(args)
     chunks = load_chunks(lm.tokenizer, args.chunk_tokens)
     questions = load_questions(args.questions, args.seed)
     ranked = retrieve(chunks, questions, max(args.ks))
@@ -160,7 +172,8 @@ def run(args: argparse.Namespace) -> dict:
                 handle.write(json.dumps(row) + "\n")
             print(f"q{qi:02d} k={k:2d} T={row['prompt_tokens']:5d} " + " ".join(
                 f"{m}:{row[m]['ttft_s']*1000:6.0f}ms/{row[m]['top1']:d}/{row[m]['out_f1']:.2f}" for m in ["full", *modes]), flush=True)
-    return {"rows": rows, "precompute_s": precompute_s, "chunks_computed": computed, "n_chunks": len(chunks), "lm": lm.model_id}
+    return {"rows": rows, "precompute_s": precompute_s, "chunks_computed": computed, "n_chunks": len(chunks), "lm": lm.model_id,
+            "dtype": lm.dtype}
 
 
 def _record(gen, full, question) -> dict:
@@ -220,9 +233,10 @@ def write(result: dict, summary: dict, args: argparse.Namespace, elapsed: float)
              "chunks_computed": sum(r["chunks_computed"] for r in result["rows"]),
                "summary": summary, "rows": result["rows"]}
     out = write_json(args.name, payload)
-    lines = [f"# KV reuse vs full prefill ({result['lm']})", "",
+    lines = [f"# KV reuse vs full prefill ({result['lm']}, {result['dtype']})", "",
              f"Machine: {machine['platform']}, {machine['cpus']} CPUs (shared), torch {machine['torch']}, {args.threads} thread(s).",
-             f"Data: {DATA} ({result['n_chunks']} chunks of <= {args.chunk_tokens} SmolLM2 tokens, MiniLM retrieval), "
+             f"Command: `{' '.join(['.venv/bin/python benchmarks/kv_reuse.py', *sys.argv[1:]])}`",
+             f"Data: {DATA} ({result['n_chunks']} chunks of <= {args.chunk_tokens} tokens of this model, MiniLM retrieval), "
              f"{len({r['q'] for r in result['rows']})} of {args.questions} questions measured (seed {args.seed}), {args.new_tokens} greedy tokens, "
              f"{args.workers} worker process(es) of {args.threads} torch thread(s); full prefill and reuse of a prompt are timed back to back in the same process.",
              "Modes: " + "; ".join(args.modes) + " (none = no recovery; edge = recompute first n tokens per chunk; "
@@ -264,10 +278,9 @@ def collect(args: argparse.Namespace) -> dict:
         path = rows_path(args, shard)
         if path.is_file():
             rows.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    from compression.lm import load_causal_lm
-
-    lm = load_causal_lm()
-    return {"rows": sorted(rows, key=lambda r: (r["q"], r["k"])), "n_chunks": len(load_chunks(lm.tokenizer, args.chunk_tokens)), "lm": lm.model_id}
+    lm = load_lm(args)
+    return {"rows": sorted(rows, key=lambda r: (r["q"], r["k"])), "n_chunks": len(load_chunks(lm.tokenizer, args.chunk_tokens)), "lm": lm.model_id,
+            "dtype": lm.dtype}
 
 
 def main() -> None:

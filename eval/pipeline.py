@@ -4,7 +4,8 @@ Every stage is a plain method returning plain records, so ``flows/pipeline.py`` 
 a Prefect task and the library works without Prefect. Each stage's key names everything that
 decides its result (see ``eval.stage_cache``): retrieval by the dataset's texts, the retrieval
 config and the encoder; compression by the question, the retrieved texts, method, rate and the
-compressor's code; answering by the exact prompt token ids, the LM, the KV mode and the KV code.
+compressor's code; answering by the texts read, the generator's identity (model and weights hash,
+dtype, device, or endpoint), the KV mode and the generator's code.
 A grid re-run therefore computes only the stages whose inputs changed.
 
 Scores are on one yardstick: the kept character spans of each stage, mapped back to the corpus,
@@ -64,8 +65,8 @@ class Answered:
     """One question's answer and what producing it cost."""
 
     answer: str
-    retrieved_tokens: int  # prompt context tokens before compression
-    tokens_sent: int  # prompt context tokens after compression (what the LM reads)
+    retrieved_tokens: int  # prompt context tokens before compression (0: not counted, the back-end tokenises remotely)
+    tokens_sent: int  # prompt context tokens after compression (a remote back-end: the whole prompt, as its usage says)
     ttft_s: float
     prefilled_tokens: int
     reused_tokens: int
@@ -119,13 +120,17 @@ class Pipeline:
         compressor_factory: Callable[[str], Any] | None = None,
         engine_factory: Callable[[], Any] | None = None,
         lm_id: str | None = None,
+        llm: dict[str, Any] | None = None,
     ) -> None:
+        """``llm``: generator options (``generation.registry.generator_from_options``; default the local
+        ``lm_name``); ``engine_factory`` and ``lm_id`` replace the local LM's engine and id (tests)."""
         self.dataset, self.cache, self.lm_name = dataset, cache, lm_name
         self._evaluator_factory = evaluator_factory or _default_evaluator
         self._compressor_factory = compressor_factory or _default_compressor
-        self._engine_factory = engine_factory or (lambda: _default_engine(cache, lm_name))
+        self._llm = llm or {"backend": "local", "model": lm_name}
+        self._engine_factory = engine_factory
         self._evaluator: Evaluator | None = None
-        self._engine: Any = None
+        self._generator: Any = None
         self._lm_id = lm_id
         self._compressors: dict[str, Any] = {}
         self._dataset_id = dataset_digest(dataset)
@@ -138,15 +143,23 @@ class Pipeline:
             self._evaluator = self._evaluator_factory(self.dataset)
         return self._evaluator
 
-    def engine(self) -> Any:
-        """The KV-reuse answer engine, built on first use."""
-        if self._engine is None:
-            self._engine = self._engine_factory()
-        return self._engine
+    def generator(self) -> Any:
+        """The answer generator (``generation``), built on first use; it loads its model when it first answers."""
+        if self._generator is None:
+            from generation.registry import generator_from_options
+
+            stand_in = {"engine_factory": self._engine_factory} if self._engine_factory else {}
+            self._generator = generator_from_options({**self._llm, **stand_in}, str(self.cache.root / "kv"))
+        return self._generator
+
+    def generator_identity(self) -> dict[str, Any]:
+        """What decides the answers (model and weights hash, dtype, device, or endpoint), without loading."""
+        return {"lm": self._lm_id} if self._lm_id else self.generator().identity()
 
     def lm_id(self) -> str:
-        """The answering LM's id with its weights hash, known without loading the model."""
-        return self._lm_id or lm_model_id(self.lm_name)
+        """The answering model's id (with its weights hash, dtype and device, or its endpoint)."""
+        identity = self.generator_identity()
+        return self._lm_id or " ".join(str(identity[key]) for key in ("model", "dtype", "device", "url") if key in identity)
 
     def model_ids(self) -> dict[str, str]:
         """The ids (with weights hashes) of the encoder and the answering LM."""
@@ -231,37 +244,30 @@ class Pipeline:
     def answer(self, question: Question, kept: Compressed, config: PipelineConfig, kv_mode: str | None = None) -> Answered:
         """Greedy answer from the kept context; ``kv_mode`` overrides the config's (fidelity uses ``none``)."""
         mode = kv_mode or config.kv_mode
-        # Everything that fixes the prompt and the decoding, without loading the LM: its id (with
-        # the weights hash), the texts, and the code that tokenises, caches and generates.
-        parts = {"lm": self.lm_id(), "question": question.text, "contexts": text_digest(kept.texts), "kept": kept.local, "kv_mode": mode,
-                 "blend_r": config.blend_r if mode == "blend" else None, "edge_tokens": config.edge_tokens if mode == "edge" else None,
-                 "max_new_tokens": config.max_new_tokens, "code": code_fingerprint("compression.kv.generate", "compression.kv.subset", "compression.kv.modes")}
+        # Everything that fixes the prompt and the decoding, without loading the LM: the generator's
+        # identity (model with weights hash, dtype, device; or endpoint), the texts, and its code.
+        generator = self.generator()
+        parts = {"generator": self.generator_identity(), "question": question.text, "contexts": text_digest(kept.texts),
+                 "kept": kept.local, "kv_mode": mode, "blend_r": config.blend_r if mode == "blend" else None,
+                 "edge_tokens": config.edge_tokens if mode == "edge" else None, "max_new_tokens": config.max_new_tokens,
+                 "code": code_fingerprint(type(generator).__module__)}
         cached = self.cache.get("answer", parts)
         self._count("answer", cached is not None)
         if cached is None:
-            engine = self.engine()
-            cached = self._answer(engine, question, kept, mode, config)
+            cached = self._answer(generator, question, kept, mode, config)
             self.cache.put("answer", parts, cached)
         return Answered(**cached)
 
-    def _answer(self, engine: Any, question: Question, kept: Compressed, mode: str, config: PipelineConfig) -> dict:
-        from compression.kv.modes import recovery_for
-        from compression.kv.subset import kept_tokens
+    def _answer(self, generator: Any, question: Question, kept: Compressed, mode: str, config: PipelineConfig) -> dict:
+        from generation.base import ReuseOptions
 
-        recovery = recovery_for(mode, config.blend_r, config.edge_tokens)
-        prompt = engine.prompt(kept.texts, question.text)
-        started = time.perf_counter()
-        # Caches of chunks not seen before are computed now but belong to indexing (precompute_flow):
-        # timed apart from the answer so TTFT measures the query path.
-        computed = engine.warm(prompt) if recovery is not None else 0
-        warmed = time.perf_counter()
-        keep = kept_tokens(engine.lm.tokenizer, prompt, kept.texts, kept.local)
-        generation = engine.generate(prompt, recovery, config.max_new_tokens, keep=keep)
-        sent = prompt if keep is None else prompt.keep(keep)
-        return {"answer": generation.text, "retrieved_tokens": len(prompt.context_ids), "tokens_sent": len(sent.context_ids),
-                "ttft_s": generation.ttft_s, "prefilled_tokens": generation.prefilled_tokens,
-                "reused_tokens": generation.reused_tokens, "chunk_cache_s": (warmed - started) if computed else 0.0,
-                "seconds": time.perf_counter() - warmed}
+        reuse = ReuseOptions(mode, config.blend_r, config.edge_tokens)
+        got = generator.answer(kept.texts, question.text, reuse=reuse, max_new_tokens=config.max_new_tokens, kept=kept.local)
+        # A remote back-end counts only the whole prompt it read (its usage); local ones count the context parts.
+        sent = got.context_tokens if got.context_tokens is not None else (got.prompt_tokens or 0)
+        return {"answer": got.text, "retrieved_tokens": got.retrieved_tokens or 0, "tokens_sent": sent, "ttft_s": got.ttft_s,
+                "prefilled_tokens": got.prefilled_tokens or 0, "reused_tokens": got.reused_tokens,
+                "chunk_cache_s": got.chunk_cache_compute_s if got.chunk_caches_computed else 0.0, "seconds": got.total_s}
 
     # -- one configuration, stage by stage -------------------------------------------------
     def compress_all(self, config: PipelineConfig, retrieved: Sequence[Retrieved]) -> list[Compressed]:
@@ -376,12 +382,3 @@ def _default_compressor(method: str) -> Any:
     from compression.registry import make_compressor
 
     return make_compressor(method)
-
-
-def _default_engine(cache: StageCache, lm_name: str) -> Any:
-    from compression.kv.generate import KVReuseEngine
-    from compression.kv.store import DiskStore, MemoryStore, TieredStore
-    from compression.lm import load_causal_lm
-
-    store = TieredStore(MemoryStore(2 * 2**30), DiskStore(cache.root / "kv"))
-    return KVReuseEngine(load_causal_lm(lm_name), store)

@@ -1,4 +1,4 @@
-"""``ragpress ask``: answer a question from an index with a local LM, reusing chunk KV caches."""
+"""``ragpress ask``: answer a question from an index with a local LM (reusing chunk KV caches) or an LLM server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from compression.kv.modes import DEFAULT_BLEND_SCORE  # no heavy imports: the recovery code loads lazily
-from flows.cli_checks import fail, require, require_at_least, require_index_dir, require_rate, user_errors
+from flows import cli_llm
+from flows.cli_checks import require, require_at_least, require_index_dir, require_rate, user_errors
 from flows.cli_retrieval import DISTINCT_OPTION, HYBRID_WEIGHT_OPTION, RETRIEVAL_OPTION, copies_label, retrieval_weight
 
 
@@ -19,7 +20,8 @@ def ask(
     retrieval: str = RETRIEVAL_OPTION,
     hybrid_weight: float = HYBRID_WEIGHT_OPTION,
     distinct: bool = DISTINCT_OPTION,
-    kv_reuse: str = typer.Option("blend", "--kv-reuse", help="none (full prefill), naive, edge or blend"),
+    kv_reuse: str | None = typer.Option(None, "--kv-reuse", help="none (full prefill), naive, edge or blend (default: blend "
+                                                                 "where the model supports reuse, else none)"),
     compression: str | None = typer.Option(None, "--compression", help="compress the contexts first (e.g. extractive)"),
     rate: float = typer.Option(0.5, "--rate", help="compression rate (kept / original tokens)"),
     blend_r: float = typer.Option(0.15, "--blend-r", help="fraction of context tokens blend recomputes"),
@@ -30,30 +32,39 @@ def ask(
     kv_cache: Path | None = typer.Option(None, "--kv-cache", help="chunk-cache directory (default INDEX/kv-cache)"),
     kv_cache_max_mb: float | None = typer.Option(None, "--kv-cache-max-mb",
                                                     help="afterwards, evict the least recently used chunk caches beyond this size"),
-    lm: str = typer.Option("smollm2", "--lm", help="'smollm2' or a local Hugging Face Llama-family model dir"),
+    lm: str = cli_llm.LM_OPTION,
+    llm_url: str | None = cli_llm.LLM_URL_OPTION,
+    llm_model: str | None = cli_llm.LLM_MODEL_OPTION,
+    llm_api_key_env: str | None = cli_llm.LLM_KEY_OPTION,
+    dtype: str = cli_llm.DTYPE_OPTION,
+    threads: int | None = cli_llm.THREADS_OPTION,
+    device: str = cli_llm.DEVICE_OPTION,
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="tokens to generate at most"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Answer QUESTION: retrieve, optionally compress, generate with reused chunk caches."""
-    from compression.kv.modes import recovery_for
+    from generation.base import ReuseOptions
+    from generation.registry import generator_from_options
 
-    try:  # a bad --kv-reuse, --blend-score, --blend-r, --edge-tokens or --retrieval fails here, before the flow and the LM start
-        recovery_for(kv_reuse, blend_r, edge_tokens, blend_score)
-        weight = retrieval_weight(retrieval, hybrid_weight)
-    except ValueError as exc:
-        fail(str(exc))
     require(k > 0, f"-k must be a positive integer, got {k}; e.g. -k 4")
     require_at_least("--kv-cache-max-mb", kv_cache_max_mb, 0, "500")
     require_at_least("--max-new-tokens", max_new_tokens, 1, "64")
     require_rate("--rate", rate)
     require_index_dir(index, must_exist=True)
+    # A bad --kv-reuse, --blend-score, --blend-r, --edge-tokens, --retrieval, LLM option or a model that
+    # cannot reuse chunk caches fails here, before the flow and any model start.
+    with user_errors():
+        llm = cli_llm.llm_options(lm, llm_url, llm_model, llm_api_key_env, dtype, threads, device)
+        mode = kv_reuse or ("blend" if cli_llm.reuse_available(llm) else "none")
+        generator_from_options(llm).preflight(ReuseOptions(mode, blend_r, edge_tokens, blend_score))
+        weight = retrieval_weight(retrieval, hybrid_weight)
     from flows.answer import answer_flow
 
     with user_errors():
-        result = answer_flow(question=question, index=str(index), k=k, kv_reuse=kv_reuse, compression=compression, rate=rate,
+        result = answer_flow(question=question, index=str(index), k=k, kv_reuse=mode, compression=compression, rate=rate,
                              cache_dir=str(kv_cache) if kv_cache else None, lm_name=lm, max_new_tokens=max_new_tokens,
                              blend_r=blend_r, edge_tokens=edge_tokens, kv_cache_max_mb=kv_cache_max_mb,
-                             blend_score=blend_score, hybrid_weight=weight, distinct=distinct)
+                             blend_score=blend_score, hybrid_weight=weight, distinct=distinct, llm=llm)
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return
@@ -68,9 +79,9 @@ def _print(result: dict) -> None:
         typer.echo(f"[{number}] {hit['source']} [{hit['start']}:{hit['end']}] score {hit['score']:.3f}  {preview}")
         if hit["copies"]:
             typer.echo(f"    same text also at {copies_label(hit['copies'])}")
-    total = result["prefilled_tokens"] + result["reused_tokens"]
+    sent = "unknown (no usage reported)" if result["tokens_sent"] is None else result["tokens_sent"]
     typer.echo(f"\nkv-reuse {result['kv_reuse']}: time to first token {result['ttft_s'] * 1000:.0f} ms; "
-               f"tokens prefilled {result['prefilled_tokens']} / reused {result['reused_tokens']} of {total}"
+               f"prompt tokens {sent}, of them reused from chunk caches {result['reused_tokens']}"
                + (f"; {result['chunk_caches_computed']} chunk caches computed first" if result["chunk_caches_computed"] else ""))
     pruned = result.get("kv_cache_pruned")
     if pruned:

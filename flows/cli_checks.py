@@ -68,12 +68,13 @@ def os_error_line(exc: OSError) -> str:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Library errors that mean bad input, a bad index or a missing model."""
+    """Library errors that mean bad input, a bad index, a missing model or a failing LLM server."""
     from compression.lm import ModelUnavailable
+    from generation.base import GenerationError
     from retrieval.errors import IndexStoreError, InputError
     from retrieval.models import EmbeddingModelUnavailable
 
-    return (InputError, IndexStoreError, EmbeddingModelUnavailable, ModelUnavailable, ValueError)
+    return (InputError, IndexStoreError, EmbeddingModelUnavailable, ModelUnavailable, GenerationError, ValueError)
 
 
 @contextmanager

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from flows.cli_checks import fail
+from flows import cli_llm
+from flows.cli_checks import fail, user_errors
 
 DEFAULT_OUT = Path(".ragpress/pipeline")
 
@@ -42,7 +43,13 @@ def pipeline(
     html_out: Path = typer.Option(DEFAULT_OUT / "dashboard.html", "--html", help="where to write the dashboard"),
     json_out: Path = typer.Option(DEFAULT_OUT / "results.json", "--json", help="where to write every result"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="stage cache (default $RAGPRESS_CACHE/stages)"),
-    lm: str = typer.Option("smollm2", "--lm", help="'smollm2' or a local Hugging Face Llama-family model dir"),
+    lm: str = cli_llm.LM_OPTION,
+    llm_url: str | None = cli_llm.LLM_URL_OPTION,
+    llm_model: str | None = cli_llm.LLM_MODEL_OPTION,
+    llm_api_key_env: str | None = cli_llm.LLM_KEY_OPTION,
+    dtype: str = cli_llm.DTYPE_OPTION,
+    threads: int | None = cli_llm.THREADS_OPTION,
+    device: str = cli_llm.DEVICE_OPTION,
     cache_max_mb: float | None = typer.Option(None, "--cache-max-mb", help="afterwards, evict the least recently used stage results beyond this size"),
 ) -> None:
     """Run retrieve -> compress -> answer for each configuration and report every stage on one yardstick."""
@@ -57,7 +64,7 @@ def pipeline(
         fail(f"questions file {questions} does not exist")
     if cache_max_mb is not None and cache_max_mb < 0:
         fail(f"--cache-max-mb must be >= 0, got {cache_max_mb}")
-    try:
+    with user_errors():
         if sweep is not None:
             configs, file_limit = load_pipeline_sweep(sweep)
         elif config is not None:
@@ -67,6 +74,10 @@ def pipeline(
             configs, file_limit = [RECOMMENDED_PIPELINE], None
         if fidelity:
             configs = [replace(c, fidelity=True) for c in configs]
+        llm = cli_llm.llm_options(lm, llm_url, llm_model, llm_api_key_env, dtype, threads, device)
+        if config is None and sweep is None and not cli_llm.reuse_available(llm):
+            configs = [replace(c, kv_mode="none") for c in configs]  # the default asks for reuse only where it exists
+        check_generator(llm, configs)
         from flows.pipeline import pipeline_flow
 
         run = pipeline_flow(
@@ -78,10 +89,9 @@ def pipeline(
             html_out=str(html_out),
             json_out=str(json_out),
             lm_name=lm,
+            llm=llm,
             command="ragpress " + shlex.join(sys.argv[1:]),
         )
-    except ValueError as exc:
-        fail(str(exc))
     print_results(run)
     typer.echo(f"wrote {html_out} and {json_out} in {run.seconds:.1f} s")
     if cache_max_mb is not None:
@@ -90,6 +100,19 @@ def pipeline(
         pruned = StageCache(cache_dir).prune(int(cache_max_mb * 1e6))
         typer.echo(f"stage cache: {pruned.kept} results kept ({pruned.kept_bytes / 1e6:.1f} MB), "
                    f"{pruned.removed} least recently used removed ({pruned.freed_bytes / 1e6:.1f} MB)")
+
+
+def check_generator(llm: dict, configs: list) -> None:
+    """ValueError before any model loads if the generator cannot serve a configuration's KV mode."""
+    from generation.base import ReuseOptions
+    from generation.registry import generator_from_options
+
+    generator = generator_from_options(llm)
+    for one in configs:
+        try:
+            generator.preflight(ReuseOptions(one.kv_mode, one.blend_r, one.edge_tokens))
+        except ValueError as exc:
+            raise ValueError(f"configuration '{one.label}': {exc} (set kv_mode: none)") from None
 
 
 def register(app: typer.Typer) -> None:

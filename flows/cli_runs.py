@@ -7,13 +7,10 @@ from pathlib import Path
 
 import typer
 
+from flows.cli_checks import fail
+
 runs_app = typer.Typer(no_args_is_help=True, help="Recorded eval and pipeline runs: list, show, compare, delete.")
 STORE_HELP = "run store file (default $RAGPRESS_RUNS or $RAGPRESS_CACHE/runs.sqlite)"
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _store(path: Path | None, must_exist: bool = True):
@@ -21,7 +18,7 @@ def _store(path: Path | None, must_exist: bool = True):
 
     store = RunStore(path)
     if must_exist and not store.path.is_file():
-        _fail(f"no run store at {store.path}: run `ragpress eval` or `ragpress pipeline` first, or pass --store FILE")
+        fail(f"no run store at {store.path}: run `ragpress eval` or `ragpress pipeline` first, or pass --store FILE")
     return store
 
 
@@ -29,7 +26,7 @@ def _get(store, run_id: int, questions: bool = True):
     try:
         return store.get(run_id, questions)
     except KeyError as exc:
-        _fail(str(exc.args[0]))
+        fail(str(exc.args[0]))
 
 
 def _value(value: float | None) -> str:
@@ -94,7 +91,7 @@ def compare(
     from eval.run_store import METRICS
 
     if metric is not None and metric not in METRICS:
-        _fail(f"unknown metric '{metric}'; valid choices: {', '.join(METRICS)}")
+        fail(f"unknown metric '{metric}'; valid choices: {', '.join(METRICS)}")
     runs = _store(store)
     comparison = compare_runs(_get(runs, a), _get(runs, b), metric)
     if as_json:
@@ -137,9 +134,9 @@ def dashboard(
     from eval.dashboard import make_server, write_dashboard
 
     if not 0 < port < 65536:
-        _fail(f"--port must be in 1..65535, got {port}")
+        fail(f"--port must be in 1..65535, got {port}")
     if len(compare_ids) > 2:
-        _fail(f"--compare takes two runs, got {len(compare_ids)}")
+        fail(f"--compare takes two runs, got {len(compare_ids)}")
     runs = _store(store)
     for run_id in compare_ids:
         _get(runs, run_id, questions=False)
@@ -149,7 +146,7 @@ def dashboard(
     try:
         server = make_server(runs, port, limit=last, selected=compare_ids)
     except OSError as exc:
-        _fail(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pass another --port")
+        fail(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pass another --port")
     typer.echo(f"dashboard: http://127.0.0.1:{server.server_port}/  (Ctrl-C stops it)")
     try:
         server.serve_forever()

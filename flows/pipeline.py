@@ -118,11 +118,13 @@ def pipeline_flow(
     command: str | None = None,
     pipeline_options: dict[str, Any] | None = None,
     runs_db: str | None = None,
+    llm: dict[str, Any] | None = None,
 ) -> PipelineRun:
     """Run every configuration (flat ``PipelineConfig`` dicts) on the questions (default: the pydoc set)
     and record each in the run store (``runs_db``, default ``$RAGPRESS_RUNS`` or ``$RAGPRESS_CACHE/runs.sqlite``).
 
-    ``pipeline_options`` passes factories to ``Pipeline`` (tests use tiny models).
+    ``pipeline_options`` passes factories to ``Pipeline`` (tests use tiny models); ``llm``: generator
+    options (default: the local ``lm_name``).
     """
     from eval.pareto import recommend
     from eval.run_store import pipeline_run
@@ -132,7 +134,7 @@ def pipeline_flow(
     if not parsed:
         raise ValueError("no pipeline configuration given; pass --config FILE or --sweep FILE")
     dataset = select_questions(load_dataset(questions, corpora), limit)
-    pipeline = Pipeline(dataset, StageCache(cache_dir), lm_name=lm_name, **(pipeline_options or {}))
+    pipeline = Pipeline(dataset, StageCache(cache_dir), lm_name=lm_name, llm=llm, **(pipeline_options or {}))
     progress = cast(UUID, create_progress_artifact(progress=0.0, description=f"{len(parsed)} pipeline configuration(s) on {dataset.name}"))
     retrieved: dict[str, tuple[list[Retrieved], int]] = {}
     results = []

@@ -9,7 +9,7 @@ tokens' fresh ones, the same set as the dense path. Projections and MLP run over
 (each weight matrix is read once per layer: running the layer block by block was slower, being
 memory-bound), while attention is split into blocks of consecutive selected positions, each
 reading keys only up to its last position (the causal bound), which roughly halves attention for
-tokens spread over the context. Llama layers only (``SUPPORTED``); other models use the dense path.
+tokens spread over the context. Llama, Qwen2 and Mistral layers (``SUPPORTED``: the same layer shape, Qwen2 with q/k/v biases); other models use the dense path.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 DEFAULT_BLOCK = 64
-SUPPORTED = ("llama",)  # decoder layers whose forward ``_layer`` reproduces (checked against the model's own in tests)
+SUPPORTED = ("llama", "qwen2", "mistral")  # decoder layers whose forward ``_layer`` reproduces (checked against the model's own in tests)
 
 
 def supported(model: Any) -> bool:
