@@ -46,11 +46,6 @@ def ask(
     from generation.base import ReuseOptions
     from generation.registry import generator_from_options
 
-    require(k > 0, f"-k must be a positive integer, got {k}; e.g. -k 4")
-    require_at_least("--kv-cache-max-mb", kv_cache_max_mb, 0, "500")
-    require_at_least("--max-new-tokens", max_new_tokens, 1, "64")
-    require_rate("--rate", rate)
-    require_index_dir(index, must_exist=True)
     # A bad --kv-reuse, --blend-score, --blend-r, --edge-tokens, --retrieval, LLM option or a model that
     # cannot reuse chunk caches fails here, before the flow and any model start.
     with user_errors():
@@ -58,6 +53,11 @@ def ask(
         mode = kv_reuse or ("blend" if cli_llm.reuse_available(llm) else "none")
         generator_from_options(llm).preflight(ReuseOptions(mode, blend_r, edge_tokens, blend_score))
         weight = retrieval_weight(retrieval, hybrid_weight)
+    require(k > 0, f"-k must be a positive integer, got {k}; e.g. -k 4")
+    require_at_least("--kv-cache-max-mb", kv_cache_max_mb, 0, "500")
+    require_at_least("--max-new-tokens", max_new_tokens, 1, "64")
+    require_rate("--rate", rate)
+    require_index_dir(index, must_exist=True)
     from flows.answer import answer_flow
 
     with user_errors():
