@@ -35,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
-DATA = Path(os.environ.get("RAGPRESS_DATA", "/work/shared/data")) / "chroma"
+DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data")) / "chroma"
 
 CHILD = """
 import json, sys, time

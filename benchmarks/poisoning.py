@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,9 +30,8 @@ from filestore import atomic_write_text  # noqa: E402
 from retrieval.encoder import load_encoder  # noqa: E402
 from retrieval.tokenizer import load_tokenizer  # noqa: E402
 
-# The shared data sits next to the checkout (../shared/data), or next to its parent for a worktree.
-DATA = next((path for path in (ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data") if path.is_dir()),
-            ROOT.parent / "shared" / "data")
+# The shared data sits next to the checkout (../shared/data) unless RAGPRESS_SHARED_DATA says otherwise.
+DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DATASETS = ("chroma", "jadon-cyber")
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -47,13 +47,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from retrieval.atomic import atomic_write_text  # noqa: E402
+from filestore import atomic_write_text  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "benchmarks" / ".work" / "prepack"
 DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
 CHUNKER, CHUNK_SIZE = "recursive", 150
 EMBED_BATCH = 64
 LM_TARGET = 1.5  # packed vs padded, chunk-cache precompute

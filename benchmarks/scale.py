@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 
 WORK = REPO / "benchmarks" / ".work" / "scale"
 RESULTS = REPO / "benchmarks" / "results"
-DATA = Path(os.environ.get("RAGPRESS_DATA", "/work/shared/data"))
+DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORDS_PER_CHUNK = 100
 CHUNKS_PER_DOC = 100
 QUERIES = 100  # questions timed per mode (all 200 for recall)
