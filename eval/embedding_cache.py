@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from retrieval.base import Encoder
 
 MAX_SHARDS = 16  # above this, loading compacts the shards into one
+PROGRESS_SLICE = 256  # texts per encode call when progress is reported
 
 
 def default_cache_dir() -> Path:
@@ -33,10 +34,12 @@ def text_key(text: str) -> str:
 
 
 class EmbeddingCache:
-    """Embeds through ``encoder`` only the texts not cached yet for its ``model_id``."""
+    """Embeds through ``encoder`` only the texts not cached yet for its ``model_id``;
+    ``progress(n)``, when given, is called as each slice of ``n`` new texts is embedded."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, progress: Callable[[int], None] | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
+        self.progress = progress
         self._memory: dict[str, dict[str, np.ndarray]] = {}
         self.hits = 0
         self.misses = 0
@@ -75,6 +78,15 @@ class EmbeddingCache:
             Path(temp).unlink(missing_ok=True)
             raise
 
+    def _encode(self, encoder: Encoder, texts: list[str]) -> np.ndarray:
+        if self.progress is None:
+            return encoder.encode(texts)
+        parts = []
+        for start in range(0, len(texts), PROGRESS_SLICE):
+            parts.append(encoder.encode(texts[start:start + PROGRESS_SLICE]))
+            self.progress(len(parts[-1]))
+        return np.concatenate(parts)
+
     def embed(self, encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
         """``[len(texts), dim]`` float32 vectors, identical to ``encoder.encode(texts)``."""
         table = self._load(encoder.model_id)
@@ -84,7 +96,7 @@ class EmbeddingCache:
         self.misses += len(missing)
         if missing:
             first_text = {key: text for key, text in zip(keys, texts)}
-            vectors = encoder.encode([first_text[key] for key in missing])
+            vectors = self._encode(encoder, [first_text[key] for key in missing])
             table.update(zip(missing, vectors))
             self._write(encoder.model_id, missing, vectors)
         if not keys:

@@ -270,12 +270,19 @@ class Pipeline:
                 "chunk_cache_s": got.chunk_cache_compute_s if got.chunk_caches_computed else 0.0, "seconds": got.total_s}
 
     # -- one configuration, stage by stage -------------------------------------------------
-    def compress_all(self, config: PipelineConfig, retrieved: Sequence[Retrieved]) -> list[Compressed]:
-        """Compress every question's retrieved context (stage cache first)."""
-        return [self.compress(q, r, config.compression, config.rate) for q, r in zip(self.dataset.questions, retrieved)]
+    def compress_all(self, config: PipelineConfig, retrieved: Sequence[Retrieved],
+                     progress: Callable[[int], None] | None = None) -> list[Compressed]:
+        """Compress every question's retrieved context (stage cache first); ``progress(1)`` after each."""
+        out = []
+        for question, got in zip(self.dataset.questions, retrieved):
+            out.append(self.compress(question, got, config.compression, config.rate))
+            if progress is not None:
+                progress(1)
+        return out
 
-    def answer_all(self, config: PipelineConfig, retrieved: Sequence[Retrieved], compressed: Sequence[Compressed]) -> list[QuestionRun]:
-        """Answer every question and score every stage of it."""
+    def answer_all(self, config: PipelineConfig, retrieved: Sequence[Retrieved], compressed: Sequence[Compressed],
+                   progress: Callable[[int], None] | None = None) -> list[QuestionRun]:
+        """Answer every question and score every stage of it; ``progress(1)`` after each question."""
         runs = []
         for question, got, kept in zip(self.dataset.questions, retrieved, compressed):
             answered = self.answer(question, kept, config)
@@ -284,6 +291,8 @@ class Pipeline:
                 full = answered if config.kv_mode == "none" else self.answer(question, kept, config, "none")
                 fidelity = token_f1(answered.answer, full.answer)
             runs.append(score_question(question, got, kept, answered, fidelity))
+            if progress is not None:
+                progress(1)
         return runs
 
     def result(self, config: PipelineConfig, runs: Sequence[QuestionRun], hits: dict[str, int], seconds: float) -> PipelineResult:

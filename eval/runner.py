@@ -287,19 +287,23 @@ class Evaluator:
         _check_fixed_k(config)
         return self._evaluate(config)
 
-    def evaluate(self, config: EvalConfig) -> EvalResult:
-        """Chunk (memoised), embed (cached), index (cached), search every question, score."""
-        return self._evaluate(config)[0]
+    def evaluate(self, config: EvalConfig, progress: Callable[[int], None] | None = None) -> EvalResult:
+        """Chunk (memoised), embed (cached), index (cached), search every question, score;
+        ``progress(1)`` after each question scored."""
+        return self._evaluate(config, progress)[0]
 
-    def _evaluate(self, config: EvalConfig) -> tuple[EvalResult, list[TopK]]:
+    def _evaluate(self, config: EvalConfig, progress: Callable[[int], None] | None = None) -> tuple[EvalResult, list[TopK]]:
         chunking, fresh, tops, ks, seconds = self._search(config)
-        return self._result(config, chunking, fresh, tops, ks, seconds), tops
+        return self._result(config, chunking, fresh, tops, ks, seconds, progress), tops
 
     def _result(self, config: EvalConfig, chunking: _Chunking, fresh: bool, tops: list[TopK], ks: list[tuple[int, float]],
-                seconds: Mapping[str, float]) -> EvalResult:
+                seconds: Mapping[str, float], progress: Callable[[int], None] | None = None) -> EvalResult:
         retrieved = time.perf_counter()
-        scores = tuple(self._score(question, top, k, omega, config)
-                       for question, top, (k, omega) in zip(self.dataset.questions, tops, ks))
+        scores: list[QuestionScore] = []
+        for question, top, (k, omega) in zip(self.dataset.questions, tops, ks):
+            scores.append(self._score(question, top, k, omega, config))
+            if progress is not None:
+                progress(1)
         finished = time.perf_counter()
         by_corpus = {cid: summarise([s for s in scores if s.corpus_id == cid]) for cid in sorted({s.corpus_id for s in scores})}
         return EvalResult(
@@ -309,7 +313,7 @@ class Evaluator:
             n_chunks=len(chunking.chunks),
             overall=summarise(scores),
             per_corpus=by_corpus,
-            questions=scores,
+            questions=tuple(scores),
             timings={
                 # A reused chunking cost nothing in this run.
                 "chunk_s": chunking.chunk_seconds if fresh else 0.0,

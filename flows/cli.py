@@ -31,6 +31,17 @@ importlib.import_module("flows.server_guard").guard_ephemeral_server()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ragpress: chunk, index, retrieve, compress and evaluate RAG context.")
 
+
+
+@app.callback()
+def global_options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's log and the traceback of an error"),
+) -> None:
+    """Options of every command."""
+    # Set before any command imports Prefect, which reads its logging settings once.
+    importlib.import_module("flows.cli_checks").set_verbose(verbose)
+
+
 for module_name in COMMAND_MODULES:
     importlib.import_module(module_name).register(app)
 

@@ -3,17 +3,24 @@
 ``fail`` prints ``error: <problem>; <fix>`` and exits 2. ``require`` checks an option before any
 heavy work starts. ``user_errors`` turns the library's input errors and the file-system faults a
 user can fix (full disk, permissions, a file where a folder belongs) into that one line, so no
-command shows a traceback for them. Commands share these instead of each checking on its own.
+command shows a traceback for them; any other error ends the command with one line too, exit 1.
+Tracebacks (and Prefect's console log of failed runs) appear only with the global ``--verbose``.
+Commands share these instead of each checking on its own.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import os
+import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+import click
 import typer
 
 # What the user can do about a file-system fault, by errno.
@@ -28,10 +35,31 @@ OS_FIXES = {
 }
 
 
-def fail(message: str) -> NoReturn:
-    """Print ``error: message`` (one line) to stderr and exit with code 2."""
+# Set by the global --verbose option (flows/cli.py).
+VERBOSE = False
+PREFECT_CONSOLE_ENV = ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "PREFECT_LOGGING_LEVEL")
+
+
+def set_verbose(verbose: bool) -> None:
+    """``--verbose``: Prefect's console log (with the traceback of a failed run) and a traceback with every
+    error line. Otherwise a failed run is the command's one ``error:`` line; run logs still reach Prefect's API."""
+    global VERBOSE
+    VERBOSE = verbose
+    console_level, log_level = ("INFO", "INFO") if verbose else ("CRITICAL", os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"))
+    os.environ.update(dict(zip(PREFECT_CONSOLE_ENV, (console_level, log_level))))  # read when Prefect is first imported
+    if "prefect.logging.handlers" in sys.modules:  # already imported (in-process callers): set its console handlers
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        for name in ("", "uvicorn", "fastapi"):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, PrefectConsoleHandler):
+                    handler.setLevel(console_level)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` (one line) to stderr and exit with ``code`` (2: bad input or environment)."""
     typer.secho(f"error: {' '.join(str(message).split())}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def require(ok: bool, message: str) -> None:
@@ -77,14 +105,28 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return (InputError, IndexStoreError, EmbeddingModelUnavailable, ModelUnavailable, GenerationError, ValueError)
 
 
+def _traceback_if_verbose() -> None:
+    if VERBOSE:
+        traceback.print_exc(file=sys.stderr)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Run a command's work; expected errors and file-system faults end it with one line, exit 2."""
+    """Run a command's work; expected errors and file-system faults end it with one line, exit 2;
+    any other error with one line naming it, exit 1 (its traceback with ``--verbose``)."""
     try:
         yield
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise  # the command already said what went wrong
     except OSError as exc:
+        _traceback_if_verbose()
         fail(os_error_line(exc))
     except UnicodeDecodeError as exc:  # a ValueError, but its text names neither file nor fix
+        _traceback_if_verbose()
         fail(f"input is not valid UTF-8 (byte offset {exc.start}: {exc.reason}); re-encode it as UTF-8")
     except _expected_errors() as exc:
+        _traceback_if_verbose()
         fail(str(exc))
+    except Exception as exc:
+        _traceback_if_verbose()
+        fail(f"{type(exc).__name__}: {exc}" + ("" if VERBOSE else " (run with --verbose for the traceback)"), code=1)

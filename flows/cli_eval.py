@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from flows.cli_checks import fail, require_at_least, user_errors
+from flows.progress import live_progress
 
 if TYPE_CHECKING:
     from eval.base import EvalConfig
@@ -110,7 +111,7 @@ def evaluate(
     require_at_least("--chunk-size", chunk_size, 1, "200")
     require_at_least("--overlap", overlap, 0, "0")
     require_at_least("--context-chunks", context_chunks, 0, "2")
-    with user_errors():
+    with live_progress(), user_errors():
         if sweep is not None:
             if any(value is not None for value in options.values()):
                 fail("--sweep defines the configurations; drop the chunker/retrieval options or put them in the sweep file")

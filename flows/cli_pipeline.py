@@ -10,6 +10,7 @@ import typer
 
 from flows import cli_llm
 from flows.cli_checks import fail, user_errors
+from flows.progress import live_progress
 
 DEFAULT_OUT = Path(".ragpress/pipeline")
 
@@ -64,7 +65,7 @@ def pipeline(
         fail(f"questions file {questions} does not exist")
     if cache_max_mb is not None and cache_max_mb < 0:
         fail(f"--cache-max-mb must be >= 0, got {cache_max_mb}")
-    with user_errors():
+    with live_progress(), user_errors():
         if sweep is not None:
             configs, file_limit = load_pipeline_sweep(sweep)
         elif config is not None:

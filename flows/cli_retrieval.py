@@ -84,8 +84,9 @@ def index(
     check_chunking(chunk_size, overlap, context_chunks)
     require_at_least("--commit-every", commit_every, 1, "64")
     from flows.indexing import index_flow
+    from flows.progress import live_progress
 
-    with user_errors():
+    with user_errors(), live_progress():
         summary = index_flow([str(p) for p in paths], str(index_dir), chunker, chunk_size, overlap, model,
                              factory, commit_every, rebuild, context_chunks, str(kv_cache) if kv_cache else None)
     if as_json:
@@ -174,9 +175,10 @@ def demo(
 ) -> None:
     """Index Python's help topics, query, evaluate retrieval, run the answer pipeline, write the reports."""
     from flows.demo import demo_flow
+    from flows.progress import live_progress
 
     typer.echo("ragpress demo: indexing Python's help topics (pydoc_data.topics) ...")
-    with user_errors():
+    with user_errors(), live_progress():
         result = demo_flow(str(workdir), k)
     summary = result.index
     typer.echo(f"indexed {summary.added + summary.updated + summary.relocated + summary.unchanged} topics into {summary.chunks_total} chunks "

@@ -29,6 +29,7 @@ from eval.report import machine_info, markdown_summary, table_rows, write_json
 from eval.run_store import RunRecord, RunStore, eval_run
 from eval.runner import Evaluator, default_chunker_factory
 from filestore import atomic_write_text
+from flows import progress
 
 
 @task(name="load-dataset", cache_policy=NO_CACHE)
@@ -39,10 +40,13 @@ def load_dataset(questions: str | None, corpora: str | None) -> EvalDataset:
     return load_questions(Path(questions), Path(corpora) if corpora else None)
 
 
+CONFIGS_DONE, QUESTIONS_SCORED, TEXTS_EMBEDDED = "configurations evaluated", "questions scored", "texts embedded"
+
+
 @task(name="evaluate-config", cache_policy=NO_CACHE)
 def evaluate_config(evaluator: Evaluator, config: EvalConfig) -> EvalResult:
     """Evaluate one configuration."""
-    return evaluator.evaluate(config)
+    return evaluator.evaluate(config, progress.counter(QUESTIONS_SCORED))
 
 
 def artifact_key(text: str) -> str:
@@ -117,12 +121,17 @@ def evaluate_flow(
     evaluator = Evaluator(
         dataset,
         encoder,
-        cache=EmbeddingCache(Path(cache_dir) if cache_dir else None),
+        cache=EmbeddingCache(Path(cache_dir) if cache_dir else None, progress.counter(TEXTS_EMBEDDED)),
         token_counter=load_tokenizer(model),
         chunker_factory=chunker_factory or default_chunker_factory,
     )
     # Sequential on purpose: configurations share memoised chunkings and the CPU.
-    results = [evaluate_config(evaluator, config) for config in parsed]
+    configs_done = progress.counter(CONFIGS_DONE, len(parsed))
+    progress.counter(QUESTIONS_SCORED, len(parsed) * len(dataset.questions))
+    results = []
+    for config in parsed:
+        results.append(evaluate_config(evaluator, config))
+        configs_done(1)
     run_ids = record_runs([eval_run(result, dataset, command=command) for result in results], runs_db)
     publish_artifacts(results, dataset.name, runs_markdown(run_ids, RunStore(runs_db), html_out))
     write_reports(results, json_out, html_out, {"questions": questions, "corpora": corpora}, run_ids, runs_db)

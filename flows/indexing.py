@@ -30,6 +30,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from eval.defaults import BEST_CONFIG
 from eval.stage_cache import StageCache, code_fingerprint, default_stage_cache_dir
+from flows import progress
 from retrieval.base import Chunk, Document
 from retrieval.chunkers import make_chunker
 from retrieval.encoder import load_encoder
@@ -63,6 +64,7 @@ class ChunkerSpec:
 
 
 CHUNK_STAGE, VECTOR_STAGE = "index-chunks", "index-vectors"
+FILES_READ, DOCS_EMBEDDED, CHUNKS_EMBEDDED = "files read", "documents embedded", "chunks embedded"
 ALLOWED_ROOTS_ENV = "RAGPRESS_INDEX_ROOTS"  # os.pathsep-separated folders a deployment run may read and write
 # The code that decides a document's chunks and vectors: a change to it invalidates the cache.
 CODE_MODULES = ("retrieval.indexing", "retrieval.chunkers", "retrieval.encoder")
@@ -111,7 +113,10 @@ def io_error(_task: Any, _run: Any, state: Any) -> bool:
 @task(name="load-documents", retries=2, retry_delay_seconds=1, retry_condition_fn=io_error)
 def load_task(paths: list[str], exclude: list[str]) -> tuple[list[Document], list[SkippedFile]]:
     """The documents under ``paths``, never reading ``exclude``; bad files skipped with reasons."""
-    return require_documents(paths, exclude)
+    files_read = progress.counter(FILES_READ)
+    found = require_documents(paths, exclude, files_read)
+    files_read.finish()
+    return found
 
 
 def never_corpus(index_dir: str, kv_cache: str | None, cache_dir: str) -> list[str]:
@@ -163,6 +168,7 @@ def chunk_task(document: Document, spec: ChunkerSpec, chunker_config: dict[str, 
     if chunks is None:
         chunks = chunk_documents([document], spec.build())[0][1]
         cache.put(CHUNK_STAGE, parts, [asdict(c) for c in chunks])
+    progress.counter(CHUNKS_EMBEDDED).grow(len(chunks))
     return chunks
 
 
@@ -176,6 +182,8 @@ def embed_task(document: Document, chunks: list[Chunk], spec: ChunkerSpec, model
         vectors = np.ascontiguousarray(embed_documents([(document, chunks)], load_encoder(model), spec.context_chunks),
                                        dtype="<f4")
         cache.put(VECTOR_STAGE, parts, {"dim": int(vectors.shape[1]), "float32": base64.b64encode(vectors.tobytes()).decode()})
+    progress.counter(CHUNKS_EMBEDDED)(len(chunks))
+    progress.counter(DOCS_EMBEDDED)(1)
     return vectors
 
 
@@ -231,6 +239,7 @@ def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name
     store = IndexStore(index_dir, encoder.model_id, encoder.dim, factory, rebuild=rebuild)
     plan = plan_update(store, documents, chunker_config)
     progress_id = cast(UUID, create_progress_artifact(progress=0.0, description=f"documents embedded into {index_dir}"))
+    progress.counter(DOCS_EMBEDDED, len(plan.to_embed))
     done, chunks_added, commits = 0, 0, 0
     for batch in plan.batches(commit_every):
         docs = list(batch.to_embed)

@@ -31,7 +31,10 @@ from eval.base import EvalConfig, EvalDataset
 from eval.pipeline import Compressed, Pipeline, Retrieved, spread_sample
 from eval.pipeline_base import PipelineConfig, PipelineResult, QuestionRun
 from eval.stage_cache import StageCache
+from flows import progress
 from flows.evaluate import artifact_key, load_dataset, record_runs, runs_markdown
+
+CONFIGS_DONE, COMPRESSED, ANSWERED = "pipeline configurations", "questions compressed", "questions answered"
 
 
 @dataclass(frozen=True)
@@ -60,14 +63,14 @@ def retrieve_stage(pipeline: Pipeline, config: EvalConfig) -> list[Retrieved]:
 @task(name="compress", cache_policy=NO_CACHE, task_run_name="compress {label}")
 def compress_stage(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Retrieved], label: str) -> list[Compressed]:
     """Compress every question's retrieved context."""
-    return pipeline.compress_all(config, retrieved)
+    return pipeline.compress_all(config, retrieved, progress.counter(COMPRESSED))
 
 
 @task(name="answer", cache_policy=NO_CACHE, task_run_name="answer {label}")
 def answer_stage(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Retrieved], compressed: list[Compressed],
                  label: str) -> list[QuestionRun]:
     """Answer every question and score every stage."""
-    return pipeline.answer_all(config, retrieved, compressed)
+    return pipeline.answer_all(config, retrieved, compressed, progress.counter(ANSWERED))
 
 
 @task(name="publish-pipeline-report", cache_policy=NO_CACHE)
@@ -135,9 +138,12 @@ def pipeline_flow(
         raise ValueError("no pipeline configuration given; pass --config FILE or --sweep FILE")
     dataset = select_questions(load_dataset(questions, corpora), limit)
     pipeline = Pipeline(dataset, StageCache(cache_dir), lm_name=lm_name, llm=llm, **(pipeline_options or {}))
-    progress = cast(UUID, create_progress_artifact(progress=0.0, description=f"{len(parsed)} pipeline configuration(s) on {dataset.name}"))
+    progress_id = cast(UUID, create_progress_artifact(progress=0.0, description=f"{len(parsed)} pipeline configuration(s) on {dataset.name}"))
     retrieved: dict[str, tuple[list[Retrieved], int]] = {}
     results = []
+    configs_done = progress.counter(CONFIGS_DONE, len(parsed))
+    for label in (COMPRESSED, ANSWERED):
+        progress.counter(label, len(parsed) * len(dataset.questions))
     for done, config in enumerate(parsed):
         label = config.retrieval.label
         if label not in retrieved:
@@ -145,7 +151,8 @@ def pipeline_flow(
             stage = retrieve_stage(pipeline, config.retrieval)
             retrieved[label] = (stage, pipeline.hits.get("retrieval", 0) - before)
         results.append(run_config(pipeline, config, *retrieved[label]))
-        update_progress_artifact(progress, 100.0 * (done + 1) / len(parsed))
+        update_progress_artifact(progress_id, 100.0 * (done + 1) / len(parsed))
+        configs_done(1)
     recommended = recommend(results)
     models = pipeline.model_ids()
     run_ids = record_runs([pipeline_run(result, dataset, models=models, command=command) for result in results], runs_db)

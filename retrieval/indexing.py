@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,10 +191,12 @@ def apply_update(store: IndexStore, plan: IndexPlan, chunked: Sequence[tuple[Doc
     return store
 
 
-def load_documents(paths: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> tuple[list[Document], list[SkippedFile]]:
+def load_documents(paths: Sequence[str | Path], exclude: Sequence[str | Path] = (),
+                   progress: Callable[[int], None] | None = None) -> tuple[list[Document], list[SkippedFile]]:
     """Documents under ``paths`` (ids relative to their common folder); bad or unreadable files found
     in folders are skipped and reported, a bad file named explicitly raises ``InputError``. Index
-    and cache directories (``exclude``, and any nested index) are never read (``documents.scan``)."""
+    and cache directories (``exclude``, and any nested index) are never read (``documents.scan``).
+    ``progress(1)`` is called after each file read."""
     explicit = {Path(p).expanduser().resolve() for p in paths if Path(p).expanduser().is_file()}
     files, passed = scan(paths, exclude)
     anchors = [str(p.parent if p.is_file() else p) for p in (Path(x).expanduser().resolve() for x in paths)]
@@ -207,12 +209,15 @@ def load_documents(paths: Sequence[str | Path], exclude: Sequence[str | Path] = 
             if path in explicit:
                 raise
             skipped.append(SkippedFile(str(path), str(exc)))
+        if progress is not None:
+            progress(1)
     return docs, skipped
 
 
-def require_documents(paths: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> tuple[list[Document], list[SkippedFile]]:
+def require_documents(paths: Sequence[str | Path], exclude: Sequence[str | Path] = (),
+                      progress: Callable[[int], None] | None = None) -> tuple[list[Document], list[SkippedFile]]:
     """``load_documents``, but finding no usable document is an ``InputError`` that says why."""
-    docs, skipped = load_documents(paths, exclude)
+    docs, skipped = load_documents(paths, exclude, progress)
     if not docs:
         reasons = "; ".join(s.reason for s in skipped[:3]) or "no text files found"
         raise InputError(f"nothing to index under {', '.join(map(str, paths))}: {reasons}")
