@@ -33,7 +33,9 @@ class Counter:
     def __init__(self, board: Board | None, label: str, total: int | None) -> None:
         self.board, self.label, self.total = board, label, total
         self.done = 0
-        self.started = time.monotonic()
+        # The rate runs from the first update on, not from creation: work may start long after a
+        # counter is made (questions are scored only once every chunk is embedded).
+        self.first: tuple[float, int] | None = None  # (when, count) of the first update
         self.ended: float | None = None  # when the count reached the total
 
     def __call__(self, n: int = 1) -> None:
@@ -51,23 +53,48 @@ class Counter:
         if self.board is not None:
             self.board.set_total(self, self.done)
 
-    def rate(self) -> float:
-        """Items per second from the counter's start until now or until it was complete."""
-        return self.done / max((self.ended or time.monotonic()) - self.started, 1e-9)
+    def rate(self) -> float | None:
+        """Items per second since the first update (until now, or until the count was complete);
+        None before a second update."""
+        if self.first is None or self.done <= self.first[1]:
+            return None
+        return (self.done - self.first[1]) / max((self.ended or time.monotonic()) - self.first[0], 1e-9)
+
+    def _count(self, n: int) -> None:
+        if self.first is None:
+            self.first = (time.monotonic(), n)
+        self.done += n
+        self._note_end()
 
     def _note_end(self) -> None:
         if self.total is not None and self.done >= self.total and self.ended is None:
             self.ended = time.monotonic()
 
     def line(self) -> str:
-        """``documents embedded 12/40 (30 %), 4.1/s, ETA 7 s`` (no share or ETA without a total)."""
+        """``documents embedded 12/40 (30 %), 4.1/s, ETA 0:07`` (no share or ETA without a total,
+        no rate or ETA before a second update)."""
         rate = self.rate()
+        speed = "" if rate is None else f", {rate_text(rate)}"
         if not self.total:
-            return f"{self.label} {self.done}, {rate:.1f}/s"
-        share = f"{self.done}/{self.total} ({100 * self.done / self.total:.0f} %)"
+            return f"{self.label} {self.done}{speed}"
         left = max(self.total - self.done, 0)
-        eta = f", ETA {left / rate:.0f} s" if rate > 0 and left else ""
-        return f"{self.label} {share}, {rate:.1f}/s{eta}"
+        eta = f", ETA {clock(left / rate)}" if rate and left else ""
+        return f"{self.label} {self.done}/{self.total} ({100 * self.done / self.total:.0f} %){speed}{eta}"
+
+
+def rate_text(per_second: float) -> str:
+    """``4.1/s``, ``3.0/min`` or ``2.0/h``: the unit that keeps slow work readable."""
+    for unit, scale in (("s", 1), ("min", 60), ("h", 3600)):
+        if per_second * scale >= 1 or unit == "h":
+            return f"{per_second * scale:.1f}/{unit}"
+    raise AssertionError("unreachable")
+
+
+def clock(seconds: float) -> str:
+    """``0:07``, ``12:30`` or ``1:02:03``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class Board:
@@ -94,8 +121,7 @@ class Board:
     def advance(self, counter: Counter, n: int) -> None:
         """``counter`` has ``n`` more items done."""
         with self.lock:
-            counter.done += n
-            counter._note_end()
+            counter._count(n)
 
     def set_total(self, counter: Counter, total: int) -> None:
         """``counter`` has ``total`` items to do."""
@@ -121,10 +147,9 @@ class PlainBoard(Board):
     def advance(self, counter: Counter, n: int) -> None:
         """Count, and print a line when the counter passed a 10 % step or its period elapsed."""
         with self.lock:
-            counter.done += n
-            counter._note_end()
-            when, step, _ = self.printed.get(counter.label, (counter.started, 0, 0))
-            now = time.monotonic()
+            counter._count(n)
+            now, started = time.monotonic(), counter.first[0] if counter.first else 0.0
+            when, step, _ = self.printed.get(counter.label, (started, 0, 0))
             if self._step(counter) > step or now - when >= self.period:
                 self._print(counter, now)
 
@@ -175,7 +200,8 @@ class RichBoard(Board):
     def advance(self, counter: Counter, n: int) -> None:
         """Count and update the counter's row."""
         super().advance(counter, n)
-        self.progress.update(self.tasks[counter.label], completed=counter.done, rate=f"{counter.rate():.1f}/s")
+        rate = counter.rate()
+        self.progress.update(self.tasks[counter.label], completed=counter.done, rate="" if rate is None else rate_text(rate))
         self._maybe_refresh()
 
     def set_total(self, counter: Counter, total: int) -> None:

@@ -110,7 +110,7 @@ def test_index_in_a_pipe_prints_plain_lines_on_stderr_and_clean_json(prefect_har
     step = N_DOCS // 10
     assert [int(re.search(r" (\d+)/", line).group(1)) for line in documents] == list(range(step, N_DOCS + 1, step))
     assert documents[0].startswith(f"progress: documents embedded {step}/{N_DOCS} (10 %), ")
-    assert re.fullmatch(rf"progress: documents embedded {N_DOCS}/{N_DOCS} \(100 %\), [0-9.]+/s", documents[-1])
+    assert re.fullmatch(rf"progress: documents embedded {N_DOCS}/{N_DOCS} \(100 %\), [0-9.]+/(s|min)", documents[-1])
     assert f"progress: files read {N_DOCS}/{N_DOCS} (100 %), " in done.stderr  # its total known once all were read
     chunks = [line for line in lines if line.startswith("progress: chunks embedded ")]
     assert chunks and re.match(r"progress: chunks embedded (\d+)/\1 \(100 %\)", chunks[-1])
@@ -196,3 +196,17 @@ def test_counters_without_a_display_do_nothing_and_plain_lines_follow_the_steps(
         progress.counter("files read")(4)
         raise RuntimeError("failed")
     assert out.getvalue() == ""  # after a failure only the command's error line speaks
+
+
+def test_a_line_shows_share_rate_from_the_first_update_and_eta() -> None:
+    from flows import progress
+
+    count = progress.Counter(None, "questions answered", 30)
+    count.first, count.done = (100.0, 2), 12
+    count.ended = 105.0  # frozen clock: 10 more in the 5 s after the first update
+    assert count.line() == "questions answered 12/30 (40 %), 2.0/s, ETA 0:09"
+    count.ended = 100.0 + 10 * 3600 / 5
+    assert count.line() == "questions answered 12/30 (40 %), 5.0/h, ETA 3:36:00"
+    count.first = (100.0, 12)  # one update so far: no rate yet
+    assert count.line() == "questions answered 12/30 (40 %)"
+    assert [progress.rate_text(r) for r in (12.34, 0.05, 0.01)] == ["12.3/s", "3.0/min", "36.0/h"]
