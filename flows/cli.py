@@ -32,7 +32,6 @@ importlib.import_module("flows.server_guard").guard_ephemeral_server()
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ragpress: chunk, index, retrieve, compress and evaluate RAG context.")
 
 
-
 @app.callback()
 def global_options(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's log and the traceback of an error"),
