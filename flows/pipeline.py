@@ -28,11 +28,12 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from eval.base import EvalConfig, EvalDataset
+from eval.embedding_cache import EmbeddingCache
 from eval.pipeline import Compressed, Pipeline, Retrieved, spread_sample
 from eval.pipeline_base import PipelineConfig, PipelineResult, QuestionRun
 from eval.stage_cache import StageCache
 from flows import progress
-from flows.evaluate import artifact_key, load_dataset, record_runs, runs_markdown
+from flows.evaluate import TEXTS_EMBEDDED, artifact_key, load_dataset, record_runs, runs_markdown
 
 CONFIGS_DONE, COMPRESSED, ANSWERED = "pipeline configurations", "questions compressed", "questions answered"
 
@@ -56,7 +57,10 @@ def select_questions(dataset: EvalDataset, limit: int | None) -> EvalDataset:
 
 @task(name="retrieve", cache_policy=NO_CACHE, task_run_name="retrieve {config.label}")
 def retrieve_stage(pipeline: Pipeline, config: EvalConfig) -> list[Retrieved]:
-    """Retrieve for every question."""
+    """Retrieve for every question; the chunks it embeds (on a stage-cache miss) are counted."""
+    embeddings = pipeline.evaluator().cache
+    if isinstance(embeddings, EmbeddingCache):
+        embeddings.progress = progress.counter(TEXTS_EMBEDDED)
     return pipeline.retrieve(config)
 
 
