@@ -36,7 +36,7 @@ class Counter:
         # The rate runs from the first update on, not from creation: work may start long after a
         # counter is made (questions are scored only once every chunk is embedded).
         self.first: tuple[float, int] | None = None  # (when, count) of the first update
-        self.ended: float | None = None  # when the count reached the total
+        self.last = 0.0  # when the latest update came
 
     def __call__(self, n: int = 1) -> None:
         """``n`` more items done."""
@@ -54,21 +54,16 @@ class Counter:
             self.board.set_total(self, self.done)
 
     def rate(self) -> float | None:
-        """Items per second since the first update (until now, or until the count was complete);
-        None before a second update."""
+        """Items per second between the first and the latest update; None before a second update."""
         if self.first is None or self.done <= self.first[1]:
             return None
-        return (self.done - self.first[1]) / max((self.ended or time.monotonic()) - self.first[0], 1e-9)
+        return (self.done - self.first[1]) / max(self.last - self.first[0], 1e-9)
 
     def _count(self, n: int) -> None:
+        self.last = time.monotonic()
         if self.first is None:
-            self.first = (time.monotonic(), n)
+            self.first = (self.last, n)
         self.done += n
-        self._note_end()
-
-    def _note_end(self) -> None:
-        if self.total is not None and self.done >= self.total and self.ended is None:
-            self.ended = time.monotonic()
 
     def line(self) -> str:
         """``documents embedded 12/40 (30 %), 4.1/s, ETA 0:07`` (no share or ETA without a total,
@@ -127,7 +122,6 @@ class Board:
         """``counter`` has ``total`` items to do."""
         with self.lock:
             counter.total = total
-            counter._note_end()
 
     def close(self, failed: bool = False) -> None:
         """The command's work ended, or ``failed`` (its error line follows)."""

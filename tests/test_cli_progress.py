@@ -203,9 +203,9 @@ def test_a_line_shows_share_rate_from_the_first_update_and_eta() -> None:
 
     count = progress.Counter(None, "questions answered", 30)
     count.first, count.done = (100.0, 2), 12
-    count.ended = 105.0  # frozen clock: 10 more in the 5 s after the first update
+    count.last = 105.0  # 10 more in the 5 s after the first update
     assert count.line() == "questions answered 12/30 (40 %), 2.0/s, ETA 0:09"
-    count.ended = 100.0 + 10 * 3600 / 5
+    count.last = 100.0 + 10 * 3600 / 5
     assert count.line() == "questions answered 12/30 (40 %), 5.0/h, ETA 3:36:00"
     count.first = (100.0, 12)  # one update so far: no rate yet
     assert count.line() == "questions answered 12/30 (40 %)"
