@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
+from pydantic import ValidationError
+
+from retrieval.config import validation_line
 
 # What the user can do about a file-system fault, by errno.
 OS_FIXES = {
@@ -84,6 +87,8 @@ def user_errors() -> Iterator[None]:
         yield
     except OSError as exc:
         fail(os_error_line(exc))
+    except ValidationError as exc:  # a config model built directly; from_dict already gives one line
+        fail(validation_line(exc))
     except UnicodeDecodeError as exc:  # a ValueError, but its text names neither file nor fix
         fail(f"input is not valid UTF-8 (byte offset {exc.start}: {exc.reason}); re-encode it as UTF-8")
     except _expected_errors() as exc:

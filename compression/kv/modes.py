@@ -18,12 +18,14 @@ from typing import Any
 
 KV_REUSE_MODES = ("none", "naive", "edge", "blend")
 DEFAULT_BLEND_SCORE = "attention"
+# How blend picks the tokens it recomputes (``compression.kv.recovery.BlendRecovery.score``).
+BLEND_SCORES = ("deviation", "attention", "deviation*attention", "deviation*early_attention")
 
 
 def recovery_for(mode: str, blend_r: float = 0.15, edge_tokens: int = 16, blend_score: str = DEFAULT_BLEND_SCORE) -> Any:
     """The recovery of ``mode``; ``none`` means no reuse at all (returns None).
 
-    ``blend_score`` is one of ``compression.kv.recovery.BLEND_SCORES`` (used by ``blend`` only).
+    ``blend_score`` is one of ``BLEND_SCORES`` (used by ``blend`` only).
     """
     from compression.kv.recovery import make_recovery
 

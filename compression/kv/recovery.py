@@ -28,6 +28,7 @@ import torch
 from compression.hf_cache import cache_arg
 from compression.kv.base import Prompt
 from compression.kv.blockwise import run_in_place, supported
+from compression.kv.modes import BLEND_SCORES
 
 
 class Recovery(Protocol):
@@ -181,7 +182,6 @@ def question_attention(model: Any, cache: Any, prompt: Prompt, n_layers: int | N
     return mass
 
 
-BLEND_SCORES = ("deviation", "attention", "deviation*attention", "deviation*early_attention")
 
 
 @dataclass(frozen=True)
