@@ -14,7 +14,6 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from compression.base import CompressionResult
-from compression.kv.modes import recovery_for  # noqa: F401  (re-exported for callers)
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import Pipeline, kv_cache_dir, make_generator
 from retrieval.base import Hit

@@ -168,6 +168,8 @@ def demo(
     k: int = typer.Option(5, "-k", help="hits per question"),
 ) -> None:
     """Index Python's help topics, query, evaluate retrieval, run the answer pipeline, write the reports."""
+    with user_errors():
+        k = BEST_RETRIEVAL.replace(k=k).fixed_k  # refused before the demo starts
     from flows.demo import demo_flow
 
     typer.echo("ragpress demo: indexing Python's help topics (pydoc_data.topics) ...")

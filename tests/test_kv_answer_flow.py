@@ -50,7 +50,7 @@ def test_ask_refuses_a_negative_cache_size(app, tmp_path):
 
 
 def test_recovery_for_maps_modes():
-    from flows.answer import recovery_for
+    from compression.kv.recovery import recovery_for
 
     assert recovery_for("none", 0.15, 16) is None
     assert recovery_for("naive", 0.15, 16).name == "none"
