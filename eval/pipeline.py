@@ -29,7 +29,7 @@ from eval.pipeline_base import PipelineResult, PipelineSummary, QuestionRun, Sta
 from eval.runner import Evaluator
 from eval.stage_cache import StageCache, code_fingerprint, digest, text_digest
 from pipeline.config import PipelineConfig
-from pipeline.pipeline import Pipeline
+from pipeline.pipeline import Pipeline, make_compressor
 from retrieval.config import RetrievalConfig
 
 
@@ -133,7 +133,7 @@ class PipelineEvaluation:
         ``lm_name``); ``engine_factory`` and ``lm_id`` replace the local LM's engine and id (tests)."""
         self.dataset, self.cache, self.lm_name = dataset, cache, lm_name
         self._evaluator_factory = evaluator_factory or _default_evaluator
-        self._compressor_factory = compressor_factory or _default_compressor
+        self._compressor_factory = compressor_factory or make_compressor
         self._llm = llm or {"backend": "local", "model": lm_name}
         self._engine_factory = engine_factory
         self._evaluator: Evaluator | None = None
@@ -388,8 +388,3 @@ def _compressor_module(method: str) -> str:
 
     return COMPRESSORS[method].split(":")[0] if method != "none" else "eval.pipeline"
 
-
-def _default_compressor(method: str) -> Any:
-    from compression.registry import make_compressor
-
-    return make_compressor(method)

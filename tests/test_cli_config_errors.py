@@ -1,7 +1,8 @@
 """Bad settings end a command in one line naming the key, exit code 2, fast, with nothing written.
 
 Each case runs the real ``ragpress`` command line in its own process (interpreter start included):
-the settings are validated by the stage configs before any flow, index write or model load.
+the settings are validated by the stage configs before any flow, index write or model load. The
+time is the fastest of at most ``RUNS`` runs: on a busy machine waiting for a CPU only adds to it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from support import ANIMALS, PLANETS
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT_S = 2.0
+RUNS = 3
 
 # (command line after ``ragpress``, text the one error line must hold: the key, and the bad value)
 # INDEX, SWEEP and CONFIG are replaced by the test's paths; a sweep or config case writes its text first.
@@ -89,13 +91,16 @@ def test_a_bad_setting_fails_in_one_line_fast_and_writes_nothing(case: tuple, wo
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAGPRESS_CACHE": str(workspace / "cache"),
            "PREFECT_HOME": str(workspace / "prefect-home"), "COLUMNS": "400"}
     before = snapshot(workspace)
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *command(args, workspace)], capture_output=True, text=True,
-                          env=env, cwd=workspace, timeout=60, check=False)
-    seconds = time.monotonic() - started
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr
-    assert "Traceback" not in done.stdout + done.stderr and not done.stdout.strip()
-    assert snapshot(workspace) == before, "the command touched the index, the cache or the working directory"
-    assert seconds < LIMIT_S, f"{seconds:.2f} s to refuse a bad setting"
+    times = []
+    while len(times) < RUNS and (not times or min(times) >= LIMIT_S):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "flows.cli", *command(args, workspace)], capture_output=True, text=True,
+                              env=env, cwd=workspace, timeout=60, check=False)
+        times.append(time.monotonic() - started)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr
+        assert "Traceback" not in done.stdout + done.stderr and not done.stdout.strip()
+        assert snapshot(workspace) == before, "the command touched the index, the cache or the working directory"
+    print(f"{' '.join(args[:1])} {expected}: {min(times):.2f} s")
+    assert min(times) < LIMIT_S, f"{min(times):.2f} s at best ({len(times)} runs) to refuse a bad setting"

@@ -158,7 +158,9 @@ def test_compression_cache_hit_maps_spans_to_this_questions_places(tmp_path):
     from eval.base import Span
     from eval.pipeline import PipelineEvaluation, Retrieved
     from eval.stage_cache import StageCache
+    from pipeline.config import PipelineConfig
 
+    EXTRACTIVE = PipelineConfig(compression="extractive", rate=0.33)  # noqa: N806
     dataset, compressor = copied_dataset(), FirstWords()
     def evaluator(data):
         return Evaluator(data, BagOfWordsEncoder(), cache=EmbeddingCache(tmp_path / "emb"))
@@ -169,9 +171,9 @@ def test_compression_cache_hit_maps_spans_to_this_questions_places(tmp_path):
     in_animals = Retrieved("0", (at("animals"),), 0.0, 0.0, 0.0, 0.0, 0.0)
     in_copy = Retrieved("0", (at("copy"),), 1.0, 1.0, 1.0, 1.0, 0.0)
     with_copy = Retrieved("0", (at("animals"),), 1.0, 1.0, 1.0, 1.0, 0.0, copies=((at("copy"),),))
-    first = pipeline.compress(question, in_animals, "extractive", 0.33)
+    first = pipeline.compress(question, in_animals, EXTRACTIVE)
     assert first.kept == (Span("animals", cat.start, cat.start + 8),)
-    assert pipeline.compress(question, in_copy, "extractive", 0.33).kept == (Span("copy", cat.start, cat.start + 8),)
-    assert pipeline.compress(question, with_copy, "extractive", 0.33).kept == (
+    assert pipeline.compress(question, in_copy, EXTRACTIVE).kept == (Span("copy", cat.start, cat.start + 8),)
+    assert pipeline.compress(question, with_copy, EXTRACTIVE).kept == (
         Span("animals", cat.start, cat.start + 8), Span("copy", cat.start, cat.start + 8))
     assert compressor.calls == 1  # the same text thrice: compressed once, placed three ways

@@ -22,19 +22,19 @@ def app() -> typer.Typer:
 def test_ask_refuses_an_unknown_mode(app, tmp_path):
     result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path), "--kv-reuse", "magic"])
     assert result.exit_code == 2
-    assert "valid: none, naive, edge, blend" in result.output
+    assert "kv_mode='magic' is not allowed; kv_mode must be one of none, naive, edge, blend" in result.output
 
 
 def test_ask_refuses_an_unknown_blend_score(app, tmp_path):
     result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path), "--blend-score", "magic"])
     assert result.exit_code == 2
-    assert "unknown blend score 'magic'; valid: deviation, attention" in result.output
+    assert "blend_score='magic' is not allowed; blend_score must be one of deviation, attention" in result.output
 
 
 def test_ask_refuses_an_unknown_retrieval(app, tmp_path):
     result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path), "--retrieval", "magic"])
     assert result.exit_code == 2
-    assert "unknown retrieval 'magic'; valid: dense, hybrid" in result.output
+    assert "retrieval='magic' is not allowed; retrieval must be one of dense, bm25, hybrid" in result.output
 
 
 def test_ask_refuses_a_missing_index(app, tmp_path):
