@@ -138,7 +138,8 @@ def query(
     from flows.query import query_flow
 
     with user_errors():
-        (answered,) = query_flow([text], str(index_dir), settings.fixed_k, model, compress, compression.rate,
+        method = None if compression.method == "none" else compression.method  # --compress none: the hits as they are
+        (answered,) = query_flow([text], str(index_dir), settings.fixed_k, model, method, compression.rate,
                                  settings.search_weight, settings.distinct)
     if as_json:
         payload = {"question": text, "hits": [asdict(h) for h in answered.hits], "seconds": answered.seconds}
