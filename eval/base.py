@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from retrieval.config import RetrievalConfig
+from retrieval.config import PositiveInt, RetrievalConfig
 
 UNITS = ("chars", "tokens")
 MAX_MIN_K = 20  # the benchmark caps k = "min" at 20 chunks per question
@@ -65,6 +65,7 @@ class EvalConfig(RetrievalConfig):
     text); the retrieved length counts the text handed on once.
     """
 
+    k: PositiveInt | Literal["min"] = Field(5, description="a positive integer (chunks to retrieve) or 'min', e.g. 5")
     unit: Literal["chars", "tokens"] = Field("chars", description="one of " + ", ".join(UNITS))
 
     def _allows_min_k(self) -> bool:

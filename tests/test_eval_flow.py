@@ -238,4 +238,4 @@ def test_cli_eval_prints_per_corpus_and_overall_scores(prefect_harness, tmp_path
     saved = json.loads(out.read_text())["results"][0]
     assert saved["config"]["chunk_size"] == 16 and len(saved["questions"]) == 4
     bad = CliRunner().invoke(app, ["eval", "--questions", str(questions), "--corpora", str(corpora), "-k", "many"])
-    assert bad.exit_code == 2 and "-k must be a positive integer or 'min'" in bad.output
+    assert bad.exit_code == 2 and "k='many' is not allowed; k must be a positive integer (chunks to retrieve) or 'min'" in bad.output
