@@ -1,6 +1,7 @@
-"""The pipeline's stages over a question set — retrieve, compress, answer — each cached by content.
+"""The pipeline evaluated over a question set — retrieve, compress, answer — each stage cached by content.
 
-Every stage is a plain method returning plain records, so ``flows/pipeline.py`` can wrap each in
+Compression and answering run through ``pipeline.Pipeline`` (the one chain); retrieval searches
+the dataset's own index with the one search engine. Every stage is a plain method returning plain records, so ``flows/pipeline.py`` can wrap each in
 a Prefect task and the library works without Prefect. Each stage's key names everything that
 decides its result (see ``eval.stage_cache``): retrieval by the dataset's texts, the retrieval
 config and the encoder; compression by the question, the retrieved texts, method, rate and the
@@ -21,11 +22,15 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from compression.kv.modes import DEFAULT_BLEND_SCORE
 from eval.base import EvalConfig, EvalDataset, MetricSummary, Question, Span
 from eval.metrics import mean_percent, retrieval_scores, token_f1
-from eval.pipeline_base import PipelineConfig, PipelineResult, PipelineSummary, QuestionRun, StageScores
+from eval.pipeline_base import PipelineResult, PipelineSummary, QuestionRun, StageScores
 from eval.runner import Evaluator
 from eval.stage_cache import StageCache, code_fingerprint, digest, text_digest
+from pipeline.config import PipelineConfig
+from pipeline.pipeline import Pipeline, make_compressor
+from retrieval.config import RetrievalConfig
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,10 @@ def corpus_spans(chunks: Sequence[Span], kept: Sequence[Any], copies: Sequence[S
     return tuple(spans)
 
 
-class Pipeline:
-    """Runs ``PipelineConfig``s over one dataset; models load on the first cache miss that needs them."""
+class PipelineEvaluation:
+    """Runs ``PipelineConfig``s over one dataset through ``pipeline.Pipeline``, caching and scoring
+    each stage; models load on the first cache miss that needs them. Retrieval searches the
+    dataset's own index with the same engine (``retrieval.search``)."""
 
     def __init__(
         self,
@@ -126,7 +133,7 @@ class Pipeline:
         ``lm_name``); ``engine_factory`` and ``lm_id`` replace the local LM's engine and id (tests)."""
         self.dataset, self.cache, self.lm_name = dataset, cache, lm_name
         self._evaluator_factory = evaluator_factory or _default_evaluator
-        self._compressor_factory = compressor_factory or _default_compressor
+        self._compressor_factory = compressor_factory or make_compressor
         self._llm = llm or {"backend": "local", "model": lm_name}
         self._engine_factory = engine_factory
         self._evaluator: Evaluator | None = None
@@ -146,11 +153,15 @@ class Pipeline:
     def generator(self) -> Any:
         """The answer generator (``generation``), built on first use; it loads its model when it first answers."""
         if self._generator is None:
-            from generation.registry import generator_from_options
+            from pipeline.pipeline import make_generator
 
             stand_in = {"engine_factory": self._engine_factory} if self._engine_factory else {}
-            self._generator = generator_from_options({**self._llm, **stand_in}, str(self.cache.root / "kv"))
+            self._generator = make_generator({**self._llm, **stand_in}, self.cache.root / "kv")
         return self._generator
+
+    def stages(self, config: PipelineConfig) -> Pipeline:
+        """The pipeline of ``config``, sharing this evaluation's generator and compressors."""
+        return Pipeline(config, generator=self.generator(), compressor_factory=self.compressor)
 
     def generator_identity(self) -> dict[str, Any]:
         """What decides the answers (model and weights hash, dtype, device, or endpoint), without loading."""
@@ -176,8 +187,9 @@ class Pipeline:
         self.hits[stage] = self.hits.get(stage, 0) + (questions if hit else 0)
 
     # -- stage 1: retrieval ----------------------------------------------------------------
-    def retrieve(self, config: EvalConfig) -> list[Retrieved]:
+    def retrieve(self, settings: RetrievalConfig) -> list[Retrieved]:
         """Top-k chunks and retrieval scores of every question (one cache entry per config)."""
+        config = EvalConfig.of(settings)
         parts = {"dataset": self._dataset_id, "config": config.to_dict(), "code": code_fingerprint("eval.runner", "retrieval.search", "retrieval.lexical", "retrieval.encoder", "retrieval.chunkers")}
         parts["encoder"] = self.evaluator().encoder.model_id
         cached = self.cache.get("retrieval", parts)
@@ -200,17 +212,18 @@ class Pipeline:
                 for s, top in zip(scores, tops)]
 
     # -- stage 2: compression --------------------------------------------------------------
-    def compress(self, question: Question, retrieved: Retrieved, method: str, rate: float) -> Compressed:
+    def compress(self, question: Question, retrieved: Retrieved, config: PipelineConfig) -> Compressed:
         """The contexts handed to the LM for one question, cached by content."""
         from compression.base import KeptSpan
 
+        method, rate = config.compression.method, config.compression.rate
         texts = [self.dataset.corpora[c.corpus_id][c.start:c.end] for c in retrieved.chunks]
         parts = {"question": question.text, "contexts": text_digest(texts), "method": method, "rate": rate,
                  "models": self._compressor_models(method), "code": code_fingerprint(_compressor_module(method))}
         cached = self.cache.get("compression", parts)
         self._count("compression", cached is not None)
         if cached is None:
-            cached = self._compress(question, retrieved, texts, method, rate)
+            cached = self._compress(question, texts, config)
             self.cache.put("compression", parts, cached)
         local = tuple(tuple(span) for span in cached["local"])
         # Corpus spans come from this question's chunks, not the cache: equal texts may sit elsewhere.
@@ -229,40 +242,38 @@ class Pipeline:
             models.append(lm_model_id(DEFAULT_LM))  # the compressor scores with the default LM
         return models
 
-    def _compress(self, question: Question, retrieved: Retrieved, texts: list[str], method: str, rate: float) -> dict:
-        from compression.base import Budget, KeptSpan
+    def _compress(self, question: Question, texts: list[str], config: PipelineConfig) -> dict:
+        from compression.base import KeptSpan
 
         started, cpu = time.perf_counter(), time.process_time()
-        if method == "none":
-            local = [KeptSpan(i, 0, len(text)) for i, text in enumerate(texts)]
-        else:
-            local = list(self.compressor(method).compress(texts, Budget(rate=rate), question=question.text).kept)
-        cpu_s = time.process_time() - cpu if method != "none" else 0.0
+        result = self.stages(config).compress(question.text, texts)
+        local = [KeptSpan(i, 0, len(text)) for i, text in enumerate(texts)] if result is None else list(result.kept)
+        cpu_s = time.process_time() - cpu if result is not None else 0.0
         return {"local": [[s.context, s.start, s.end] for s in local], "cpu_s": cpu_s, "seconds": time.perf_counter() - started}
 
     # -- stage 3: answer -------------------------------------------------------------------
     def answer(self, question: Question, kept: Compressed, config: PipelineConfig, kv_mode: str | None = None) -> Answered:
         """Greedy answer from the kept context; ``kv_mode`` overrides the config's (fidelity uses ``none``)."""
-        mode = kv_mode or config.kv_mode
+        settings = config.generation
+        mode = kv_mode or settings.kv_mode
         # Everything that fixes the prompt and the decoding, without loading the LM: the generator's
         # identity (model with weights hash, dtype, device; or endpoint), the texts, and its code.
         generator = self.generator()
         parts = {"generator": self.generator_identity(), "question": question.text, "contexts": text_digest(kept.texts),
-                 "kept": kept.local, "kv_mode": mode, "blend_r": config.blend_r if mode == "blend" else None,
-                 "edge_tokens": config.edge_tokens if mode == "edge" else None, "max_new_tokens": config.max_new_tokens,
-                 "code": code_fingerprint(type(generator).__module__)}
+                 "kept": kept.local, "kv_mode": mode, "blend_r": settings.blend_r if mode == "blend" else None,
+                 "edge_tokens": settings.edge_tokens if mode == "edge" else None, "max_new_tokens": settings.max_new_tokens,
+                 "code": code_fingerprint(type(generator).__module__, "pipeline.pipeline")}
+        if mode == "blend" and settings.blend_score != DEFAULT_BLEND_SCORE:
+            parts["blend_score"] = settings.blend_score
         cached = self.cache.get("answer", parts)
         self._count("answer", cached is not None)
         if cached is None:
-            cached = self._answer(generator, question, kept, mode, config)
+            cached = self._answer(question, kept, mode, config)
             self.cache.put("answer", parts, cached)
         return Answered(**cached)
 
-    def _answer(self, generator: Any, question: Question, kept: Compressed, mode: str, config: PipelineConfig) -> dict:
-        from generation.base import ReuseOptions
-
-        reuse = ReuseOptions(mode, config.blend_r, config.edge_tokens)
-        got = generator.answer(kept.texts, question.text, reuse=reuse, max_new_tokens=config.max_new_tokens, kept=kept.local)
+    def _answer(self, question: Question, kept: Compressed, mode: str, config: PipelineConfig) -> dict:
+        got = self.stages(config).generate(question.text, kept.texts, kept.local, mode)
         # A remote back-end counts only the whole prompt it read (its usage); local ones count the context parts.
         sent = got.context_tokens if got.context_tokens is not None else (got.prompt_tokens or 0)
         return {"answer": got.text, "retrieved_tokens": got.retrieved_tokens or 0, "tokens_sent": sent, "ttft_s": got.ttft_s,
@@ -275,7 +286,7 @@ class Pipeline:
         """Compress every question's retrieved context (stage cache first); ``progress(1)`` after each."""
         out = []
         for question, got in zip(self.dataset.questions, retrieved):
-            out.append(self.compress(question, got, config.compression, config.rate))
+            out.append(self.compress(question, got, config))
             if progress is not None:
                 progress(1)
         return out
@@ -288,7 +299,7 @@ class Pipeline:
             answered = self.answer(question, kept, config)
             fidelity = None
             if config.fidelity:
-                full = answered if config.kv_mode == "none" else self.answer(question, kept, config, "none")
+                full = answered if config.generation.kv_mode == "none" else self.answer(question, kept, config, "none")
                 fidelity = token_f1(answered.answer, full.answer)
             runs.append(score_question(question, got, kept, answered, fidelity))
             if progress is not None:
@@ -386,8 +397,3 @@ def _compressor_module(method: str) -> str:
 
     return COMPRESSORS[method].split(":")[0] if method != "none" else "eval.pipeline"
 
-
-def _default_compressor(method: str) -> Any:
-    from compression.registry import make_compressor
-
-    return make_compressor(method)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval.pipeline_base import PipelineConfig
 from eval.sweep import read_config_file, read_sweep_file, sweep_configs
+from pipeline.config import PipelineConfig
 
 LIMIT_KEY = "questions"
 
@@ -20,7 +20,7 @@ def _limit(data: dict[str, Any], path: Path) -> int | None:
     value = data.get(LIMIT_KEY)
     if value is None:
         return None
-    if not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{path}: '{LIMIT_KEY}' must be a positive number of questions, got {value!r}")
     return value
 
@@ -39,4 +39,4 @@ def load_pipeline_config(path: Path) -> tuple[PipelineConfig, int | None]:
     try:
         return PipelineConfig.from_dict({k: v for k, v in data.items() if k != LIMIT_KEY}), limit
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"config file {path}: {exc}") from exc
+        raise ValueError(f"config file {path}: {exc}") from None

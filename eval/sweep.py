@@ -1,7 +1,7 @@
 """Sweep files: grids (or lists) of configurations in YAML or JSON.
 
 Accepted shapes (keys are the fields of the config's ``from_dict``: ``EvalConfig`` for
-``ragpress eval``, the flat ``PipelineConfig`` form for ``ragpress pipeline``)::
+``ragpress eval``, the flat ``pipeline.config.PipelineConfig`` form for ``ragpress pipeline``)::
 
     # a grid: every list is an axis, scalars are fixed; the cartesian product is run.
     # An axis item that is a mapping sets several keys together (e.g. a named retrieval setup).
@@ -46,7 +46,8 @@ def expand_grid(grid: Mapping[str, object], build: Callable[[Mapping[str, Any]],
     configs = []
     for values in itertools.product(*axes.values()):
         point = _point(axes, values)
-        if int(point.get("overlap", 0)) >= int(point.get("chunk_size", 200)):
+        overlap, size = point.get("overlap", 0), point.get("chunk_size", 200)
+        if isinstance(overlap, int) and isinstance(size, int) and 0 < size <= overlap:
             continue  # e.g. overlap 100 with chunk size 50: not a valid chunking, skip the point
         configs.append(build(point))
     return configs
@@ -66,9 +67,15 @@ def read_config_file(path: Path, what: str = "sweep file") -> Any:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        return yaml.safe_load(text)
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{what} {path} is not valid YAML ({' '.join(str(exc).split())}); fix the file") from None
     if path.suffix == ".json":
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{what} {path} is not valid JSON ({exc}); fix the file") from None
     raise ValueError(f"{what} {path}: use .yaml, .yml or .json, not '{path.suffix}'")
 
 
@@ -89,7 +96,7 @@ def sweep_configs(path: Path, build: Callable[[Mapping[str, Any]], C], to_dict: 
         configs = [config for grid in grids for config in expand_grid(grid, build)]
         configs += [build(item) for item in data.get("configs", [])]
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"sweep file {path}: {exc}") from exc
+        raise ValueError(f"sweep file {path}: {exc}") from None
     unique = list({json.dumps(to_dict(c), sort_keys=True): c for c in configs}.values())
     if not unique:
         raise ValueError(f"sweep file {path} defines no configuration")

@@ -9,8 +9,8 @@ import typer
 
 from compression.kv.modes import DEFAULT_BLEND_SCORE  # no heavy imports: the recovery code loads lazily
 from flows import cli_llm
-from flows.cli_checks import require, require_at_least, require_index_dir, require_rate, user_errors
-from flows.cli_retrieval import DISTINCT_OPTION, HYBRID_WEIGHT_OPTION, RETRIEVAL_OPTION, copies_label, retrieval_weight
+from flows.cli_checks import require_at_least, require_index_dir, user_errors
+from flows.cli_retrieval import DISTINCT_OPTION, HYBRID_WEIGHT_OPTION, RETRIEVAL_OPTION, copies_label
 
 
 def ask(
@@ -43,28 +43,29 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Answer QUESTION: retrieve, optionally compress, generate with reused chunk caches."""
-    from generation.base import ReuseOptions
-    from generation.registry import generator_from_options
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import Pipeline
+    from retrieval.config import BEST_RETRIEVAL
 
-    # A bad --kv-reuse, --blend-score, --blend-r, --edge-tokens, --retrieval, LLM option or a model that
-    # cannot reuse chunk caches fails here, before the flow and any model start.
+    # Every setting goes through the pipeline's config, and the generator is asked whether it can serve
+    # it (a model that cannot reuse chunk caches, an LLM option), before the flow and any model start.
     with user_errors():
+        retrieval_settings = {**BEST_RETRIEVAL.to_dict(), "k": k, "retrieval": retrieval, "hybrid_weight": hybrid_weight, "distinct": distinct}
+        # Without --kv-reuse the values are checked as blend's first: which mode the model allows is read after.
+        config = PipelineConfig.from_dict({**retrieval_settings, "compression": compression or "none", "rate": rate,
+                                           "kv_mode": kv_reuse or "blend", "blend_r": blend_r, "edge_tokens": edge_tokens,
+                                           "blend_score": blend_score, "max_new_tokens": max_new_tokens})
         llm = cli_llm.llm_options(lm, llm_url, llm_model, llm_api_key_env, dtype, threads, device)
-        mode = kv_reuse or ("blend" if cli_llm.reuse_available(llm) else "none")
-        generator_from_options(llm).preflight(ReuseOptions(mode, blend_r, edge_tokens, blend_score))
-        weight = retrieval_weight(retrieval, hybrid_weight)
-    require(k > 0, f"-k must be a positive integer, got {k}; e.g. -k 4")
+        if kv_reuse is None and not cli_llm.reuse_available(llm):
+            config = config.replace(kv_mode="none")
+        Pipeline(config, llm=llm).preflight()
     require_at_least("--kv-cache-max-mb", kv_cache_max_mb, 0, "500")
-    require_at_least("--max-new-tokens", max_new_tokens, 1, "64")
-    require_rate("--rate", rate)
     require_index_dir(index, must_exist=True)
     from flows.answer import answer_flow
 
     with user_errors():
-        result = answer_flow(question=question, index=str(index), k=k, kv_reuse=mode, compression=compression, rate=rate,
-                             cache_dir=str(kv_cache) if kv_cache else None, lm_name=lm, max_new_tokens=max_new_tokens,
-                             blend_r=blend_r, edge_tokens=edge_tokens, kv_cache_max_mb=kv_cache_max_mb,
-                             blend_score=blend_score, hybrid_weight=weight, distinct=distinct, llm=llm)
+        result = answer_flow(question=question, index=str(index), config=config.to_dict(), cache_dir=str(kv_cache) if kv_cache else None,
+                             llm=llm, kv_cache_max_mb=kv_cache_max_mb)
     if as_json:
         typer.echo(json.dumps(result, indent=1))
         return

@@ -22,6 +22,9 @@ from typing import NoReturn
 
 import click
 import typer
+from pydantic import ValidationError
+
+from retrieval.config import validation_line
 
 # What the user can do about a file-system fault, by errno.
 OS_FIXES = {
@@ -121,6 +124,8 @@ def user_errors() -> Iterator[None]:
     except OSError as exc:
         _traceback_if_verbose()
         fail(os_error_line(exc))
+    except ValidationError as exc:  # a config model built directly; from_dict already gives one line
+        fail(validation_line(exc))
     except UnicodeDecodeError as exc:  # a ValueError, but its text names neither file nor fix
         _traceback_if_verbose()
         fail(f"input is not valid UTF-8 (byte offset {exc.start}: {exc.reason}); re-encode it as UTF-8")

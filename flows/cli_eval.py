@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from flows.cli_checks import fail, require_at_least, user_errors
+from flows.cli_checks import fail, user_errors
 from flows.progress import live_progress
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def parse_k(k: str | None) -> object:
     try:
         return int(k)
     except ValueError:
-        fail(f"-k must be a positive integer or 'min', got '{k}'")
+        return k  # the config refuses it, naming k and what it allows
 
 
 def print_results(results) -> None:
@@ -108,9 +108,6 @@ def evaluate(
         hybrid_weight=hybrid_weight, context_chunks=context_chunks, merge_adjacent=merge_adjacent, unit=unit,
         distinct=distinct,
     )
-    require_at_least("--chunk-size", chunk_size, 1, "200")
-    require_at_least("--overlap", overlap, 0, "0")
-    require_at_least("--context-chunks", context_chunks, 0, "2")
     with live_progress(), user_errors():
         if sweep is not None:
             if any(value is not None for value in options.values()):

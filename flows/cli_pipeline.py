@@ -54,9 +54,6 @@ def pipeline(
     cache_max_mb: float | None = typer.Option(None, "--cache-max-mb", help="afterwards, evict the least recently used stage results beyond this size"),
 ) -> None:
     """Run retrieve -> compress -> answer for each configuration and report every stage on one yardstick."""
-    from dataclasses import replace
-
-    from eval.defaults import RECOMMENDED_PIPELINE
     from eval.pipeline_sweep import load_pipeline_config, load_pipeline_sweep
 
     if config is not None and sweep is not None:
@@ -72,12 +69,14 @@ def pipeline(
             one, file_limit = load_pipeline_config(config)
             configs = [one]
         else:
+            from pipeline.config import RECOMMENDED_PIPELINE
+
             configs, file_limit = [RECOMMENDED_PIPELINE], None
         if fidelity:
-            configs = [replace(c, fidelity=True) for c in configs]
+            configs = [c.replace(fidelity=True) for c in configs]
         llm = cli_llm.llm_options(lm, llm_url, llm_model, llm_api_key_env, dtype, threads, device)
         if config is None and sweep is None and not cli_llm.reuse_available(llm):
-            configs = [replace(c, kv_mode="none") for c in configs]  # the default asks for reuse only where it exists
+            configs = [c.replace(kv_mode="none") for c in configs]  # the default asks for reuse only where it exists
         check_generator(llm, configs)
         from flows.pipeline import pipeline_flow
 
@@ -105,13 +104,12 @@ def pipeline(
 
 def check_generator(llm: dict, configs: list) -> None:
     """ValueError before any model loads if the generator cannot serve a configuration's KV mode."""
-    from generation.base import ReuseOptions
-    from generation.registry import generator_from_options
+    from pipeline.pipeline import make_generator
 
-    generator = generator_from_options(llm)
+    generator = make_generator(llm, None)
     for one in configs:
         try:
-            generator.preflight(ReuseOptions(one.kv_mode, one.blend_r, one.edge_tokens))
+            generator.preflight(one.generation.reuse())
         except ValueError as exc:
             raise ValueError(f"configuration '{one.label}': {exc} (set kv_mode: none)") from None
 

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import typer
 
-from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT
-from flows.cli_checks import fail, require, require_at_least, require_index_dir, require_rate, user_errors
+from flows.cli_checks import fail, require, require_at_least, require_index_dir, user_errors
+from retrieval.config import BEST_RETRIEVAL, RetrievalConfig
 
 CHUNKER_HELP = "chunker: token, recursive or sentence"
 
 
 def chunk(
     file: Path = typer.Argument(..., help="a UTF-8 text file"),
-    chunker: str = typer.Option(BEST_CONFIG.chunker, "--chunker", help=CHUNKER_HELP),
-    chunk_size: int = typer.Option(BEST_CONFIG.chunk_size, "--chunk-size", help="tokens per chunk (embedding tokenizer)"),
-    overlap: int = typer.Option(BEST_CONFIG.overlap, "--overlap", help="tokens shared by neighbouring chunks"),
+    chunker: str = typer.Option(BEST_RETRIEVAL.chunker, "--chunker", help=CHUNKER_HELP),
+    chunk_size: int = typer.Option(BEST_RETRIEVAL.chunk_size, "--chunk-size", help="tokens per chunk (embedding tokenizer)"),
+    overlap: int = typer.Option(BEST_RETRIEVAL.overlap, "--overlap", help="tokens shared by neighbouring chunks"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list of {start, end, n_tokens}"),
 ) -> None:
     """Chunk FILE and print the chunks' exact character spans."""
@@ -41,11 +41,10 @@ def chunk(
         typer.echo(f"{number:5d} [{piece.start}:{piece.end}] {piece.n_tokens:4d} tok  {preview}")
 
 
-def check_chunking(chunk_size: int, overlap: int, context_chunks: int) -> None:
-    """The chunking options every command shares, checked before any work starts."""
-    require_at_least("--chunk-size", chunk_size, 1, "200")
-    require_at_least("--overlap", overlap, 0, "0")
-    require_at_least("--context-chunks", context_chunks, 0, "2")
+def check_chunking(chunker: str, chunk_size: int, overlap: int, context_chunks: int) -> RetrievalConfig:
+    """The chunking options every command shares, validated (``retrieval.config``) before any work starts."""
+    with user_errors():
+        return BEST_RETRIEVAL.replace(chunker=chunker, chunk_size=chunk_size, overlap=overlap, context_chunks=context_chunks)
 
 
 def rollback(index_dir: Path) -> None:
@@ -62,10 +61,10 @@ def rollback(index_dir: Path) -> None:
 def index(
     paths: list[Path] = typer.Argument(None, help="files or folders of UTF-8 text"),
     index_dir: Path = typer.Option(..., "--index", help="index directory (created if missing)"),
-    chunker: str = typer.Option(BEST_CONFIG.chunker, "--chunker", help=CHUNKER_HELP),
-    chunk_size: int = typer.Option(BEST_CONFIG.chunk_size, "--chunk-size", help="tokens per chunk"),
-    overlap: int = typer.Option(BEST_CONFIG.overlap, "--overlap", help="tokens shared by neighbouring chunks"),
-    context_chunks: int = typer.Option(BEST_CONFIG.context_chunks, "--context-chunks",
+    chunker: str = typer.Option(BEST_RETRIEVAL.chunker, "--chunker", help=CHUNKER_HELP),
+    chunk_size: int = typer.Option(BEST_RETRIEVAL.chunk_size, "--chunk-size", help="tokens per chunk"),
+    overlap: int = typer.Option(BEST_RETRIEVAL.overlap, "--overlap", help="tokens shared by neighbouring chunks"),
+    context_chunks: int = typer.Option(BEST_RETRIEVAL.context_chunks, "--context-chunks",
                                        help="mix this many neighbouring chunks on each side into a chunk's vector"),
     model: str | None = typer.Option(None, "--model", help="sentence-transformers dir or cached name"),
     factory: str = typer.Option("Flat", "--factory", help="FAISS index factory: Flat, HNSW32, IVF64,Flat, IVF64,PQ16 ..."),
@@ -81,14 +80,14 @@ def index(
         return rollback(index_dir)
     require(bool(paths), "give the files or folders to index, e.g. ragpress index docs --index .ragpress/index")
     require_index_dir(index_dir)
-    check_chunking(chunk_size, overlap, context_chunks)
+    settings = check_chunking(chunker, chunk_size, overlap, context_chunks)
     require_at_least("--commit-every", commit_every, 1, "64")
     from flows.indexing import index_flow
     from flows.progress import live_progress
 
     with user_errors(), live_progress():
-        summary = index_flow([str(p) for p in paths], str(index_dir), chunker, chunk_size, overlap, model,
-                             factory, commit_every, rebuild, context_chunks, str(kv_cache) if kv_cache else None)
+        summary = index_flow([str(p) for p in paths], str(index_dir), settings.chunker, settings.chunk_size, settings.overlap, model,
+                             factory, commit_every, rebuild, settings.context_chunks, str(kv_cache) if kv_cache else None)
     if as_json:
         from dataclasses import asdict
 
@@ -105,19 +104,11 @@ def index(
         typer.secho(f"{len(summary.skipped)} files skipped (reasons above)", fg=typer.colors.YELLOW, err=True)
 
 
-# Retrieval options shared by `query` and `ask` (defaults: the evaluated BEST_CONFIG).
-RETRIEVAL_OPTION = typer.Option("hybrid" if BEST_HYBRID_WEIGHT is not None else "dense", "--retrieval",
-                                help="dense (FAISS) or hybrid (dense + BM25)")
-HYBRID_WEIGHT_OPTION = typer.Option(BEST_CONFIG.hybrid_weight, "--hybrid-weight", help="weight of dense scores in hybrid retrieval")
-DISTINCT_OPTION = typer.Option(BEST_CONFIG.distinct, "--distinct/--with-copies",
+# Retrieval options shared by `query` and `ask` (defaults: the evaluated BEST_RETRIEVAL).
+RETRIEVAL_OPTION = typer.Option(BEST_RETRIEVAL.retrieval, "--retrieval", help="dense (FAISS), bm25 or hybrid (dense + BM25)")
+HYBRID_WEIGHT_OPTION = typer.Option(BEST_RETRIEVAL.hybrid_weight, "--hybrid-weight", help="weight of dense scores in hybrid retrieval")
+DISTINCT_OPTION = typer.Option(BEST_RETRIEVAL.distinct, "--distinct/--with-copies",
                                help="k different texts (identical ones listed as copies of the best-ranked) or the plain top k")
-
-
-def retrieval_weight(retrieval: str, hybrid_weight: float) -> float | None:
-    """The ``hybrid_weight`` the flows take for ``--retrieval``: None is plain dense (FAISS) search."""
-    if retrieval not in ("dense", "hybrid"):
-        raise ValueError(f"unknown retrieval '{retrieval}'; valid: dense, hybrid")
-    return hybrid_weight if retrieval == "hybrid" else None
 
 
 def copies_label(copies) -> str:
@@ -138,14 +129,19 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="print hits as JSON"),
 ) -> None:
     """Return the top-k chunks of --index for TEXT, with their exact source spans."""
+    from compression.config import DEFAULT_RATE, CompressionConfig
+
     require(rate is None or compress is not None, "--rate applies only with --compress; add e.g. --compress extractive, or drop --rate")
-    require_rate("--rate", rate)
+    with user_errors():
+        settings = BEST_RETRIEVAL.replace(k=k, retrieval=retrieval, hybrid_weight=hybrid_weight, distinct=distinct)
+        compression = CompressionConfig.from_dict({"compression": compress or "none", "rate": DEFAULT_RATE if rate is None else rate})
     require_index_dir(index_dir, must_exist=True)
     from flows.query import query_flow
 
     with user_errors():
-        weight = retrieval_weight(retrieval, hybrid_weight)
-        (answered,) = query_flow([text], str(index_dir), k, model, compress, 0.33 if rate is None else rate, weight, distinct)
+        method = None if compression.method == "none" else compression.method  # --compress none: the hits as they are
+        (answered,) = query_flow([text], str(index_dir), settings.fixed_k, model, method, compression.rate,
+                                 settings.search_weight, settings.distinct)
     if as_json:
         payload = {"question": text, "hits": [asdict(h) for h in answered.hits], "seconds": answered.seconds}
         if answered.compressed is not None:
@@ -174,6 +170,8 @@ def demo(
     k: int = typer.Option(5, "-k", help="hits per question"),
 ) -> None:
     """Index Python's help topics, query, evaluate retrieval, run the answer pipeline, write the reports."""
+    with user_errors():
+        k = BEST_RETRIEVAL.replace(k=k).fixed_k  # refused before the demo starts
     from flows.demo import demo_flow
     from flows.progress import live_progress
 

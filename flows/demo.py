@@ -11,11 +11,12 @@ from prefect import flow, task
 
 from eval.base import EvalResult
 from eval.datasets import pydoc_topics_corpus
-from eval.defaults import BEST_CONFIG, RECOMMENDED_PIPELINE
+from eval.defaults import BEST_CONFIG
 from flows.evaluate import evaluate_flow
 from flows.indexing import index_flow
 from flows.pipeline import PipelineRun, pipeline_flow
 from flows.query import Answered, query_flow
+from pipeline.config import RECOMMENDED_PIPELINE
 from retrieval.indexing import IndexSummary
 
 DEMO_QUESTIONS = (

@@ -28,11 +28,11 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from eval.defaults import BEST_CONFIG
 from eval.stage_cache import StageCache, code_fingerprint, default_stage_cache_dir
 from flows import progress
 from retrieval.base import Chunk, Document
 from retrieval.chunkers import make_chunker
+from retrieval.config import BEST_RETRIEVAL as BEST_CONFIG
 from retrieval.encoder import load_encoder
 from retrieval.errors import InputError
 from retrieval.index_store import IndexStore, config_fingerprint

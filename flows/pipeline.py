@@ -1,6 +1,6 @@
 """The pipeline flow: for every configuration, retrieve -> compress -> answer, scored per stage.
 
-Tasks wrap the stage methods of ``eval.pipeline.Pipeline``; they are not cached by Prefect,
+Tasks wrap the stage methods of ``eval.pipeline.PipelineEvaluation`` (which runs ``pipeline.Pipeline``); they are not cached by Prefect,
 because the library caches every stage by content on disk (``eval.stage_cache``): a re-run of a
 grid recomputes only stages whose inputs or code changed, and a killed run resumes from the
 entries already written. Configurations run one after another: they share the models, the
@@ -27,13 +27,15 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from eval.base import EvalConfig, EvalDataset
+from eval.base import EvalDataset
 from eval.embedding_cache import EmbeddingCache
-from eval.pipeline import Compressed, Pipeline, Retrieved, spread_sample
-from eval.pipeline_base import PipelineConfig, PipelineResult, QuestionRun
+from eval.pipeline import Compressed, PipelineEvaluation, Retrieved, spread_sample
+from eval.pipeline_base import PipelineResult, QuestionRun
 from eval.stage_cache import StageCache
 from flows import progress
 from flows.evaluate import TEXTS_EMBEDDED, artifact_key, load_dataset, record_runs, runs_markdown
+from pipeline.config import PipelineConfig
+from retrieval.config import RetrievalConfig
 
 CONFIGS_DONE, COMPRESSED, ANSWERED = "pipeline configurations", "questions compressed", "questions answered"
 
@@ -56,7 +58,7 @@ def select_questions(dataset: EvalDataset, limit: int | None) -> EvalDataset:
 
 
 @task(name="retrieve", cache_policy=NO_CACHE, task_run_name="retrieve {config.label}")
-def retrieve_stage(pipeline: Pipeline, config: EvalConfig) -> list[Retrieved]:
+def retrieve_stage(pipeline: PipelineEvaluation, config: RetrievalConfig) -> list[Retrieved]:
     """Retrieve for every question; the chunks it embeds (on a stage-cache miss) are counted."""
     embeddings = pipeline.evaluator().cache
     if isinstance(embeddings, EmbeddingCache):
@@ -65,13 +67,13 @@ def retrieve_stage(pipeline: Pipeline, config: EvalConfig) -> list[Retrieved]:
 
 
 @task(name="compress", cache_policy=NO_CACHE, task_run_name="compress {label}")
-def compress_stage(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Retrieved], label: str) -> list[Compressed]:
+def compress_stage(pipeline: PipelineEvaluation, config: PipelineConfig, retrieved: list[Retrieved], label: str) -> list[Compressed]:
     """Compress every question's retrieved context."""
     return pipeline.compress_all(config, retrieved, progress.counter(COMPRESSED))
 
 
 @task(name="answer", cache_policy=NO_CACHE, task_run_name="answer {label}")
-def answer_stage(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Retrieved], compressed: list[Compressed],
+def answer_stage(pipeline: PipelineEvaluation, config: PipelineConfig, retrieved: list[Retrieved], compressed: list[Compressed],
                  label: str) -> list[QuestionRun]:
     """Answer every question and score every stage."""
     return pipeline.answer_all(config, retrieved, compressed, progress.counter(ANSWERED))
@@ -101,7 +103,7 @@ def publish(results: Sequence[PipelineResult], recommended: int, html_out: str |
         atomic_write_text(Path(json_out), json.dumps(payload, indent=1))
 
 
-def run_config(pipeline: Pipeline, config: PipelineConfig, retrieved: list[Retrieved], retrieval_hits: int) -> PipelineResult:
+def run_config(pipeline: PipelineEvaluation, config: PipelineConfig, retrieved: list[Retrieved], retrieval_hits: int) -> PipelineResult:
     """The compression and answer stages of one configuration (retrieval is shared by the caller)."""
     started = time.perf_counter()
     before = dict(pipeline.hits)
@@ -130,7 +132,7 @@ def pipeline_flow(
     """Run every configuration (flat ``PipelineConfig`` dicts) on the questions (default: the pydoc set)
     and record each in the run store (``runs_db``, default ``$RAGPRESS_RUNS`` or ``$RAGPRESS_CACHE/runs.sqlite``).
 
-    ``pipeline_options`` passes factories to ``Pipeline`` (tests use tiny models); ``llm``: generator
+    ``pipeline_options`` passes factories to ``PipelineEvaluation`` (tests use tiny models); ``llm``: generator
     options (default: the local ``lm_name``).
     """
     from eval.pareto import recommend
@@ -141,7 +143,7 @@ def pipeline_flow(
     if not parsed:
         raise ValueError("no pipeline configuration given; pass --config FILE or --sweep FILE")
     dataset = select_questions(load_dataset(questions, corpora), limit)
-    pipeline = Pipeline(dataset, StageCache(cache_dir), lm_name=lm_name, llm=llm, **(pipeline_options or {}))
+    pipeline = PipelineEvaluation(dataset, StageCache(cache_dir), lm_name=lm_name, llm=llm, **(pipeline_options or {}))
     progress_id = cast(UUID, create_progress_artifact(progress=0.0, description=f"{len(parsed)} pipeline configuration(s) on {dataset.name}"))
     retrieved: dict[str, tuple[list[Retrieved], int]] = {}
     results = []

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from prefect import flow, task
 
-from compression.base import Budget, CompressionResult
-from eval.defaults import BEST_CONFIG, BEST_HYBRID_WEIGHT, BEST_K
+from compression.base import CompressionResult
 from flows.indexing import io_error
 from retrieval.base import Hit
+from retrieval.config import BEST_HYBRID_WEIGHT, BEST_RETRIEVAL
 from retrieval.encoder import load_encoder
 from retrieval.index_store import IndexStore
 from retrieval.indexing import index_model, search_texts
@@ -28,7 +28,7 @@ class Answered:
 
 @task(name="search", retries=1, retry_delay_seconds=1, retry_condition_fn=io_error)
 def search_task(index_dir: str, questions: list[str], k: int, model: str | None,
-                hybrid_weight: float | None, distinct: bool = BEST_CONFIG.distinct) -> tuple[list[list[Hit]], float]:
+                hybrid_weight: float | None, distinct: bool = BEST_RETRIEVAL.distinct) -> tuple[list[list[Hit]], float]:
     """The hits of every question and the search time."""
     started = time.perf_counter()
     store = IndexStore.open(index_dir)
@@ -39,22 +39,24 @@ def search_task(index_dir: str, questions: list[str], k: int, model: str | None,
 
 @task(name="compress")
 def compress_task(hits: list[Hit], question: str, method: str, rate: float) -> tuple[CompressionResult, float]:
-    """The compressed hits of one question and the compression time."""
-    from compression.registry import make_compressor
+    """The compressed hits of one question (the pipeline's compression stage) and the compression time."""
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import Pipeline
 
     started = time.perf_counter()
-    result = make_compressor(method).compress([hit.text for hit in hits], Budget(rate=rate), question=question)
+    result = Pipeline(PipelineConfig.from_dict({"compression": method, "rate": rate})).compress(question, [hit.text for hit in hits])
+    assert result is not None, "query compresses only when a method is given"
     return result, time.perf_counter() - started
 
 
 @flow(name="ragpress-query")
-def query_flow(questions: list[str], index_dir: str, k: int = BEST_K, model: str | None = None,
+def query_flow(questions: list[str], index_dir: str, k: int = BEST_RETRIEVAL.fixed_k, model: str | None = None,
                compression: str | None = None, rate: float = 0.33,
-               hybrid_weight: float | None = BEST_HYBRID_WEIGHT, distinct: bool = BEST_CONFIG.distinct) -> list[Answered]:
+               hybrid_weight: float | None = BEST_HYBRID_WEIGHT, distinct: bool = BEST_RETRIEVAL.distinct) -> list[Answered]:
     """Top-``k`` hits per question; with ``compression`` set, also the compressed context.
 
     ``hybrid_weight=None`` is plain FAISS (dense) search; the default is the evaluated best
-    hybrid dense + BM25 mix (``eval.defaults.BEST_CONFIG``). ``distinct``: ``k`` different texts,
+    hybrid dense + BM25 mix (``retrieval.config.BEST_RETRIEVAL``). ``distinct``: ``k`` different texts,
     each hit listing the places of the identical texts collapsed into it (``Hit.copies``).
     """
     all_hits, search_seconds = search_task(index_dir, list(questions), k, model, hybrid_weight, distinct)

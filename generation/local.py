@@ -92,7 +92,7 @@ class LocalGenerator:
 
     def preflight(self, reuse: ReuseOptions) -> None:
         """ValueError unless ``reuse`` (its recovery settings, the device, the model's architecture) can run."""
-        from compression.kv.modes import recovery_for
+        from compression.kv.recovery import recovery_for
 
         recovery_for(reuse.mode, reuse.blend_r, reuse.edge_tokens, reuse.blend_score)
         if self.threads is not None and self.threads < 1:
@@ -131,7 +131,7 @@ class LocalGenerator:
     def answer(self, contexts: Sequence[str], question: str, *, reuse: ReuseOptions = NO_REUSE,
                max_new_tokens: int = 64, kept: KeptSpans | None = None) -> Answer:
         """Greedy answer; missing chunk caches are computed first and timed apart (indexing-time work)."""
-        from compression.kv.modes import recovery_for
+        from compression.kv.recovery import recovery_for
         from compression.kv.subset import kept_tokens
 
         self.preflight(reuse)

@@ -40,6 +40,7 @@ from pydantic import ConfigDict, PrivateAttr
 
 from filestore import atomic_write_text
 from retrieval.base import Chunk, Document, Encoder, Hit
+from retrieval.config import BEST_HYBRID_WEIGHT
 from retrieval.errors import InputError
 from retrieval.index_store import IndexStore
 from retrieval.indexing import index_model
@@ -339,9 +340,8 @@ class RagpressVectorStore(VectorStore):
         return store
 
 
-# The evaluated default of ``ragpress query`` (eval/defaults.BEST_HYBRID_WEIGHT; a test keeps them
-# equal): retrieval does not import eval.
-EVALUATED_HYBRID_WEIGHT = 0.8
+# The evaluated default of ``ragpress query`` (``retrieval.config.BEST_RETRIEVAL``).
+EVALUATED_HYBRID_WEIGHT = BEST_HYBRID_WEIGHT
 
 
 class RagpressRetriever(BaseRetriever):

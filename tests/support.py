@@ -20,10 +20,10 @@ from compression.base import CompressionResult, KeptSpan
 from eval.base import EvalConfig, EvalDataset, Question, Reference
 from eval.embedding_cache import EmbeddingCache
 from eval.metrics import union_ranges
-from eval.pipeline import Pipeline
-from eval.pipeline_base import PipelineConfig
+from eval.pipeline import PipelineEvaluation
 from eval.runner import Evaluator
 from eval.stage_cache import StageCache
+from pipeline.config import PipelineConfig
 
 DIM = 64
 
@@ -132,7 +132,7 @@ def synthetic_pipeline_results(n_questions: int = 2) -> list:
     from dataclasses import replace
 
     from eval.pipeline import stage_summary
-    from eval.pipeline_base import PipelineConfig, PipelineResult, PipelineSummary, QuestionRun, StageScores
+    from eval.pipeline_base import PipelineResult, PipelineSummary, QuestionRun, StageScores
 
     retrievals = (EvalConfig(chunker="recursive", chunk_size=150, k=5, retrieval="hybrid", hybrid_weight=0.8),
                   EvalConfig(chunker="token", chunk_size=200, k=4, retrieval="dense"),
@@ -140,15 +140,15 @@ def synthetic_pipeline_results(n_questions: int = 2) -> list:
     results = []
     for number, (retrieval, options, (f1, recall, sent, ttft)) in enumerate(SYNTHETIC_PIPELINE):
         config = PipelineConfig(retrieval=retrievals[retrieval], **options)
-        retrieved = sent if config.compression == "none" else 800
+        retrieved = sent if config.compression.method == "none" else 800
         fidelity = 92.0 if config.fidelity else None
         retrieval_scores = StageScores(recall=0.9, precision=0.05, precision_omega=0.3, iou=0.05)
         compression_scores = StageScores(recall=recall / 100, precision=0.05 * retrieved / sent, precision_omega=0.35,
                                          iou=0.05 * retrieved / sent)
         run = dict(
             retrieved_tokens=retrieved, tokens_sent=sent,
-            compress_cpu_s=0.0 if config.compression == "none" else 0.3 * number, ttft_s=ttft,
-            prefilled_tokens=sent if config.kv_mode == "none" else 40, reused_tokens=0 if config.kv_mode == "none" else sent - 40,
+            compress_cpu_s=0.0 if config.compression.method == "none" else 0.3 * number, ttft_s=ttft,
+            prefilled_tokens=sent if config.generation.kv_mode == "none" else 40, reused_tokens=0 if config.generation.kv_mode == "none" else sent - 40,
             answer_f1=f1 / 100, fidelity_f1=None if fidelity is None else fidelity / 100, wall_s=ttft + 1.5,
         )
         questions = tuple(QuestionRun(qid=str(q), corpus_id="animals", answer=f"answer {q}", retrieval=retrieval_scores,
@@ -406,8 +406,8 @@ class NoDiskCache:
         return encoder.encode(list(texts))
 
 
-def make_pipeline(counting: Counting, cache_dir: Path) -> Pipeline:
-    return Pipeline(tiny_dataset(), StageCache(cache_dir), **counting.options())
+def make_pipeline(counting: Counting, cache_dir: Path) -> PipelineEvaluation:
+    return PipelineEvaluation(tiny_dataset(), StageCache(cache_dir), **counting.options())
 
 
 def config(**options) -> PipelineConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +126,7 @@ def test_evaluate_and_retrieve_equals_the_two_calls(tmp_path):
     (first, copies), _ = tops[0]
     assert [c.corpus_id for c in copies] == ["copy"] and copies[0].text == first.text  # the collapsed copy
     with pytest.raises(ValueError, match="fixed k"):
-        evaluator.evaluate_and_retrieve(replace(config, k="min"))
+        evaluator.evaluate_and_retrieve(config.replace(k="min"))
 
 
 def test_kept_spans_are_mirrored_onto_copies():
@@ -157,22 +156,24 @@ class FirstWords:
 def test_compression_cache_hit_maps_spans_to_this_questions_places(tmp_path):
     """The compression cache is keyed by text; equal text elsewhere must still score where it is."""
     from eval.base import Span
-    from eval.pipeline import Pipeline, Retrieved
+    from eval.pipeline import PipelineEvaluation, Retrieved
     from eval.stage_cache import StageCache
+    from pipeline.config import PipelineConfig
 
+    EXTRACTIVE = PipelineConfig(compression="extractive", rate=0.33)  # noqa: N806
     dataset, compressor = copied_dataset(), FirstWords()
     def evaluator(data):
         return Evaluator(data, BagOfWordsEncoder(), cache=EmbeddingCache(tmp_path / "emb"))
 
-    pipeline = Pipeline(dataset, StageCache(tmp_path), evaluator_factory=evaluator, compressor_factory=lambda method: compressor)
+    pipeline = PipelineEvaluation(dataset, StageCache(tmp_path), evaluator_factory=evaluator, compressor_factory=lambda method: compressor)
     question, cat = dataset.questions[0], dataset.questions[0].references[0]
     at = lambda corpus: Span(corpus, cat.start, cat.end)  # noqa: E731
     in_animals = Retrieved("0", (at("animals"),), 0.0, 0.0, 0.0, 0.0, 0.0)
     in_copy = Retrieved("0", (at("copy"),), 1.0, 1.0, 1.0, 1.0, 0.0)
     with_copy = Retrieved("0", (at("animals"),), 1.0, 1.0, 1.0, 1.0, 0.0, copies=((at("copy"),),))
-    first = pipeline.compress(question, in_animals, "extractive", 0.33)
+    first = pipeline.compress(question, in_animals, EXTRACTIVE)
     assert first.kept == (Span("animals", cat.start, cat.start + 8),)
-    assert pipeline.compress(question, in_copy, "extractive", 0.33).kept == (Span("copy", cat.start, cat.start + 8),)
-    assert pipeline.compress(question, with_copy, "extractive", 0.33).kept == (
+    assert pipeline.compress(question, in_copy, EXTRACTIVE).kept == (Span("copy", cat.start, cat.start + 8),)
+    assert pipeline.compress(question, with_copy, EXTRACTIVE).kept == (
         Span("animals", cat.start, cat.start + 8), Span("copy", cat.start, cat.start + 8))
     assert compressor.calls == 1  # the same text thrice: compressed once, placed three ways

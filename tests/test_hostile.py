@@ -83,11 +83,11 @@ def corpus(tmp_path: Path) -> Path:
 
 # -------------------------------------------- bad options: refused before any work
 @pytest.mark.parametrize("args,needles", [
-    (("index", "docs", "--index", "idx", "--context-chunks", "-1"), ("--context-chunks must be >= 0, got -1",)),
+    (("index", "docs", "--index", "idx", "--context-chunks", "-1"), ("context_chunks=-1 is not allowed; context_chunks must be an integer >= 0",)),
     (("index", "docs", "--index", "idx", "--commit-every", "0"), ("--commit-every must be >= 1",)),
     (("query", "what?", "--index", "idx", "--rate", "1.5"), ("--rate applies only with --compress",)),
-    (("query", "what?", "--index", "idx", "--compress", "extractive", "--rate", "1.5"), ("--rate must be in (0, 1]",)),
-    (("ask", "what?", "--index", "idx", "--max-new-tokens", "-3"), ("--max-new-tokens must be >= 1, got -3",)),
+    (("query", "what?", "--index", "idx", "--compress", "extractive", "--rate", "1.5"), ("rate=1.5 is not allowed; rate must be a number in (0, 1]",)),
+    (("ask", "what?", "--index", "idx", "--max-new-tokens", "-3"), ("max_new_tokens=-3 is not allowed; max_new_tokens must be a positive integer",)),
     (("index", "--index", "idx"), ("give the files or folders to index",)),
 ])
 def test_bad_options_are_refused_before_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args, needles) -> None:

@@ -41,7 +41,7 @@ def heavy_modules_after_importing(modules: list[str]) -> list[str]:
 # LangChain adapters import langchain_core at the top by design (an optional integration); they
 # still must not pull in Prefect or torch.
 def test_importing_the_libraries_loads_neither_prefect_nor_torch():
-    modules = [name for package in ("filestore", "retrieval", "compression", "eval", "generation") for name in library_modules(package)]
+    modules = [name for package in ("filestore", "retrieval", "compression", "generation", "pipeline", "eval") for name in library_modules(package)]
     assert heavy_modules_after_importing(modules) == []
 
 

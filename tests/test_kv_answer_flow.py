@@ -22,19 +22,19 @@ def app() -> typer.Typer:
 def test_ask_refuses_an_unknown_mode(app, tmp_path):
     result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path), "--kv-reuse", "magic"])
     assert result.exit_code == 2
-    assert "valid: none, naive, edge, blend" in result.output
+    assert "kv_mode='magic' is not allowed; kv_mode must be one of none, naive, edge, blend" in result.output
 
 
 def test_ask_refuses_an_unknown_blend_score(app, tmp_path):
     result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path), "--blend-score", "magic"])
     assert result.exit_code == 2
-    assert "unknown blend score 'magic'; valid: deviation, attention" in result.output
+    assert "blend_score='magic' is not allowed; blend_score must be one of deviation, attention" in result.output
 
 
 def test_ask_refuses_an_unknown_retrieval(app, tmp_path):
     result = CliRunner().invoke(app, ["ask", "why?", "--index", str(tmp_path), "--retrieval", "magic"])
     assert result.exit_code == 2
-    assert "unknown retrieval 'magic'; valid: dense, hybrid" in result.output
+    assert "retrieval='magic' is not allowed; retrieval must be one of dense, bm25, hybrid" in result.output
 
 
 def test_ask_refuses_a_missing_index(app, tmp_path):
@@ -50,7 +50,7 @@ def test_ask_refuses_a_negative_cache_size(app, tmp_path):
 
 
 def test_recovery_for_maps_modes():
-    from flows.answer import recovery_for
+    from compression.kv.recovery import recovery_for
 
     assert recovery_for("none", 0.15, 16) is None
     assert recovery_for("naive", 0.15, 16).name == "none"
@@ -78,24 +78,30 @@ def test_answer_flow_end_to_end(prefect_harness, tmp_path, app):
     index = tmp_path / "index"
     index_paths([docs], index, make_chunker("token", chunk_size=32), load_encoder())
     from flows.answer import answer_flow
+    from retrieval.config import BEST_RETRIEVAL
 
-    kwargs = dict(question="What is the capital of France?", index=str(index), k=2, max_new_tokens=12)
-    first = answer_flow(kv_reuse="naive", **kwargs)
+    question = "What is the capital of France?"
+
+    def answer(kv_cache_max_mb=None, **settings):
+        config = {**BEST_RETRIEVAL.to_dict(), "k": 2, "max_new_tokens": 12, **settings}
+        return answer_flow(question, str(index), config, kv_cache_max_mb=kv_cache_max_mb)
+
+    first = answer(kv_mode="naive")
     assert first["chunk_caches_computed"] == 2 and len(list((index / "kv-cache").glob("*.safetensors"))) == 2
-    again = answer_flow(kv_reuse="naive", **kwargs)
+    again = answer(kv_mode="naive")
     assert again["chunk_caches_computed"] == 0 and again["reused_tokens"] > again["prefilled_tokens"]
-    full = answer_flow(kv_reuse="none", **kwargs)
-    exact = answer_flow(kv_reuse="blend", blend_r=1.0, **kwargs)
+    full = answer(kv_mode="none")
+    exact = answer(kv_mode="blend", blend_r=1.0)
     assert exact["answer"] == full["answer"] and full["reused_tokens"] == 0
     # Compressed context still reuses the chunk caches: only the kept tokens are read.
-    squeezed = answer_flow(kv_reuse="naive", compression="extractive", rate=0.5, **kwargs)
+    squeezed = answer(kv_mode="naive", compression="extractive", rate=0.5)
     assert squeezed["chunk_caches_computed"] == 0 and 0 < squeezed["reused_tokens"] < again["reused_tokens"]
     source = (docs / "paris.txt").read_text(encoding="utf-8")
     hit = next(h for h in full["contexts"] if h["source"].endswith("paris.txt"))
     assert source[hit["start"]:hit["end"]] == hit["text"]
-    printed = CliRunner().invoke(app, ["ask", kwargs["question"], "--index", str(index), "-k", "2", "--json", "--max-new-tokens", "8"])
+    printed = CliRunner().invoke(app, ["ask", question, "--index", str(index), "-k", "2", "--json", "--max-new-tokens", "8"])
     assert printed.exit_code == 0, printed.output
     payload = json.loads(printed.output[printed.output.index("{"):])
     assert payload["kv_reuse"] == "blend" and len(payload["contexts"]) == 2
-    emptied = answer_flow(kv_reuse="naive", kv_cache_max_mb=0, **kwargs)
+    emptied = answer(kv_mode="naive", kv_cache_max_mb=0)
     assert emptied["kv_cache_pruned"]["removed"] == 2 and not list((index / "kv-cache").glob("*.safetensors"))

@@ -136,7 +136,7 @@ def test_retriever_invoke_batch_ainvoke_equal_the_store(filled) -> None:
 
 def test_retriever_default_retrieves_as_ragpress_query(tmp_path: Path) -> None:
     """Hybrid dense + BM25 at the evaluated weight, k different texts, copies named in the metadata."""
-    from eval.defaults import BEST_HYBRID_WEIGHT
+    from retrieval.config import BEST_HYBRID_WEIGHT
     from retrieval.indexing import search_texts
 
     assert EVALUATED_HYBRID_WEIGHT == BEST_HYBRID_WEIGHT

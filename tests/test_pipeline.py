@@ -8,7 +8,6 @@ change, r = 1 recovery reproduces the full-prefill answer.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,10 +25,10 @@ from support import (
 from compression.base import KeptSpan
 from eval.base import EvalConfig
 from eval.metrics import retrieval_scores, token_f1
-from eval.pipeline import Pipeline, corpus_spans, spread_sample
-from eval.pipeline_base import PipelineConfig
+from eval.pipeline import PipelineEvaluation, corpus_spans, spread_sample
 from eval.runner import Evaluator
 from eval.stage_cache import StageCache, code_fingerprint
+from pipeline.config import PipelineConfig
 
 
 @pytest.fixture
@@ -161,13 +160,13 @@ def test_code_fingerprint_follows_imports(tmp_path):
 
 def test_config_normalises_and_names_bad_keys():
     assert PipelineConfig(compression="none", rate=0.5) == PipelineConfig()
-    assert PipelineConfig(compression="extractive", kv_mode="blend", blend_r=0.3).blend_r == 0.3
+    assert PipelineConfig(compression="extractive", kv_mode="blend", blend_r=0.3).generation.blend_r == 0.3
     assert PipelineConfig(kv_mode="naive", blend_r=0.3) == PipelineConfig(kv_mode="naive")
-    with pytest.raises(ValueError, match="unknown compression 'zip'.*extractive"):
+    with pytest.raises(ValueError, match="compression='zip' is not allowed; compression must be one of none, .*extractive"):
         PipelineConfig(compression="zip")
-    with pytest.raises(ValueError, match=r"unknown config keys \['kvmode'\]"):
+    with pytest.raises(ValueError, match=r"unknown key 'kvmode'; valid keys: .*kv_mode"):
         PipelineConfig.from_dict({"kvmode": "naive"})
-    with pytest.raises(ValueError, match="fixed k"):
+    with pytest.raises(ValueError, match="k='min' .* use a positive integer"):
         PipelineConfig(retrieval=EvalConfig(k="min"))
     round_trip = PipelineConfig.from_dict(config(compression="llmlingua", rate=0.4).to_dict())
     assert round_trip == config(compression="llmlingua", rate=0.4)
@@ -179,8 +178,8 @@ def test_the_shipped_grid_has_at_least_24_distinct_configurations():
     configs, limit = load_pipeline_sweep(Path(__file__).resolve().parents[1] / "benchmarks/sweeps/pipeline_grid.yaml")
     assert len(configs) >= 24 and limit == 20
     assert len({json.dumps(c.to_dict(), sort_keys=True) for c in configs}) == len(configs)
-    assert {c.compression for c in configs} == {"none", "extractive", "llmlingua", "extractive+llmlingua"}
-    assert {c.kv_mode for c in configs} >= {"none", "naive", "blend"}
+    assert {c.compression.method for c in configs} == {"none", "extractive", "llmlingua", "extractive+llmlingua"}
+    assert {c.generation.kv_mode for c in configs} >= {"none", "naive", "blend"}
 
 
 def test_spread_sample_keeps_order_and_covers_the_file():
@@ -228,7 +227,7 @@ def test_cli_refuses_config_and_sweep_together(tmp_path):
     assert result.exit_code == 2 and "not both" in result.output
     (tmp_path / "bad.yaml").write_text("kv_mode: turbo\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["pipeline", "--config", str(tmp_path / "bad.yaml")])
-    assert result.exit_code == 2 and "unknown kv_mode 'turbo'" in result.output
+    assert result.exit_code == 2 and "kv_mode='turbo' is not allowed; kv_mode must be one of none, naive, edge, blend" in result.output
     result = CliRunner().invoke(app, ["pipeline", "--cache-max-mb", "-1"])
     assert result.exit_code == 2 and "--cache-max-mb must be >= 0" in result.output
 
@@ -241,7 +240,7 @@ def test_a_run_that_dies_midway_resumes_from_what_it_stored(counting, tmp_path):
             return super().compress(contexts, budget, question)
 
     cache_dir = tmp_path / "stages"
-    dying = Pipeline(tiny_dataset(), StageCache(cache_dir), **{**counting.options(), "compressor_factory": lambda m: DiesOnThirdCall()})
+    dying = PipelineEvaluation(tiny_dataset(), StageCache(cache_dir), **{**counting.options(), "compressor_factory": lambda m: DiesOnThirdCall()})
     with pytest.raises(KeyboardInterrupt):
         dying.run(config(compression="extractive"))
     resumed = make_pipeline(counting, cache_dir).run(config(compression="extractive"))
@@ -250,9 +249,10 @@ def test_a_run_that_dies_midway_resumes_from_what_it_stored(counting, tmp_path):
 
 
 def test_the_default_pipeline_is_the_one_the_grid_recommends():
-    from eval.defaults import RECOMMENDED_PIPELINE
+    from pipeline.config import RECOMMENDED_PIPELINE
 
     results = Path(__file__).resolve().parents[1] / "benchmarks/results/pipeline_grid.json"
     saved = json.loads(results.read_text(encoding="utf-8"))
     recommended = saved["results"][saved["recommended"]]["config"]
-    assert PipelineConfig.from_dict(recommended) == replace(RECOMMENDED_PIPELINE, max_new_tokens=recommended["max_new_tokens"])
+    assert recommended.pop("unit", "chars") == "chars"  # the pipeline scores in characters; it takes no unit
+    assert PipelineConfig.from_dict(recommended) == RECOMMENDED_PIPELINE.replace(max_new_tokens=recommended["max_new_tokens"])

@@ -1,4 +1,4 @@
-"""The user-facing KV-reuse modes (``--kv-reuse``) and the recovery each one means.
+"""The user-facing KV-reuse modes (``--kv-reuse``); ``compression.kv.recovery.recovery_for`` builds the recovery each one means.
 
 ``none``: full prefill, no reuse; ``naive``: reuse chunk caches without recovery; ``edge``:
 recompute each chunk's first tokens (EPIC-style); ``blend``: recompute the fraction r of context
@@ -14,25 +14,7 @@ r = 0.15) it beats the deviation choice at every k, in output F1 against a full 
 
 from __future__ import annotations
 
-from typing import Any
-
 KV_REUSE_MODES = ("none", "naive", "edge", "blend")
 DEFAULT_BLEND_SCORE = "attention"
-
-
-def recovery_for(mode: str, blend_r: float = 0.15, edge_tokens: int = 16, blend_score: str = DEFAULT_BLEND_SCORE) -> Any:
-    """The recovery of ``mode``; ``none`` means no reuse at all (returns None).
-
-    ``blend_score`` is one of ``compression.kv.recovery.BLEND_SCORES`` (used by ``blend`` only).
-    """
-    from compression.kv.recovery import make_recovery
-
-    if mode not in KV_REUSE_MODES:
-        raise ValueError(f"unknown --kv-reuse mode '{mode}'; valid: {', '.join(KV_REUSE_MODES)}")
-    if mode == "none":
-        return None
-    if mode == "naive":
-        return make_recovery("none")
-    if mode == "edge":
-        return make_recovery("edge", n_tokens=edge_tokens)
-    return make_recovery("blend", r=blend_r, score=blend_score)
+# How blend picks the tokens it recomputes (``compression.kv.recovery.BlendRecovery.score``).
+BLEND_SCORES = ("deviation", "attention", "deviation*attention", "deviation*early_attention")

@@ -28,6 +28,7 @@ import torch
 from compression.hf_cache import cache_arg
 from compression.kv.base import Prompt
 from compression.kv.blockwise import run_in_place, supported
+from compression.kv.modes import BLEND_SCORES, DEFAULT_BLEND_SCORE, KV_REUSE_MODES
 
 
 class Recovery(Protocol):
@@ -181,7 +182,6 @@ def question_attention(model: Any, cache: Any, prompt: Prompt, n_layers: int | N
     return mass
 
 
-BLEND_SCORES = ("deviation", "attention", "deviation*attention", "deviation*early_attention")
 
 
 @dataclass(frozen=True)
@@ -264,3 +264,19 @@ def make_recovery(name: str, **options: Any) -> Recovery:
     except KeyError:
         raise ValueError(f"unknown KV recovery '{name}'; valid: {', '.join(sorted(RECOVERIES))}") from None
     return factory(**options)
+
+
+def recovery_for(mode: str, blend_r: float = 0.15, edge_tokens: int = 16, blend_score: str = DEFAULT_BLEND_SCORE) -> Any:
+    """The recovery of ``mode``; ``none`` means no reuse at all (returns None).
+
+    ``blend_score`` is one of ``BLEND_SCORES`` (used by ``blend`` only).
+    """
+    if mode not in KV_REUSE_MODES:
+        raise ValueError(f"unknown --kv-reuse mode '{mode}'; valid: {', '.join(KV_REUSE_MODES)}")
+    if mode == "none":
+        return None
+    if mode == "naive":
+        return make_recovery("none")
+    if mode == "edge":
+        return make_recovery("edge", n_tokens=edge_tokens)
+    return make_recovery("blend", r=blend_r, score=blend_score)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from eval.base import EvalConfig
-from eval.defaults import BEST_HYBRID_WEIGHT
 from eval.poison.base import RETRIEVAL_MODES
 from retrieval.base import Document, Encoder, Hit
+from retrieval.config import BEST_HYBRID_WEIGHT
 from retrieval.index_store import IndexStore
 from retrieval.indexing import (
     IndexPlan,

@@ -1,0 +1,1 @@
+"""The answer pipeline: retrieve -> compress -> generate (with chunk-cache reuse), built from one config."""

@@ -1,0 +1,70 @@
+"""``ask``, ``pipeline`` and ``eval`` are one chain: the same config retrieves the same spans and
+gives the same answer, whichever command runs it (real MiniLM, a tiny random LM as the generator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from support import ByteTokenizer, NoDiskCache, tiny_dataset
+
+from eval.base import EvalConfig, Span
+from eval.pipeline import PipelineEvaluation
+from eval.runner import Evaluator, default_chunker_factory
+from eval.stage_cache import StageCache
+from pipeline.config import PipelineConfig
+from retrieval.config import RetrievalConfig
+
+SETTINGS = (
+    RetrievalConfig(chunker="sentence", chunk_size=30, k=2, retrieval="dense"),
+    RetrievalConfig(chunker="token", chunk_size=12, overlap=2, k=3, retrieval="hybrid", hybrid_weight=0.8, context_chunks=1),
+)
+
+
+def tiny_engine(tiny_llama, store_dir: Path):
+    """A factory of chunk-cache engines over one tiny random Llama (the same weights for every command)."""
+    from compression.kv.generate import KVReuseEngine
+    from compression.kv.store import DiskStore, MemoryStore, TieredStore
+
+    model = tiny_llama(seed=3, max_position_embeddings=2048)
+
+    def build():
+        lm = SimpleNamespace(model=model, tokenizer=ByteTokenizer(), model_id="tiny@0", weights_hash="0" * 64, dtype="float32")
+        return KVReuseEngine(lm, TieredStore(MemoryStore(2**26), DiskStore(store_dir)))
+
+    return build
+
+
+@pytest.mark.prefect
+@pytest.mark.real_model
+@pytest.mark.parametrize("settings", SETTINGS, ids=["sentence-dense", "token-hybrid-context"])
+def test_ask_pipeline_and_eval_agree_on_spans_and_answers(settings, prefect_harness, tiny_llama, tmp_path, one_torch_thread):
+    from flows.answer import answer_flow
+    from retrieval.encoder import load_encoder
+    from retrieval.indexing import index_paths
+
+    dataset = tiny_dataset()
+    encoder = load_encoder()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for corpus_id, text in dataset.corpora.items():
+        (docs / f"{corpus_id}.txt").write_text(text, encoding="utf-8")
+    index_paths([docs], tmp_path / "index", default_chunker_factory(EvalConfig.of(settings)), encoder,
+                context_chunks=settings.context_chunks)
+    config = PipelineConfig(retrieval=settings, kv_mode="naive", max_new_tokens=6)
+
+    evaluated = Evaluator(dataset, encoder, cache=NoDiskCache()).evaluate(EvalConfig.of(settings))
+    evaluation = PipelineEvaluation(dataset, StageCache(tmp_path / "stages"),
+                                    evaluator_factory=lambda data: Evaluator(data, encoder, cache=NoDiskCache()),
+                                    engine_factory=tiny_engine(tiny_llama, tmp_path / "kv-pipeline"), lm_id="tiny@0")
+    piped = evaluation.run(config)
+    llm = {"backend": "local", "model": "smollm2", "engine_factory": tiny_engine(tiny_llama, tmp_path / "kv-ask")}
+    for question, scored, run in zip(dataset.questions, evaluated.questions, piped.questions):
+        asked = answer_flow(question.text, str(tmp_path / "index"), config.to_dict(), llm=llm)
+        asked_spans = [Span(Path(hit["source"]).stem, hit["start"], hit["end"]) for hit in asked["contexts"]]
+        assert len(asked_spans) == settings.k
+        assert sorted(asked_spans, key=repr) == sorted(run.retrieved_spans, key=repr) == sorted(scored.retrieved_spans, key=repr)
+        for span in asked_spans:  # the spans are the corpus' own text
+            assert any(dataset.corpora[span.corpus_id][span.start:span.end] == hit["text"] for hit in asked["contexts"])
+        assert asked["answer"] == run.answer
