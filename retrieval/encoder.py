@@ -22,7 +22,7 @@ from retrieval.packing import DEFAULT_ROW_TOKENS, encode_packed, packable
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Packed rows beat the library's padded batches with one torch thread and lose with two
-# (benchmarks/results/prepack.md, indexing end to end), so by default the encoder packs only
+# (benchmarks/results/prepack_indexing.md, indexing end to end), so by default the encoder packs only
 # while torch runs at most this many intra-op threads.
 PACK_MAX_THREADS = 1
 
