@@ -7,21 +7,24 @@ interleaved per repeat (the order rotates), medians and ratios against baselines
 
 1. Chunk-cache precompute with the packaged SmolLM2 (``load_causal_lm``), ``--lm-chunks``
    chunks drawn at random from all corpora, each as its ``Document:`` block after the shared
-   system prefix: packed rows (``compression.kv.packing.encode_chunks``, 2,048 tokens), padded
-   batches of ``--lm-batch`` chunks (right-padded to the longest, prefix KV as past, HF's padding
-   mask), and one chunk per pass (``assemble.encode_chunk``, the unpacked path).
+   system prefix: packed rows (``compression.kv.packing.encode_chunks``, one variant per
+   ``--row-tokens`` budget), padded batches (chunks sorted by length, longest first, each batch
+   filled while ``batch size x its longest chunk`` stays within the same token budget as a
+   packed row; right-padded, prefix KV as past, HF's padding mask), and one chunk per pass
+   (``assemble.encode_chunk``, the unpacked path).
 2. MiniLM embedding of ``--embed-chunks`` chunks: packed rows (``retrieval.packing``), the
    library's padded batches (``SentenceTransformer.encode``, batch 64, which sorts by length),
    and one text per call.
-3. Indexing end to end (``index_paths`` of one chroma corpus file, the encoder embedding in
-   packed rows) vs the bare ``SentenceTransformer.encode`` of the same chunk texts.
+3. Indexing end to end (``index_paths`` of one chroma corpus file) with the encoder's packing on
+   and off vs the bare ``SentenceTransformer.encode`` of the same chunk texts.
+
+Every part runs at each ``--threads`` count (torch threads), all in the one process.
 
 Cost is CPU seconds of this process (``time.process_time``) per 1,000 real tokens (padding and
 the repeated prefix not counted); wall seconds are recorded too. Every variant's output is
-checked against the one-at-a-time reference once. ``--threads``: torch threads (1 by default:
-under contention from other jobs one thread was the steadier and faster setting).
+checked against the one-at-a-time reference once.
 
-    nice -n 10 .venv/bin/python benchmarks/prepack.py [--repeats 3] [--lm-chunks 16] [--embed-chunks 120] [--threads 1] [--skip lm] [--tag name]
+    nice -n 10 .venv/bin/python benchmarks/prepack.py [--repeats 3] [--lm-chunks 96] [--row-tokens 2048] [--embed-chunks 200] [--threads 1,2] [--skip lm] [--tag name]
 """
 
 from __future__ import annotations
@@ -55,6 +58,15 @@ DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", REPO.parent / "shared" / "dat
 CHUNKER, CHUNK_SIZE = "recursive", 150
 EMBED_BATCH = 64
 LM_TARGET = 1.5  # packed vs padded, chunk-cache precompute
+DEFAULT_LM_ROW_TOKENS = 2048  # compression.kv.packing.DEFAULT_ROW_TOKENS, without importing torch at start
+
+
+def counts(text: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]`` (positive integers)."""
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
 
 
 def corpus_files() -> list[Path]:
@@ -94,16 +106,28 @@ def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, label: str
 
 # --- chunk-cache precompute -------------------------------------------------------------------
 
-def padded_batches(model, prefix, chunks, batch):
-    """Each chunk's KV after ``prefix``, ``batch`` chunks per pass, right-padded to the longest."""
+def padded_groups(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices sorted by length (longest first) cut into batches whose padded size
+    (``count x longest``) stays within ``budget`` tokens: the least padding for that budget."""
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= budget:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def padded_batches(model, prefix, chunks, budget):
+    """Each chunk's KV after ``prefix`` (in input order), from length-sorted padded batches of at most ``budget`` tokens."""
     import torch
 
     from compression.hf_cache import cache_arg, returned_cache
     from compression.kv.assemble import cache_from_tensors
 
-    n_prefix, out = len(prefix.token_ids), []
-    for start in range(0, len(chunks), batch):
-        group = chunks[start:start + batch]
+    n_prefix, out = len(prefix.token_ids), {}
+    for indices in padded_groups([len(c) for c in chunks], budget):
+        group = [chunks[i] for i in indices]
         longest = max(len(c) for c in group)
         ids = torch.zeros((len(group), longest), dtype=torch.long)
         mask = torch.zeros((len(group), n_prefix + longest), dtype=torch.long)
@@ -116,60 +140,67 @@ def padded_batches(model, prefix, chunks, batch):
             layer.keys, layer.values = layer.keys.expand(len(group), -1, -1, -1), layer.values.expand(len(group), -1, -1, -1)
         with torch.inference_mode():
             result = returned_cache(model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **cache_arg(model, cache)))
-        for row, chunk in enumerate(group):
+        for row, (index, chunk) in enumerate(zip(indices, group)):
             end = n_prefix + len(chunk)
-            out.append((torch.stack([layer.keys[row, :, n_prefix:end] for layer in result.layers]),
-                        torch.stack([layer.values[row, :, n_prefix:end] for layer in result.layers])))
-    return out
+            out[index] = (torch.stack([layer.keys[row, :, n_prefix:end] for layer in result.layers]),
+                          torch.stack([layer.values[row, :, n_prefix:end] for layer in result.layers]))
+    return [out[i] for i in range(len(chunks))]
 
 
-def lm_variants(lm, prefix, chunks, batch: int) -> dict[str, Callable[[], object]]:
-    from compression.kv.packing import DEFAULT_ROW_TOKENS, encode_chunks
+def lm_variants(lm, prefix, chunks, row_budgets: list[int]) -> dict[str, Callable[[], object]]:
+    from compression.kv.packing import encode_chunks
 
-    def packed():
-        return [kv for _, *kv in sorted(encode_chunks(lm.model, prefix, chunks, DEFAULT_ROW_TOKENS), key=lambda t: t[0])]
+    def packed(budget: int) -> Callable[[], object]:
+        return lambda: [kv for _, *kv in sorted(encode_chunks(lm.model, prefix, chunks, budget), key=lambda t: t[0])]
 
     def single():
         return [kv for _, *kv in encode_chunks(lm.model, prefix, chunks, None)]
 
-    return {"packed": packed, "padded": lambda: padded_batches(lm.model, prefix, chunks, batch), "single": single}
+    return {**{f"packed_{budget}": packed(budget) for budget in row_budgets},
+            "padded": lambda: padded_batches(lm.model, prefix, chunks, max(row_budgets)), "single": single}
 
 
 def check_lm(results: dict[str, Any]) -> float:
     """Largest absolute difference of any variant's KV from one chunk per pass."""
     reference = results["single"]
     worst = 0.0
-    for name in ("packed", "padded"):
+    for name in (n for n in results if n != "single"):
         for (keys, values), (ref_keys, ref_values) in zip(results[name], reference):
             worst = max(worst, float((keys - ref_keys).abs().max()), float((values - ref_values).abs().max()))
     assert worst < 1e-3, f"a chunk-cache variant differs from one chunk per pass by {worst}"
     return worst
 
 
-def run_lm(texts: list[str], n_chunks: int, batch: int, repeats: int, seed: int) -> dict:
+def run_lm(texts: list[str], n_chunks: int, row_budgets: list[int], repeats: int, seed: int, threads: int) -> dict:
+    import torch
+
     from compression.kv.assemble import encode_prefix
     from compression.kv.prompt import build_prompt
     from compression.lm import load_causal_lm
+    from retrieval.packing import pack_rows
 
     lm = load_causal_lm()
+    torch.set_num_threads(threads)  # after the loader, which applies its own thread setting
     sample = random.Random(seed).sample(texts, min(n_chunks, len(texts)))
     prompt = build_prompt(lm.tokenizer, sample, "?")
     prefix = encode_prefix(lm.model, prompt.prefix_ids, lm.model_id)
     chunks = [list(ids) for ids in prompt.chunk_ids]
-    times, results = interleaved(lm_variants(lm, prefix, chunks, batch), repeats, "chunk caches")
+    times, results = interleaved(lm_variants(lm, prefix, chunks, row_budgets), repeats, f"chunk caches, {threads} thread(s)")
     worst = check_lm(results)
     lengths = [len(c) for c in chunks]
-    padded_tokens = sum(max(lengths[s:s + batch]) * len(lengths[s:s + batch]) for s in range(0, len(lengths), batch))
+    groups = padded_groups(lengths, max(row_budgets))
+    padded_tokens = sum(lengths[g[0]] * len(g) for g in groups)
     return summarise(times, sum(lengths), baseline="padded") | {
         "model_id": lm.model_id, "chunks": len(chunks), "prefix_tokens": len(prefix.token_ids),
         "chunk_tokens": {"total": sum(lengths), "min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)},
-        "padded_batch": batch, "padding_share": 1 - sum(lengths) / padded_tokens, "max_abs_diff_vs_single": worst,
+        "padded_budget": max(row_budgets), "padded_batches": len(groups), "padding_share": 1 - sum(lengths) / padded_tokens,
+        "packed_rows": {budget: len(pack_rows(lengths, budget)) for budget in row_budgets}, "max_abs_diff_vs_single": worst,
     }
 
 
 # --- embedding ----------------------------------------------------------------------------------
 
-def run_embed(texts: list[str], n_chunks: int, repeats: int, seed: int) -> dict:
+def run_embed(texts: list[str], n_chunks: int, repeats: int, seed: int, threads: int) -> dict:
     import numpy as np
 
     from retrieval.encoder import load_encoder
@@ -182,7 +213,7 @@ def run_embed(texts: list[str], n_chunks: int, repeats: int, seed: int) -> dict:
         "padded": lambda: model.encode(sample, batch_size=EMBED_BATCH, normalize_embeddings=True, show_progress_bar=False),
         "single": lambda: np.stack([model.encode([t], normalize_embeddings=True, show_progress_bar=False)[0] for t in sample]),
     }
-    times, results = interleaved(variants, repeats, "embedding")
+    times, results = interleaved(variants, repeats, f"embedding, {threads} thread(s)")
     cosines = {name: float((results[name] * results["single"]).sum(axis=1).min()) for name in ("packed", "padded")}
     assert min(cosines.values()) >= 0.9999, f"an embedding variant differs from one text per call: {cosines}"
     tokens = sum(len(ids) for ids in model.tokenizer(sample, truncation=True, max_length=model.max_seq_length)["input_ids"])
@@ -190,42 +221,47 @@ def run_embed(texts: list[str], n_chunks: int, repeats: int, seed: int) -> dict:
                                                            "min_cosine_vs_single": cosines, "row_tokens": DEFAULT_ROW_TOKENS}
 
 
-def run_indexing(repeats: int, file_name: str) -> dict:
+def run_indexing(repeats: int, file_name: str, threads: int) -> dict:
     from retrieval.chunkers import make_chunker
     from retrieval.encoder import SentenceEncoder, TruncationWarning, load_encoder
     from retrieval.indexing import chunk_documents, index_paths, load_documents
     from retrieval.packing import DEFAULT_ROW_TOKENS
 
     corpus = DATA / "chroma" / "corpora" / file_name
-    loaded = load_encoder()  # packing is off by default; this measures the encoder with it on
-    encoder = SentenceEncoder(loaded._model, loaded.name, loaded.model_dir, row_tokens=DEFAULT_ROW_TOKENS)
+    loaded = load_encoder()
+    # Packing forced on at any thread count, and off.
+    encoders = {row_tokens: SentenceEncoder(loaded._model, loaded.name, loaded.model_dir, row_tokens=row_tokens, pack_max_threads=None)
+                for row_tokens in (DEFAULT_ROW_TOKENS, None)}
     chunker = make_chunker(CHUNKER, CHUNK_SIZE, 0)
     docs, _ = load_documents([corpus])
     texts = [c.text for _, chunks in chunk_documents(docs, chunker) for c in chunks]
-    model = encoder._model
+    model = loaded._model
 
-    def end_to_end():
-        index_dir = Path(tempfile.mkdtemp(dir=WORK, prefix="index-"))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", TruncationWarning)
-                return index_paths([corpus], index_dir, chunker, encoder).chunks_added
-        finally:
-            shutil.rmtree(index_dir)
+    def end_to_end(encoder: SentenceEncoder) -> Callable[[], int]:
+        def run() -> int:
+            index_dir = Path(tempfile.mkdtemp(dir=WORK, prefix="index-"))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", TruncationWarning)
+                    return index_paths([corpus], index_dir, chunker, encoder).chunks_added
+            finally:
+                shutil.rmtree(index_dir)
+        return run
 
     variants = {"bare_encode": lambda: model.encode(texts, batch_size=EMBED_BATCH, show_progress_bar=False, normalize_embeddings=True),
-                "index_paths": end_to_end}
-    times, results = interleaved(variants, repeats, "indexing")
-    assert results["index_paths"] == len(texts) == len(results["bare_encode"]), "end to end indexed other chunks than the bare encode embeds"
+                "index_packed": end_to_end(encoders[DEFAULT_ROW_TOKENS]), "index_unpacked": end_to_end(encoders[None])}
+    times, results = interleaved(variants, repeats, f"indexing, {threads} thread(s)")
+    assert results["index_packed"] == results["index_unpacked"] == len(texts) == len(results["bare_encode"]), \
+        "end to end indexed other chunks than the bare encode embeds"
     tokens = sum(len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"])
-    return summarise(times, tokens, baseline="bare_encode") | {"chunks": len(texts), "encoder_row_tokens": encoder.row_tokens,
+    return summarise(times, tokens, baseline="bare_encode") | {"chunks": len(texts), "packed_row_tokens": DEFAULT_ROW_TOKENS,
                                                                "files": [d.doc_id for d in docs]}
 
 
 def summarise(times: dict[str, dict[str, list[float]]], tokens: int, baseline: str) -> dict:
     """Medians, CPU seconds per 1k tokens, and speed-ups over ``baseline`` (ratio of medians, and
     the median of per-repeat ratios)."""
-    out = {"times": times, "tokens": tokens, "baseline": baseline, "variants": {}}
+    out: dict[str, Any] = {"times": times, "tokens": tokens, "baseline": baseline, "variants": {}}
     base = statistics.median(times[baseline]["cpu_s"])
     for name, t in times.items():
         cpu = statistics.median(t["cpu_s"])
@@ -236,11 +272,10 @@ def summarise(times: dict[str, dict[str, list[float]]], tokens: int, baseline: s
     return out
 
 
-def machine(threads: int) -> dict:
-
+def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return {"nproc": os.cpu_count(), "cpu": cpu, "torch_threads": threads, "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    return {"nproc": os.cpu_count(), "cpu": cpu, "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
             "python": platform.python_version(), "torch": version("torch"), "transformers": version("transformers"),
             "sentence-transformers": version("sentence-transformers")}
 
@@ -256,26 +291,26 @@ def table(section: dict, labels: dict[str, str]) -> list[str]:
 
 
 def markdown(r: dict) -> str:
-    m = r["machine"]
+    m, c = r["machine"], r["config"]
     parts = [
         "# Prepacked prefill: packed rows vs padded batches vs one at a time", "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), torch threads {m['torch_threads']}, load average {' '.join(m['loadavg_at_start'])} "
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), load average {' '.join(m['loadavg_at_start'])} "
         f"at start, {' '.join(r['loadavg_at_end'])} at end (other jobs share the CPUs); torch {m['torch']}, transformers "
-        f"{m['transformers']}, sentence-transformers {m['sentence-transformers']}.",
-        f"Data: the shared corpora ({', '.join(r['data']['files'])}; the first {r['config']['corpus_chars']:,} characters of each) chunked by the {CHUNKER} chunker at {CHUNK_SIZE} MiniLM "
+        f"{m['transformers']}, sentence-transformers {m['sentence-transformers']}. Torch threads: {', '.join(map(str, c['threads']))} (each part at each count, one process).",
+        f"Data: the shared corpora ({', '.join(r['data']['files'])}; the first {c['corpus_chars']:,} characters of each) chunked by the {CHUNKER} chunker at {CHUNK_SIZE} MiniLM "
         f"tokens: {r['data']['chunks']} chunks. Cost: CPU seconds of the process per 1,000 real tokens (padding and the "
-        f"repeated prefix not counted); medians over {r['config']['repeats']} interleaved repeats; paired = per-repeat ratios.", "",
+        f"repeated prefix not counted); medians over {c['repeats']} interleaved repeats; paired = per-repeat ratios.", "",
     ]
-    if r["lm"]:
-        parts += lm_markdown(r["lm"])
-    if r["embed"]:
-        parts += embed_markdown(r["embed"])
-    if r["indexing"]:
-        parts += indexing_markdown(r["indexing"])
-    c = r["config"]
+    for threads, run in r["runs"].items():
+        if run["lm"]:
+            parts += lm_markdown(run["lm"], threads)
+        if run["embed"]:
+            parts += embed_markdown(run["embed"], threads)
+        if run["indexing"]:
+            parts += indexing_markdown(run["indexing"], threads)
     return "\n".join([*parts, "Reproduce: `nice -n 10 .venv/bin/python benchmarks/prepack.py "
-                      f"--repeats {c['repeats']} --lm-chunks {c['lm_chunks']} --embed-chunks {c['embed_chunks']} "
-                      f"--lm-batch {c['lm_batch']} --threads {m['torch_threads']} --corpus-chars {c['corpus_chars']} --index-file {c['index_file']}"
+                      f"--repeats {c['repeats']} --lm-chunks {c['lm_chunks']} --row-tokens {','.join(map(str, c['row_tokens']))} --embed-chunks {c['embed_chunks']} "
+                      f"--threads {','.join(map(str, c['threads']))} --corpus-chars {c['corpus_chars']} --index-file {c['index_file']}"
                       + "".join(f" --skip {part}" for part in c["skip"]) + (f" --tag {c['tag']}" if c["tag"] else "") + "`", ""])
 
 
@@ -286,23 +321,26 @@ def verdict(variant: dict) -> str:
     return "not shown: within noise" if variant["speedup_vs_baseline"] > 1 else "NOT met"
 
 
-def lm_markdown(lm: dict) -> list[str]:
-    speedup, ct = lm["variants"]["packed"]["speedup_vs_baseline"], lm["chunk_tokens"]
+def lm_markdown(lm: dict, threads: str) -> list[str]:
+    ct, budgets = lm["chunk_tokens"], lm["packed_rows"]
+    best = max((name for name in lm["variants"] if name.startswith("packed_")), key=lambda n: lm["variants"][n]["speedup_vs_baseline"])
+    speedup = lm["variants"][best]["speedup_vs_baseline"]
+    labels = {f"packed_{b}": f"packed rows of {int(b):,} tokens ({n} rows)" for b, n in budgets.items()}
     return [
-        f"## Chunk-cache precompute ({lm['model_id']})", "",
+        f"## Chunk-cache precompute ({lm['model_id']}), {threads} thread(s)", "",
         f"{lm['chunks']} random chunks as `Document:` blocks after the {lm['prefix_tokens']}-token system prefix: "
-        f"{ct['total']} tokens (min {ct['min']}, median {ct['median']:.0f}, max {ct['max']} per chunk). Padded batches of "
-        f"{lm['padded_batch']} chunks in drawn order waste {100 * lm['padding_share']:.0f}% of their positions on padding. "
+        f"{ct['total']} tokens (min {ct['min']}, median {ct['median']:.0f}, max {ct['max']} per chunk). Padded batches: the chunks "
+        f"sorted by length, each batch as many as fit in {lm['padded_budget']:,} padded tokens ({lm['padded_batches']} batches, "
+        f"{100 * lm['padding_share']:.0f}% of their positions padding). "
         f"Every variant's KV equals one chunk per pass within {lm['max_abs_diff_vs_single']:.1e}.", "",
-        *table(lm, {"packed": "packed rows (2,048 tokens)", "padded": f"padded batches of {lm['padded_batch']}",
-                    "single": "one chunk per pass (unpacked path)"}), "",
-        f"Target: packed >= {LM_TARGET}x padded: **{'met' if speedup >= LM_TARGET else 'NOT met'}** ({speedup:.2f}x).", "",
+        *table(lm, {**labels, "padded": "padded batches (length-sorted)", "single": "one chunk per pass (unpacked path)"}), "",
+        f"Target: packed >= {LM_TARGET}x padded: **{'met' if speedup >= LM_TARGET else 'NOT met'}** ({speedup:.2f}x, {labels[best]}).", "",
     ]
 
 
-def embed_markdown(emb: dict) -> list[str]:
+def embed_markdown(emb: dict, threads: str) -> list[str]:
     return [
-        "## MiniLM embedding", "",
+        f"## MiniLM embedding, {threads} thread(s)", "",
         f"{emb['chunks']} random chunks, {emb['tokens_with_specials']} tokens with [CLS]/[SEP]. Minimum cosine to one text "
         f"per call: packed {emb['min_cosine_vs_single']['packed']:.6f}, padded {emb['min_cosine_vs_single']['padded']:.6f}.", "",
         *table(emb, {"packed": f"packed rows ({emb['row_tokens']:,} tokens)", "padded": f"library batches of {EMBED_BATCH} (length-sorted, padded)",
@@ -310,25 +348,26 @@ def embed_markdown(emb: dict) -> list[str]:
     ]
 
 
-def indexing_markdown(idx: dict) -> list[str]:
-    speedup = idx["variants"]["index_paths"]["speedup_vs_baseline"]
+def indexing_markdown(idx: dict, threads: str) -> list[str]:
+    verdicts = {name: f"{verdict(idx['variants'][name])} ({idx['variants'][name]['speedup_vs_baseline']:.2f}x)" for name in ("index_packed", "index_unpacked")}
     return [
-        "## Indexing end to end", "",
-        f"`index_paths` of {', '.join(idx['files'])} ({idx['chunks']} chunks; encoder packing "
-        f"{'on, rows of ' + format(idx['encoder_row_tokens'], ',') + ' tokens' if idx['encoder_row_tokens'] else 'off'}) "
-        "vs the bare `SentenceTransformer.encode` of the same chunk texts (batch 64, normalised).", "",
-        *table(idx, {"bare_encode": "bare `SentenceTransformer.encode`", "index_paths": "ragpress `index_paths` end to end"}), "",
-        f"Target: end to end faster than the bare encode: **{verdict(idx['variants']['index_paths'])}** ({speedup:.2f}x).", "",
+        f"## Indexing end to end, {threads} thread(s)", "",
+        f"`index_paths` of {', '.join(idx['files'])} ({idx['chunks']} chunks) with the encoder's packing on (rows of "
+        f"{idx['packed_row_tokens']:,} tokens) and off, vs the bare `SentenceTransformer.encode` of the same chunk texts (batch 64, normalised).", "",
+        *table(idx, {"bare_encode": "bare `SentenceTransformer.encode`", "index_packed": "ragpress `index_paths`, packing on",
+                     "index_unpacked": "ragpress `index_paths`, packing off"}), "",
+        f"Target: end to end faster than the bare encode: packing on **{verdicts['index_packed']}**, packing off **{verdicts['index_unpacked']}**.", "",
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--lm-chunks", type=int, default=16, help="chunks whose caches are precomputed per variant")
-    parser.add_argument("--lm-batch", type=int, default=8, help="chunks per padded batch")
-    parser.add_argument("--embed-chunks", type=int, default=120)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--lm-chunks", type=int, default=96, help="chunks whose caches are precomputed per variant")
+    parser.add_argument("--row-tokens", type=counts, default=[DEFAULT_LM_ROW_TOKENS],
+                        help="packed row budgets, comma-separated (the padded batches get the largest)")
+    parser.add_argument("--embed-chunks", type=int, default=200)
+    parser.add_argument("--threads", type=counts, default=[1, 2], help="torch thread counts, comma-separated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--corpus-chars", type=int, default=120_000, help="characters chunked from the start of each corpus file")
     parser.add_argument("--index-file", default="chatlogs.md", help="chroma corpus indexed end to end")
@@ -342,18 +381,22 @@ def main() -> None:
         return
     import torch
 
-    torch.set_num_threads(args.threads)
-    host = machine(args.threads)
+    host = machine()
     WORK.mkdir(parents=True, exist_ok=True)
     per_file = load_chunk_texts(args.corpus_chars)
     texts = [t for chunks in per_file.values() for t in chunks]
-    result = {"machine": host, "data": {"files": list(per_file), "chunks": len(texts)},
-              "config": {"repeats": args.repeats, "lm_chunks": args.lm_chunks, "lm_batch": args.lm_batch,
-                         "embed_chunks": args.embed_chunks, "seed": args.seed, "chunker": CHUNKER, "chunk_size": CHUNK_SIZE,
-                         "skip": args.skip, "tag": args.tag, "corpus_chars": args.corpus_chars, "index_file": args.index_file}}
-    result["lm"] = {} if "lm" in args.skip else run_lm(texts, args.lm_chunks, args.lm_batch, args.repeats, args.seed)
-    result["embed"] = {} if "embed" in args.skip else run_embed(texts, args.embed_chunks, args.repeats, args.seed)
-    result["indexing"] = {} if "indexing" in args.skip else run_indexing(args.repeats, args.index_file)
+    result: dict[str, Any] = {
+        "machine": host, "data": {"files": list(per_file), "chunks": len(texts)},
+        "config": {"repeats": args.repeats, "lm_chunks": args.lm_chunks, "row_tokens": args.row_tokens, "threads": args.threads,
+                   "embed_chunks": args.embed_chunks, "seed": args.seed, "chunker": CHUNKER, "chunk_size": CHUNK_SIZE,
+                   "skip": args.skip, "tag": args.tag, "corpus_chars": args.corpus_chars, "index_file": args.index_file},
+        "runs": {}}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        result["runs"][str(threads)] = {
+            "lm": {} if "lm" in args.skip else run_lm(texts, args.lm_chunks, args.row_tokens, args.repeats, args.seed, threads),
+            "embed": {} if "embed" in args.skip else run_embed(texts, args.embed_chunks, args.repeats, args.seed, threads),
+            "indexing": {} if "indexing" in args.skip else run_indexing(args.repeats, args.index_file, threads)}
     result["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_text(RESULTS / f"{name}.json", json.dumps(result, indent=2) + "\n")

@@ -18,9 +18,13 @@ import numpy as np
 
 from retrieval.errors import EmbeddingModelUnavailable, InputError
 from retrieval.models import DEFAULT_EMBEDDING_MODEL, resolve_embedding_model
-from retrieval.packing import encode_packed, packable
+from retrieval.packing import DEFAULT_ROW_TOKENS, encode_packed, packable
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Packed rows beat the library's padded batches with one torch thread and lose with two
+# (benchmarks/results/prepack_indexing.md, indexing end to end), so by default the encoder packs only
+# while torch runs at most this many intra-op threads.
+PACK_MAX_THREADS = 1
 
 
 class TruncationWarning(UserWarning):
@@ -44,14 +48,17 @@ class SentenceEncoder:
     """A sentence-transformers model behind the ``retrieval.base.Encoder`` protocol.
 
     ``row_tokens``: embed in packed rows of this many tokens where the model allows it
-    (``retrieval.packing``, e.g. ``DEFAULT_ROW_TOKENS``); None (the default) or a model that does
-    not allow it: the library's padded batches. Off by default: ``benchmarks/prepack.py`` measured
-    packed rows ~1.1x faster with one torch thread but slower with two (many small kernels).
+    (``retrieval.packing``) and torch runs at most ``pack_max_threads`` intra-op threads (None:
+    any number); otherwise, or with ``row_tokens`` None, the library's padded batches. The
+    default packs with one thread only, the one setting where ``benchmarks/prepack.py`` measured
+    a gain (with two, the many small per-row kernels cost more than the padding saved).
     """
 
-    def __init__(self, model: Any, name: str, model_dir: Path, row_tokens: int | None = None) -> None:
+    def __init__(self, model: Any, name: str, model_dir: Path, row_tokens: int | None = DEFAULT_ROW_TOKENS,
+                 pack_max_threads: int | None = PACK_MAX_THREADS) -> None:
         self._model = model
         self.row_tokens = row_tokens if row_tokens and packable(model) else None
+        self.pack_max_threads = pack_max_threads
         self.name = name
         self.model_dir = model_dir
         self.model_id = f"{name}@{weights_digest(model_dir)}"
@@ -67,6 +74,16 @@ class SentenceEncoder:
         for probes that need gradients through the encoder."""
         return self._model[0].auto_model, self._model.tokenizer
 
+    def packs(self) -> bool:
+        """Whether ``encode`` embeds in packed rows at the current torch thread count."""
+        if not self.row_tokens:
+            return False
+        if self.pack_max_threads is None:
+            return True
+        import torch  # loaded already with the model
+
+        return torch.get_num_threads() <= self.pack_max_threads
+
     def count_too_long(self, texts: Sequence[str]) -> int:
         """How many texts exceed max_seq_length tokens (special tokens included), i.e. get truncated."""
         # A WordPiece token covers at least one character: short texts cannot overflow.
@@ -78,8 +95,8 @@ class SentenceEncoder:
         return sum(len(ids) > self.max_seq_length for ids in lengths)
 
     def encode(self, texts: Sequence[str], *, show_progress: bool = False, batch_size: int = 64) -> np.ndarray:
-        """L2-normalised float32 vectors ``[len(texts), dim]``, computed in packed rows or batches
-        of ``batch_size`` (see the class). ``show_progress`` applies to batches only.
+        """L2-normalised float32 vectors ``[len(texts), dim]``, computed in packed rows (``packs``)
+        or batches of ``batch_size`` (see the class). ``show_progress`` applies to batches only.
 
         Texts longer than ``max_seq_length`` tokens are truncated by the model; one
         ``TruncationWarning`` per call says how many, so nothing is cut silently.
@@ -100,7 +117,7 @@ class SentenceEncoder:
                 TruncationWarning,
                 stacklevel=2,
             )
-        if self.row_tokens:
+        if self.row_tokens and self.packs():
             return np.ascontiguousarray(encode_packed(self._model, texts, self.row_tokens), dtype=np.float32)
         vectors = self._model.encode(
             texts,

@@ -129,3 +129,31 @@ def test_unpackable_encoder_falls_back_to_library_batching() -> None:
         assert SentenceEncoder(model, loaded.name, loaded.model_dir, row_tokens=2048).row_tokens is None
     finally:
         hf_config._attn_implementation = saved
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize(("threads", "packed"), [(1, True), (2, False)])
+def test_encoder_packs_by_default_only_with_one_thread(monkeypatch, threads, packed) -> None:
+    import retrieval.encoder
+    from retrieval.encoder import SentenceEncoder, load_encoder
+
+    loaded = load_encoder()
+    calls: list[int] = []
+
+    def spy(model, texts, row_tokens):
+        calls.append(row_tokens)
+        return model.encode(list(texts), normalize_embeddings=True)
+
+    monkeypatch.setattr(retrieval.encoder, "encode_packed", spy)
+    encoder = SentenceEncoder(loaded._model, loaded.name, loaded.model_dir)
+    forced = SentenceEncoder(loaded._model, loaded.name, loaded.model_dir, pack_max_threads=None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert encoder.packs() is packed and forced.packs()
+        encoder.encode(["one short text", "another"])
+        assert calls == ([encoder.row_tokens] if packed else [])
+        forced.encode(["one short text"])
+        assert len(calls) == (2 if packed else 1)
+    finally:
+        torch.set_num_threads(before)
