@@ -3,11 +3,12 @@
 For each dataset the probe (``eval/poison/probe.py``) clusters the questions into topics, plants
 n = 1, 5, 10 passages per topic for each attack (random, query stuffing, keyword stuffing,
 HotFlip) in a copy of the clean default index (recursive 150/0, neighbour context 2), and reports
-attack success at k = 5, 10 for dense, BM25 and the default hybrid retrieval, with and without the
-query-log defence, plus the targets' clean recall/IoU. The baselines measured in the same run are
-random passages (the floor) and the unpoisoned index (clean recall).
+attack success at k = 5, 10 for dense, BM25 and the default hybrid retrieval, without and with each
+defence (query-log, query-copy, fluency, fluency+copy), plus the targets' clean recall/IoU. The
+baselines measured in the same run are random passages (the floor) and the unpoisoned index (clean
+recall).
 
-    nice -n 10 .venv/bin/python benchmarks/poisoning.py [--topics 3] [--hotflip-steps 8]
+    nice -n 10 .venv/bin/python benchmarks/poisoning.py [--topics 3] [--hotflip-steps 8] [--defences ...]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from eval.datasets import load_chroma  # noqa: E402
 from eval.poison.probe import PoisonConfig, run_probe  # noqa: E402
-from eval.poison.report import clean_rows, markdown_report, report_json  # noqa: E402
+from eval.poison.report import markdown_report, report_json  # noqa: E402
 from eval.report import machine_info  # noqa: E402
 from filestore import atomic_write_text  # noqa: E402
 from retrieval.encoder import load_encoder  # noqa: E402
@@ -33,6 +34,7 @@ from retrieval.tokenizer import load_tokenizer  # noqa: E402
 # The shared data sits next to the checkout (../shared/data) unless RAGPRESS_SHARED_DATA says otherwise.
 DATA = Path(os.environ.get("RAGPRESS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DATASETS = ("chroma", "jadon-cyber")
+DEFENCES = ("query-log", "query-copy", "fluency", "fluency+copy")
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -62,6 +64,8 @@ def summary(report: dict) -> dict:
         reduction = 1 - success(strongest, defence) / strength[strongest] if strength[strongest] else 0.0
         drop = max(clean[(mode, k, "none")] - clean[(mode, k, defence)] for mode, k, d in clean if d == "none")
         out["defences"][defence] = {"success": {a: success(a, defence) for a in names}, "relative_reduction": reduction,
+                                    **({"hotflip_reduction": 1 - success("hotflip", defence) / strength["hotflip"]}
+                                       if strength.get("hotflip") else {}),
                                     "max_clean_recall_drop": drop, "target_met": reduction >= 0.5 and drop <= 1.0,
                                     **report["defence"][defence]}
     return out
@@ -120,11 +124,18 @@ def render(out: dict) -> str:
         f"- `query-log` (`eval/poison/defence.py`): score = mean of the {config['defence_top']} highest cosines to the "
         f"log - the same to the clean index; threshold = {config['defence_quantile']} quantile of the clean chunks.\n"
         f"- `query-copy` (`eval/poison/defence_copy.py`): flag a passage that copies >= {config['copy_min_queries']} "
-        f"logged queries (>= {config['copy_coverage']:.0%} of a query's word {config['copy_ngram']}-grams present).\n",
+        f"logged queries (>= {config['copy_coverage']:.0%} of a query's word {config['copy_ngram']}-grams present).\n"
+        + (f"- `fluency` (`eval/poison/defence_fluency.py`): score = mean surprisal (nats) of the "
+           f"{config['fluency_top_share']:.0%} most surprising of the first {config['fluency_window']} tokens under "
+           f"SmolLM2-135M ({config['fluency_lm']}), text lower-cased; threshold = {config['fluency_quantile']} quantile "
+           f"of {config['fluency_sample']} sampled clean chunks; `flagged as new` measured on {config['fluency_sample']} "
+           "other clean chunks.\n"
+           "- `fluency+copy`: flagged by `fluency` or by `query-copy`.\n" if "fluency" in " ".join(config["defences"]) else ""),
         "Columns: success@k and <defence>@k in %; `recall@5 lost` = the targets' recall@5 on the clean index minus "
         "under attack, in points (negative: the planted documents changed BM25 statistics in the targets' favour). "
         "`flagged as new` = share of the clean chunks a defence flags when each one's document is scored as if it "
-        "arrived after calibration: the false alarms on genuine new documents.\n",
+        "arrived after calibration: the false alarms on genuine new documents. A defence judges the chunks its "
+        "query-time filter reaches (the same top k as judging every chunk); `clean chunks flagged` counts those.\n",
     ]
     for name, data in out["datasets"].items():
         info = summary(data)
@@ -155,7 +166,9 @@ def render(out: dict) -> str:
                 f"- `{defence}`: mean success " + ", ".join(f"{a} {v:.1f}" for a, v in d["success"].items())
                 + f". Strongest attack ({info['strongest']}) down **{100 * d['relative_reduction']:.0f}%** (relative); "
                 f"clean recall of the targets down at most **{d['max_clean_recall_drop']:.1f}** points; "
-                f"{d['clean_flagged']:g} clean chunks flagged; flagged as new **{100 * d['flagged_as_new']:.1f}%**. "
+                f"{d['clean_flagged']:g} of {d.get('clean_judged', data['n_chunks']):g} judged clean chunks flagged; flagged as "
+                f"new **{100 * d['flagged_as_new']:.1f}%** (of {d.get('false_alarm_chunks', data['n_chunks']):g} chunks)"
+                + (f"; HotFlip down {100 * d['hotflip_reduction']:.0f}%" if "hotflip_reduction" in d else "") + ". "
                 f"Target (>= 50%, <= 1 point): **{verdict(d)}**.\n")
     lines.append(
         "## Limits of these figures\n\n"
@@ -192,13 +205,15 @@ def main() -> None:
     parser.add_argument("--topics", type=int, default=3)
     parser.add_argument("--hotflip-steps", type=int, default=8)
     parser.add_argument("--hotflip-candidates", type=int, default=8)
+    parser.add_argument("--defences", nargs="+", default=list(DEFENCES), choices=DEFENCES)
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the saved .json")
     args = parser.parse_args()
     if args.render:
         out = json.loads((RESULTS / "poisoning.json").read_text())
         atomic_write_text(RESULTS / "poisoning.md", render(out))
         return
-    config = PoisonConfig(topics=args.topics, hotflip_steps=args.hotflip_steps, hotflip_candidates=args.hotflip_candidates)
+    config = PoisonConfig(topics=args.topics, hotflip_steps=args.hotflip_steps, hotflip_candidates=args.hotflip_candidates,
+                          defences=tuple(args.defences))
     encoder, counter = load_encoder(), load_tokenizer()
     out = {"machine": machine_info(), "model": encoder.model_id, "config": config.model_dump(mode="json"), "datasets": {}}
     for name in args.datasets:
@@ -206,7 +221,6 @@ def main() -> None:
         started = time.perf_counter()
         report = run_probe(config, dataset, encoder, counter, counter.backend.get_vocab(), progress=progress_printer(name))
         data = report_json(report)
-        data["clean_table"] = clean_rows(report)
         data["summary"] = summary(data)
         data["wall_s"] = time.perf_counter() - started
         data["config"] = out["config"]
