@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eval.datasets import load_chroma  # noqa: E402
-from eval.poison.probe import PoisonConfig, run_probe  # noqa: E402
+from eval.poison.probe import ATTACKS, PoisonConfig, run_probe  # noqa: E402
 from eval.poison.report import markdown_report, report_json  # noqa: E402
 from eval.report import machine_info  # noqa: E402
 from filestore import atomic_write_text  # noqa: E402
@@ -92,9 +92,9 @@ def verdict(defence: dict) -> str:
     """Whether a defence meets the target, and whether that holds up for documents indexed later."""
     if not defence["target_met"]:
         return "NOT met"
-    if defence["flagged_as_new"] > 0.01:
+    if defence["flagged_as_new"] > 0.05:
         return f"met on the indexed corpus only; it would also flag {100 * defence['flagged_as_new']:.0f}% of genuine new documents"
-    return "met"
+    return f"met, flagging {100 * defence['flagged_as_new']:.0f}% of genuine new documents" if defence["flagged_as_new"] else "met"
 
 
 def render(out: dict) -> str:
@@ -109,8 +109,8 @@ def render(out: dict) -> str:
         f"Index: the default (recursive {config['chunk_size']}/{config['overlap']}, neighbour context "
         f"{config['context_chunks']}), all corpora of a dataset in one index; planted passages go into a temporary "
         f"copy through the incremental indexing API, one document each. Topics: KMeans ({config['clusters']} clusters) "
-        f"on the MiniLM question embeddings, the {config['topics']} largest clusters probed (a subset, for the CPU "
-        f"budget); {config['attack_share']:.0%} of a cluster are the attacker's questions, the rest the held-out "
+        f"on the MiniLM question embeddings, the largest clusters probed (a subset, for the CPU budget; "
+        f"how many per dataset below); {config['attack_share']:.0%} of a cluster are the attacker's questions, the rest the held-out "
         "targets. Success = share of targets whose top k (distinct texts) holds a passage planted for their topic; "
         "the passages of all probed topics are planted together. Baselines in the same run: random passages and "
         "the unpoisoned index.\n",
@@ -179,7 +179,13 @@ def render(out: dict) -> str:
         "- `query-copy` only catches passages that keep logged queries word for word (query stuffing and HotFlip "
         "started from it, with few flips). A paraphrasing attacker, keyword stuffing, or a HotFlip run long enough "
         "to rewrite the questions pass it; FAQ-style documents that quote users' questions would be flagged.\n"
-        "- No adaptive attacker (one who knows the defence) was run; the topics are a subset of the clusters; "
+        "- `fluency` reads the text alone, so it judges a passage the same indexed or arriving later; its threshold "
+        "is a quantile of a clean sample, so about 1% of genuine chunks are flagged by construction (`flagged as "
+        "new` measures it on other clean chunks), and text unlike the sampled corpus (code, tables, another "
+        "language) would be flagged more often. It catches substituted words, not fluent attacks: query stuffing "
+        "is ordinary questions, which is why it is paired with `query-copy` in `fluency+copy`.\n"
+        "- No adaptive attacker (one who knows the defence) was run: a gradient attack that adds the LM's "
+        "surprisal to its objective, or only flips to tokens the LM expects, would pass `fluency`; the topics are a subset of the clusters; "
         "clean recall is measured on the held-out targets of the probed topics only.\n")
     return "\n".join(lines)
 
@@ -206,6 +212,8 @@ def main() -> None:
     parser.add_argument("--hotflip-steps", type=int, default=8)
     parser.add_argument("--hotflip-candidates", type=int, default=8)
     parser.add_argument("--defences", nargs="+", default=list(DEFENCES), choices=DEFENCES)
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--key-suffix", default="", help="saved as '<dataset><suffix>' next to the full runs (a reduced run)")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the saved .json")
     args = parser.parse_args()
     if args.render:
@@ -213,7 +221,7 @@ def main() -> None:
         atomic_write_text(RESULTS / "poisoning.md", render(out))
         return
     config = PoisonConfig(topics=args.topics, hotflip_steps=args.hotflip_steps, hotflip_candidates=args.hotflip_candidates,
-                          defences=tuple(args.defences))
+                          defences=tuple(args.defences), attacks=tuple(args.attacks))
     encoder, counter = load_encoder(), load_tokenizer()
     out = {"machine": machine_info(), "model": encoder.model_id, "config": config.model_dump(mode="json"), "datasets": {}}
     for name in args.datasets:
@@ -224,7 +232,7 @@ def main() -> None:
         data["summary"] = summary(data)
         data["wall_s"] = time.perf_counter() - started
         data["config"] = out["config"]
-        out["datasets"][name] = data
+        out["datasets"][name + args.key_suffix] = data
         print(markdown_report(report), json.dumps(data["summary"]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved = RESULTS / "poisoning.json"

@@ -191,6 +191,7 @@ def test_cli_eval_poison_prints_and_saves_the_table(prefect_harness, tmp_path, m
     from typer.testing import CliRunner
 
     monkeypatch.setenv("RAGPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAGPRESS_RUNS", str(tmp_path / "runs.sqlite"))
     questions, corpora = write_chroma_files(poison_dataset(), tmp_path)
     config = tmp_path / "poison.yaml"
     config.write_text(yaml.safe_dump({**SMALL, "n": [1, 3], "k": [2, 3], "attacks": ["random", "query-stuffing"]}))
@@ -201,11 +202,10 @@ def test_cli_eval_poison_prints_and_saves_the_table(prefect_harness, tmp_path, m
     assert "Poisoning" in result.output and "wrote" in result.output
     table = json.loads(out.read_text())["poisoning"]["table"]
     assert len(table) == 2 * 2 * 3 and {"success@2", "query-log@3", "query-copy@2"} <= set(table[0])
-    assert "recorded as probe #1" in result.output
     from eval.run_store import RunStore
 
-    stored = RunStore(tmp_path / "cache" / "runs.sqlite").probes()
-    assert [p["table"] for p in stored] == [table]
+    stored = RunStore(tmp_path / "runs.sqlite").probes()
+    assert "recorded as probe #1" in result.output and [p["table"] for p in stored] == [table]
     page = (tmp_path / "p.html").read_text()
     assert page.count("<tr>") == len(table) + 1 + 2 * 3 + 1 and "query-stuffing" in page
 
