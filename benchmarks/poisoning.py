@@ -102,7 +102,7 @@ def render(out: dict) -> str:
     config = out["config"]
     lines = [
         "# Retrieval poisoning: planted passages against dense, BM25 and hybrid retrieval\n",
-        f"Machine: {out['machine']}, shared with other jobs (load 10-15 on 2 cores), so wall times are long. Embedding "
+        f"Machine: {out['machine']}, shared with other jobs (load 10-22 on 2 cores), so wall times are long. Embedding "
         f"model {out.get('model', 'all-MiniLM-L6-v2')}. Command: `nice -n 10 .venv/bin/python benchmarks/poisoning.py "
         "[--datasets chroma jadon-cyber]` (settings as `benchmarks/sweeps/poison.yaml`); "
         "`--render` rewrites this page from `poisoning.json`.\n",
@@ -145,6 +145,10 @@ def render(out: dict) -> str:
                      f"{sum(len(t['targets']) for t in topics)} target questions, {data['n_chunks']} chunks. HotFlip "
                      f"budget {own['hotflip_steps']} steps x {own['hotflip_candidates']} candidates. "
                      f"Wall time {data['wall_s']:.0f} s.\n")
+        missing = [d for d in config["defences"] if d not in info["defences"]]
+        if missing:
+            lines.append(f"Defences not measured on this dataset: {', '.join(missing)} (a run of this script without "
+                         "them; scoring the chunks of this index with the LM did not fit the CPU budget).\n")
         lines.append(markdown_table(data["table"]))
         lines.append("Clean index, targets (recall and IoU in %):\n")
         lines.append(markdown_table(data["clean_table"]))
