@@ -217,7 +217,6 @@ def main() -> None:
     parser.add_argument("--hotflip-candidates", type=int, default=8)
     parser.add_argument("--defences", nargs="+", default=list(DEFENCES), choices=DEFENCES)
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
-    parser.add_argument("--key-suffix", default="", help="saved as '<dataset><suffix>' next to the full runs (a reduced run)")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the saved .json")
     args = parser.parse_args()
     if args.render:
@@ -236,7 +235,7 @@ def main() -> None:
         data["summary"] = summary(data)
         data["wall_s"] = time.perf_counter() - started
         data["config"] = out["config"]
-        out["datasets"][name + args.key_suffix] = data
+        out["datasets"][name] = data
         print(markdown_report(report), json.dumps(data["summary"]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved = RESULTS / "poisoning.json"
