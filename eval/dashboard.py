@@ -5,7 +5,8 @@ The page embeds its data (the runs with their questions, as the run store holds 
 with no network. It shows the runs over time for a headline metric, compares any two runs (config
 diff, metric deltas with bootstrap intervals, questions that got better or worse), a sortable and
 filterable question table, each question's evidence (the source around its references with the
-reference, retrieved and kept characters highlighted) and Pareto views.
+reference, retrieved and kept characters highlighted), Pareto views, and the newest poisoning
+probe of each dataset (``ragpress eval --poison``: attack success with and without each defence).
 
 Every configuration has one colour and every kind of run (retrieval-only, or the pipeline's KV
 mode) one marker, decided here once (``run_styles``) and used by every chart and table.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
@@ -38,6 +39,7 @@ DEFAULT_RUNS = 200  # the newest runs a page shows (their headers: history, Pare
 # The newest runs whose questions a page carries (a Chroma run is ~1 MB of questions and evidence);
 # the served page loads others on request (``/?a=ID&b=ID``), a written one names the command.
 QUESTION_RUNS = 12
+PROBES = 50  # the newest poisoning probes read; the page shows the newest of each dataset
 
 
 def run_styles(runs: Sequence[RunRecord]) -> dict[str, dict[str, str]]:
@@ -65,8 +67,24 @@ def pareto_views(runs: Sequence[RunRecord]) -> list[dict]:
     return views
 
 
-def dashboard_data(runs: Sequence[RunRecord], selected: Sequence[int] = ()) -> dict:
-    """The page's data: runs (headers, and questions where loaded), metric names, styles, Pareto views, selection."""
+def probe_tables(probes: Sequence[Mapping]) -> list[dict]:
+    """The newest poisoning probe of each dataset (``probes`` newest first), as the page shows it:
+    its attack-success table, its clean-index table and the defences' calibration."""
+    newest: dict[str, Mapping] = {}
+    for probe in probes:
+        newest.setdefault(str(probe["dataset"]), probe)
+    return [{"probe_id": probe["probe_id"], "created": probe["created"], "dataset": dataset,
+             "n_chunks": probe["n_chunks"], "topics": len(probe["topics"]),
+             "targets": sum(len(topic["targets"]) for topic in probe["topics"]),
+             "table": probe["table"], "clean_table": probe["clean_table"],
+             "defence": {name: {key: info.get(key) for key in ("clean_flagged", "clean_judged", "flagged_as_new")}
+                         for name, info in probe["defence"].items()}}
+            for dataset, probe in sorted(newest.items())]
+
+
+def dashboard_data(runs: Sequence[RunRecord], selected: Sequence[int] = (), probes: Sequence[Mapping] = ()) -> dict:
+    """The page's data: runs (headers, and questions where loaded), metric names, styles, Pareto views,
+    selection, and the newest poisoning probe per dataset."""
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "metrics": {name: {"label": label, "higher": higher, "median": name in MEDIAN_METRICS}
@@ -76,6 +94,7 @@ def dashboard_data(runs: Sequence[RunRecord], selected: Sequence[int] = ()) -> d
         "styles": run_styles(runs),
         "pareto": pareto_views(runs),
         "selected": list(selected),
+        "probes": probe_tables(probes),
     }
 
 
@@ -88,14 +107,16 @@ def _script_json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
-def render_dashboard(runs: Sequence[RunRecord], selected: Sequence[int] = (), title: str = "ragpress runs") -> str:
-    """The self-contained page for ``runs`` (with or without their questions); ``selected``: runs A and B to open with."""
+def render_dashboard(runs: Sequence[RunRecord], selected: Sequence[int] = (), title: str = "ragpress runs",
+                     probes: Sequence[Mapping] = ()) -> str:
+    """The self-contained page for ``runs`` (with or without their questions) and poisoning ``probes``
+    (stored reports, newest first); ``selected``: runs A and B to open with."""
     chart_js = "\n".join(line for line in _static("chart.umd.min.js").splitlines() if not line.startswith("//# sourceMappingURL"))
     return (
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
         f"<style>{_static('dashboard.css')}</style></head><body>"
         f"{_static('dashboard.html').replace('{title}', html.escape(title))}"
-        f'<script id="dashboard-data" type="application/json">{_script_json(dashboard_data(runs, selected))}</script>'
+        f'<script id="dashboard-data" type="application/json">{_script_json(dashboard_data(runs, selected, probes))}</script>'
         f"<script>{chart_js}</script><script>{_static('dashboard.js')}</script></body></html>\n"
     )
 
@@ -114,7 +135,7 @@ def write_dashboard(store: RunStore, path: Path | str, selected: Sequence[int] =
                     title: str = "ragpress runs") -> Path:
     """Write the page for the newest runs of ``store`` (and ``selected``) to ``path``, atomically."""
     path = Path(path)
-    atomic_write_text(path, render_dashboard(load_runs(store, limit, selected), selected, title))
+    atomic_write_text(path, render_dashboard(load_runs(store, limit, selected), selected, title, store.probes(PROBES)))
     return path
 
 
@@ -137,7 +158,7 @@ def make_server(store: RunStore, port: int = 8765, host: str = "127.0.0.1", limi
             except KeyError as exc:
                 self.send_error(404, str(exc.args[0]))
                 return
-            body = render_dashboard(runs, chosen).encode("utf-8")
+            body = render_dashboard(runs, chosen, probes=store.probes(PROBES)).encode("utf-8")
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))

@@ -5,7 +5,8 @@ weights hashes where the run knows them), the code version, the dataset's name a
 the headline metrics of its summary, and one record per question with the question and answer
 texts, its scores per stage, tokens, times, and the character spans of the references, of what
 retrieval found and of what compression kept, together with the source text around them
-(``Excerpt``), so the dashboard can show the evidence without the dataset at hand.
+(``Excerpt``), so the dashboard can show the evidence without the dataset at hand. It also keeps
+the reports of ``ragpress eval --poison`` (table ``probes``), which the dashboard shows as tables.
 
 The file lives at ``$RAGPRESS_RUNS`` or ``$RAGPRESS_CACHE/runs.sqlite`` (default
 ``~/.cache/ragpress/runs.sqlite``). Each run is written in one transaction, so a killed writer
@@ -136,6 +137,8 @@ CREATE TABLE IF NOT EXISTS runs(
 CREATE TABLE IF NOT EXISTS questions(
   run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, position INTEGER NOT NULL,
   qid TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY(run_id, position));
+CREATE TABLE IF NOT EXISTS probes(
+  probe_id INTEGER PRIMARY KEY AUTOINCREMENT, created TEXT NOT NULL, dataset TEXT NOT NULL, report TEXT NOT NULL);
 """
 _HEADER_COLUMNS = ("run_id", "created", "kind", "label", "dataset", "dataset_fingerprint", "config", "models",
                    "code_version", "command", "summary", "n_questions")
@@ -190,6 +193,21 @@ class RunStore:
             records = db.execute("SELECT record FROM questions WHERE run_id = ? ORDER BY position", (run_id,)).fetchall() if questions else []
         run = _header(row)
         return _with_questions(run, tuple(QuestionRecord.from_dict(json.loads(r[0])) for r in records))
+
+    def add_probe(self, report: Mapping) -> int:
+        """Store a poisoning probe's report (``eval.poison.report.report_json``); returns its new id."""
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        with self._connect() as db:
+            cursor = db.execute("INSERT INTO probes(created, dataset, report) VALUES (?, ?, ?)",
+                                (created, str(report["dataset"]), json.dumps(report)))
+            return int(cursor.lastrowid or 0)
+
+    def probes(self, limit: int | None = None) -> list[dict]:
+        """Stored probe reports with their ``probe_id`` and ``created``, newest first (the newest ``limit``)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT probe_id, created, report FROM probes ORDER BY probe_id DESC LIMIT ?",
+                              (-1 if limit is None else limit,)).fetchall()
+        return [{**json.loads(report), "probe_id": probe_id, "created": created} for probe_id, created, report in rows]
 
     def delete(self, run_ids: Iterable[int]) -> int:
         """Delete runs (and their questions); returns how many existed."""

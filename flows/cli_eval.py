@@ -155,6 +155,11 @@ def run_poison(config_path: Path, questions: Path | None, corpora: Path | None, 
                              str(json_out) if json_out else None, model, str(index) if index else None,
                              str(html_out) if html_out else None)
     print_poison(report)
+    from eval.poison.report import report_json
+    from eval.run_store import RunStore
+
+    store = RunStore()
+    typer.echo(f"recorded as probe #{store.add_probe(report_json(report))} in {store.path} (ragpress dashboard shows it)")
     for path in (json_out, html_out):
         if path is not None:
             typer.echo(f"wrote {path}")

@@ -437,3 +437,38 @@ def union_length(spans) -> int:
     for corpus, start, end in spans:
         by_corpus.setdefault(corpus, []).append((start, end))
     return sum(e - s for ranges in by_corpus.values() for s, e in union_ranges(ranges))
+
+
+_POISON_ANIMALS = [
+    "The cat sleeps on the warm mat all afternoon.", "Dogs bark loudly at the postman every morning.",
+    "A parrot can repeat words it hears often.", "Goldfish swim slowly around their small glass bowl.",
+    "Horses gallop across the open green field at dawn.", "Rabbits dig deep burrows under the hedge.",
+    "Owls hunt mice in the dark barn at night.", "Cows graze on clover in the lower meadow.",
+]
+_POISON_PLANETS = [
+    "Mars is a cold red planet with thin air.", "Jupiter is the largest planet with a great storm.",
+    "Saturn has bright rings made of ice and rock.", "Venus is the hottest planet under thick clouds.",
+    "Mercury orbits closest to the sun in eighty eight days.", "Neptune has the fastest winds of any planet.",
+    "Uranus spins on its side with faint rings.", "Pluto is a dwarf planet beyond Neptune's orbit.",
+]
+_POISON_QUESTIONS = {
+    "animals": ["Which animal sleeps on the mat?", "Which animal barks at the postman?", "Which bird repeats words?",
+                "Where do goldfish swim?", "When do horses gallop across the field?", "What do rabbits dig?",
+                "What do owls hunt at night?", "What do cows graze on?"],
+    "planets": ["Which planet is cold and red?", "Which planet is the largest?", "What are Saturn's rings made of?",
+                "Which planet is the hottest?", "Which planet orbits closest to the sun?", "Which planet has the fastest winds?",
+                "Which planet spins on its side?", "Where is the dwarf planet Pluto?"],
+}
+POISON_SMALL = dict(clusters=2, topics=2, min_cluster=4, length=14, n=(1, 3), k=(2, 3), depth=8, chunker="recursive",
+             chunk_size=16, context_chunks=0, defence_top=2, copy_min_queries=1)  # the poisoning probe on poison_dataset: a planted passage fits one chunk
+
+
+def poison_dataset() -> EvalDataset:
+    """Two topics (animals, planets) of eight questions each, one sentence of evidence per question."""
+    corpora = {"animals": " ".join(_POISON_ANIMALS), "planets": " ".join(_POISON_PLANETS)}
+    questions = []
+    for corpus, sentences in (("animals", _POISON_ANIMALS), ("planets", _POISON_PLANETS)):
+        for question, sentence in zip(_POISON_QUESTIONS[corpus], sentences):
+            start = corpora[corpus].index(sentence)
+            questions.append(Question(str(len(questions)), question, corpus, (Reference(start, start + len(sentence), sentence),)))
+    return EvalDataset("small", corpora, tuple(questions))

@@ -4,7 +4,8 @@
    that the highlighted reference / retrieved / kept characters are exactly those of the run's JSON.
 2. Pick two eval runs in the page, and check the metric deltas and the changed questions against
    the two runs' JSON.
-Both check that the page made no network request, and leave screenshots in the artifacts dir
+3. Store a poisoning probe's report and check that the page's tables show exactly its JSON tables.
+All check that the page made no network request, and leave screenshots in the artifacts dir
 (``$RAGPRESS_ARTIFACTS``, default ``.ragpress/artifacts``).
 """
 
@@ -16,7 +17,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support import CHROMIUM_FLAGS, chromium, eval_results, pipeline_results, tiny_dataset, union_length
+from support import (
+    CHROMIUM_FLAGS,
+    POISON_SMALL,
+    BagOfWordsEncoder,
+    chromium,
+    eval_results,
+    pipeline_results,
+    poison_dataset,
+    tiny_dataset,
+    union_length,
+)
 
 from eval.dashboard import write_dashboard
 from eval.run_store import RunStore, eval_run, pipeline_run
@@ -157,4 +168,42 @@ def test_comparing_two_runs_finds_the_changed_questions(browser, tmp_path):
     browser.find_element(By.CSS_SELECTOR, f'#worse li[data-qid="{first}"]').click()
     assert browser.find_element(By.ID, "detail-question").text.startswith(f"{first} ")
     screenshot(browser, "dashboard-compare.png")
+    assert_no_network(browser, page)
+
+
+def rendered_rows(driver, table_id: str) -> list[dict[str, str]]:
+    """The cells of a rendered table, by column name."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#' + arguments[0] + ' tbody tr')].map((tr) => "
+        "Object.fromEntries([...tr.querySelectorAll('td')].map((td) => [td.dataset.key, td.textContent])));", table_id)
+
+
+def as_shown(column: str, value: object) -> str:
+    """A report value as the page prints it: rates and recall with 1 decimal, IoU with 2."""
+    if isinstance(value, float):
+        return f"{value:.2f}" if column.startswith("IoU") else f"{value:.1f}"
+    return str(value)
+
+
+def test_the_poison_tables_show_the_probe_json(browser, tmp_path):
+    from eval.poison.probe import PoisonConfig, run_probe
+    from eval.poison.report import report_json
+    from retrieval.tokenizer import load_tokenizer
+
+    counter = load_tokenizer()
+    config = PoisonConfig(attacks=("random", "query-stuffing"), **POISON_SMALL)
+    report = run_probe(config, poison_dataset(), BagOfWordsEncoder(), counter, counter.backend.get_vocab(), cache=tmp_path / "cache")
+    probe_json = json.loads(json.dumps(report_json(report)))  # what the store and the --json file hold
+    store = RunStore(tmp_path / "runs.sqlite")
+    probe_id = store.add_probe(probe_json)
+    page = write_dashboard(store, tmp_path / "dashboard.html")
+    open_page(browser, page)
+
+    shown = rendered_rows(browser, f"poison-{probe_id}")
+    assert shown == [{column: as_shown(column, value) for column, value in row.items()} for row in probe_json["table"]]
+    assert len(shown) == 2 * 2 * 3 and {"success@2", "query-log@3", "query-copy@2", "recall@2 lost"} <= set(shown[0])
+    assert any(float(row["success@3"]) > 0 for row in shown if row["attack"] == "query-stuffing")
+    clean = rendered_rows(browser, f"poison-clean-{probe_id}")
+    assert clean == [{column: as_shown(column, value) for column, value in row.items()} for row in probe_json["clean_table"]]
+    screenshot(browser, "dashboard-poison.png")
     assert_no_network(browser, page)

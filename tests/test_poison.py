@@ -9,44 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import BagOfWordsEncoder
+from support import POISON_SMALL as SMALL
+from support import BagOfWordsEncoder, poison_dataset
 
-from eval.base import EvalConfig, EvalDataset, Question, Reference
+from eval.base import EvalConfig
 from eval.poison.probe import PoisonConfig, load_poison_config, run_probe
 from eval.poison.search import clean_index
-
-ANIMALS = [
-    "The cat sleeps on the warm mat all afternoon.", "Dogs bark loudly at the postman every morning.",
-    "A parrot can repeat words it hears often.", "Goldfish swim slowly around their small glass bowl.",
-    "Horses gallop across the open green field at dawn.", "Rabbits dig deep burrows under the hedge.",
-    "Owls hunt mice in the dark barn at night.", "Cows graze on clover in the lower meadow.",
-]
-PLANETS = [
-    "Mars is a cold red planet with thin air.", "Jupiter is the largest planet with a great storm.",
-    "Saturn has bright rings made of ice and rock.", "Venus is the hottest planet under thick clouds.",
-    "Mercury orbits closest to the sun in eighty eight days.", "Neptune has the fastest winds of any planet.",
-    "Uranus spins on its side with faint rings.", "Pluto is a dwarf planet beyond Neptune's orbit.",
-]
-QUESTIONS = {
-    "animals": ["Which animal sleeps on the mat?", "Which animal barks at the postman?", "Which bird repeats words?",
-                "Where do goldfish swim?", "When do horses gallop across the field?", "What do rabbits dig?",
-                "What do owls hunt at night?", "What do cows graze on?"],
-    "planets": ["Which planet is cold and red?", "Which planet is the largest?", "What are Saturn's rings made of?",
-                "Which planet is the hottest?", "Which planet orbits closest to the sun?", "Which planet has the fastest winds?",
-                "Which planet spins on its side?", "Where is the dwarf planet Pluto?"],
-}
-SMALL = dict(clusters=2, topics=2, min_cluster=4, length=14, n=(1, 3), k=(2, 3), depth=8, chunker="recursive",
-             chunk_size=16, context_chunks=0, defence_top=2, copy_min_queries=1)  # a planted passage fits one chunk
-
-
-def small_dataset() -> EvalDataset:
-    corpora = {"animals": " ".join(ANIMALS), "planets": " ".join(PLANETS)}
-    questions = []
-    for corpus, sentences in (("animals", ANIMALS), ("planets", PLANETS)):
-        for question, sentence in zip(QUESTIONS[corpus], sentences):
-            start = corpora[corpus].index(sentence)
-            questions.append(Question(str(len(questions)), question, corpus, (Reference(start, start + len(sentence), sentence),)))
-    return EvalDataset("small", corpora, tuple(questions))
 
 
 def probe(tmp_path: Path, attacks: tuple[str, ...], index_dir: Path | None = None, encoder=None):
@@ -54,7 +22,7 @@ def probe(tmp_path: Path, attacks: tuple[str, ...], index_dir: Path | None = Non
 
     counter = load_tokenizer()
     config = PoisonConfig(attacks=attacks, **SMALL)
-    return run_probe(config, small_dataset(), encoder or BagOfWordsEncoder(), counter, counter.backend.get_vocab(),
+    return run_probe(config, poison_dataset(), encoder or BagOfWordsEncoder(), counter, counter.backend.get_vocab(),
                      index_dir=index_dir, cache=tmp_path / "cache")
 
 
@@ -84,7 +52,7 @@ def file_digests(directory: Path) -> dict[str, str]:
 
 def test_planted_passages_never_reach_the_users_index_files(tmp_path):
     config = PoisonConfig(**SMALL)
-    user_index = clean_index(small_dataset().corpora, config.chunking, BagOfWordsEncoder(), tmp_path / "user")
+    user_index = clean_index(poison_dataset().corpora, config.chunking, BagOfWordsEncoder(), tmp_path / "user")
     before = file_digests(user_index)
     report = probe(tmp_path, ("query-stuffing",), index_dir=user_index)
     assert max(success(report, "query-stuffing")) > 0.5  # the passages were planted, in a copy
@@ -96,7 +64,7 @@ def test_planted_passages_never_reach_the_users_index_files(tmp_path):
 
 def test_the_clean_index_is_built_once_per_content(tmp_path):
     encoder, chunking = BagOfWordsEncoder(), EvalConfig(chunker="recursive", chunk_size=16, overlap=0)
-    corpora = small_dataset().corpora
+    corpora = poison_dataset().corpora
     first = clean_index(corpora, chunking, encoder, tmp_path)
     encoded = encoder.encoded
     assert clean_index(corpora, chunking, encoder, tmp_path) == first and encoder.encoded == encoded
@@ -223,7 +191,8 @@ def test_cli_eval_poison_prints_and_saves_the_table(prefect_harness, tmp_path, m
     from typer.testing import CliRunner
 
     monkeypatch.setenv("RAGPRESS_CACHE", str(tmp_path / "cache"))
-    questions, corpora = write_chroma_files(small_dataset(), tmp_path)
+    monkeypatch.setenv("RAGPRESS_RUNS", str(tmp_path / "runs.sqlite"))
+    questions, corpora = write_chroma_files(poison_dataset(), tmp_path)
     config = tmp_path / "poison.yaml"
     config.write_text(yaml.safe_dump({**SMALL, "n": [1, 3], "k": [2, 3], "attacks": ["random", "query-stuffing"]}))
     out = tmp_path / "poison.json"
@@ -233,5 +202,24 @@ def test_cli_eval_poison_prints_and_saves_the_table(prefect_harness, tmp_path, m
     assert "Poisoning" in result.output and "wrote" in result.output
     table = json.loads(out.read_text())["poisoning"]["table"]
     assert len(table) == 2 * 2 * 3 and {"success@2", "query-log@3", "query-copy@2"} <= set(table[0])
+    from eval.run_store import RunStore
+
+    stored = RunStore(tmp_path / "runs.sqlite").probes()
+    assert "recorded as probe #1" in result.output and [p["table"] for p in stored] == [table]
     page = (tmp_path / "p.html").read_text()
     assert page.count("<tr>") == len(table) + 1 + 2 * 3 + 1 and "query-stuffing" in page
+
+
+def test_the_run_store_keeps_probes_and_the_dashboard_shows_the_newest_per_dataset(tmp_path):
+    from eval.dashboard import dashboard_data
+    from eval.run_store import RunStore
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    reports = [{"dataset": name, "n_chunks": 3, "topics": [{"attack": ["1"], "targets": ["2", "3"]}], "table": [{"n": i}],
+                "clean_table": [], "defence": {"query-copy": {"clean_flagged": 0, "clean_judged": 2, "flagged_as_new": 0.0}}}
+               for i, name in enumerate(["a", "b", "a"])]
+    ids = [store.add_probe(report) for report in reports]
+    assert [p["probe_id"] for p in store.probes()] == ids[::-1] and store.probes(1)[0]["table"] == [{"n": 2}]
+    shown = dashboard_data([], probes=store.probes())["probes"]
+    assert [(p["dataset"], p["probe_id"], p["table"], p["targets"]) for p in shown] == [("a", ids[2], [{"n": 2}], 2),
+                                                                                       ("b", ids[1], [{"n": 1}], 2)]

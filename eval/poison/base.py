@@ -73,7 +73,7 @@ class PoisonReport:
     success: tuple[SuccessCell, ...]
     clean: tuple[CleanCell, ...]
     objectives: tuple[AttackObjective, ...]
-    defence: dict[str, dict[str, float]]
+    defence: dict[str, dict[str, float | None]]  # per defence: its calibration and false alarms
     settings: dict[str, object]
     timings: dict[str, float]
 

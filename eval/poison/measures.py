@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -27,6 +27,23 @@ def planted_topic(hit: Hit) -> int | None:
 def kept(hits: Sequence[Hit], flagged: Collection[int], k: int) -> list[Hit]:
     """The first ``k`` hits whose chunk id is not flagged (the defence's query-time filter)."""
     return [hit for hit in hits if hit.chunk_id not in flagged][:k]
+
+
+def unjudged(rankings: Sequence[Sequence[Hit]], verdicts: Mapping[int, bool], k: int) -> set[int]:
+    """The chunk ids without a verdict (flagged or not) that the query-time filter would look at to
+    keep ``k`` hits of each ranking, every unjudged hit counted as kept: judging them can only make
+    the filter look further, so repeat until nothing is returned."""
+    todo: set[int] = set()
+    for hits in rankings:
+        count = 0
+        for hit in hits:
+            if count >= k:
+                break
+            verdict = verdicts.get(hit.chunk_id)
+            if verdict is None:
+                todo.add(hit.chunk_id)
+            count += not verdict
+    return todo
 
 
 def success_rate(rankings: Sequence[Sequence[Hit]], topic_ids: Sequence[int]) -> float:

@@ -25,7 +25,9 @@ from eval.poison.attack_stuffing import KeywordStuffing, QueryStuffing
 from eval.poison.base import Attack, AttackObjective, CleanCell, Defence, PoisonReport, SuccessCell
 from eval.poison.defence import QueryLogDefence
 from eval.poison.defence_copy import QueryCopyDefence
-from eval.poison.measures import clean_scores, kept, planted_name, success_rate
+from eval.poison.defence_either import EitherDefence
+from eval.poison.defence_fluency import FluencyDefence, lm_surprisals
+from eval.poison.measures import clean_scores, kept, planted_name, success_rate, unjudged
 from eval.poison.search import clean_index, index_vectors, planted_copy, rank
 from eval.poison.topics import cluster_topics
 from retrieval.base import Encoder, Hit, TokenCounter
@@ -34,7 +36,7 @@ AttackName = Literal["random", "query-stuffing", "keyword-stuffing", "hotflip"]
 ModeName = Literal["dense", "bm25", "hybrid"]
 ATTACKS: tuple[AttackName, ...] = ("random", "query-stuffing", "keyword-stuffing", "hotflip")
 MODES: tuple[ModeName, ...] = ("dense", "bm25", "hybrid")
-DefenceName = Literal["query-log", "query-copy"]
+DefenceName = Literal["query-log", "query-copy", "fluency", "fluency+copy"]
 NO_DEFENCE = "none"
 Progress = Callable[[str], None]
 
@@ -62,6 +64,11 @@ class PoisonConfig(BaseModel):
     copy_ngram: int = Field(default=3, ge=1, description="query-copy: words per n-gram")
     copy_coverage: float = Field(default=0.8, gt=0.0, le=1.0, description="query-copy: share of a query's n-grams that makes it copied")
     copy_min_queries: int = Field(default=2, ge=1, description="query-copy: copied queries that flag a passage")
+    fluency_lm: str = Field(default="smollm2", description="fluency: the causal LM (compression/lm.py names or a local path)")
+    fluency_window: int = Field(default=64, ge=4, description="fluency: LM tokens scored per passage (its start)")
+    fluency_top_share: float = Field(default=0.25, gt=0.0, le=1.0, description="fluency: share of most surprising tokens averaged")
+    fluency_quantile: float = Field(default=0.99, gt=0.0, le=1.0, description="fluency: share of clean passages under the threshold")
+    fluency_sample: int = Field(default=100, ge=2, description="fluency: clean chunks calibrated on (as many more measure false alarms)")
     depth: int = Field(default=30, ge=1, description="hits searched per question before the defence filters")
     chunker: str = BEST_CONFIG.chunker
     chunk_size: int = BEST_CONFIG.chunk_size
@@ -115,6 +122,38 @@ def make_attacks(config: PoisonConfig, encoder: Encoder, counter: TokenCounter, 
     return {name: registry[name]() for name in config.attacks}
 
 
+def make_defences(config: PoisonConfig, logged: Sequence[tuple[str, np.ndarray]], ids: Sequence[int], texts: Sequence[str],
+                  vectors: np.ndarray, docs: Sequence[str]) -> dict[str, Defence]:
+    """The configured defences by name, calibrated on the clean index (``logged``: the query log's
+    texts and vectors); a combination shares its parts with the defences of their own name."""
+    made: dict[str, Defence] = {}
+
+    def fluency() -> Defence:
+        from compression.lm import load_causal_lm
+
+        def scorer(batch: Sequence[str]) -> list[np.ndarray]:
+            return lm_surprisals(load_causal_lm(config.fluency_lm), batch, config.fluency_window)
+        return FluencyDefence.calibrate(scorer, texts, top_share=config.fluency_top_share, quantile=config.fluency_quantile,
+                                        sample=config.fluency_sample, seed=config.seed)
+
+    registry: dict[str, Callable[[], Defence]] = {
+        "query-log": lambda: QueryLogDefence.calibrate(np.stack([vector for _, vector in logged]), ids, vectors,
+                                                       config.defence_top, config.defence_quantile, docs),
+        "query-copy": lambda: QueryCopyDefence([text for text, _ in logged], config.copy_ngram, config.copy_coverage,
+                                               config.copy_min_queries),
+        "fluency": fluency,
+        "fluency+copy": lambda: EitherDefence("fluency+copy", (build("fluency"), build("query-copy"))),
+    }
+
+    def build(name: str) -> Defence:
+        if name not in registry:
+            raise ValueError(f"unknown defence '{name}'; valid defences: {', '.join(registry)}")
+        if name not in made:
+            made[name] = registry[name]()
+        return made[name]
+    return {name: build(name) for name in config.defences}
+
+
 class Probe:
     """One probe of one dataset: topics, the clean index, the defences, and the measurements."""
 
@@ -132,19 +171,16 @@ class Probe:
         logged = [(question.text, vector) for question, vector in zip(questions, vectors) if question.qid not in held_out]
         ids, texts, clean_vectors, docs = index_vectors(self.index_dir)
         self.n_chunks, self.clean_ids = len(ids), set(ids)
-        self.defences: dict[str, Defence] = {}
-        if "query-log" in config.defences:
-            self.defences["query-log"] = QueryLogDefence.calibrate(
-                np.stack([vector for _, vector in logged]), ids, clean_vectors, config.defence_top, config.defence_quantile, docs)
-        if "query-copy" in config.defences:
-            self.defences["query-copy"] = QueryCopyDefence([text for text, _ in logged], config.copy_ngram, config.copy_coverage,
-                                                           config.copy_min_queries)
-        self.clean_flagged = {name: {i for i, flag in zip(ids, defence.flagged(ids, texts, clean_vectors)) if flag}
-                              for name, defence in self.defences.items()}
-        self.defence_info = {name: {"clean_flagged": len(self.clean_flagged[name]), "log_queries": len(logged),
-                                    "flagged_as_new": float(np.mean(defence.flagged_as_new(docs, ids, texts, clean_vectors))),
-                                    "threshold": float(getattr(defence, "threshold", float("nan")))}
-                             for name, defence in self.defences.items()}
+        self.defences = make_defences(config, logged, ids, texts, clean_vectors, docs)
+        self.verdicts: dict[str, dict[int, bool]] = {name: {} for name in self.defences}  # clean chunk id -> flagged
+        self.defence_info: dict[str, dict[str, float | None]] = {}
+        for name, defence in self.defences.items():
+            rows = getattr(defence, "held_out", None)
+            rows = np.arange(len(ids)) if rows is None else rows
+            as_new = defence.flagged_as_new([docs[r] for r in rows], [ids[r] for r in rows], [texts[r] for r in rows],
+                                            clean_vectors[rows])
+            self.defence_info[name] = {"log_queries": len(logged), "flagged_as_new": float(np.mean(as_new)),
+                                       "false_alarm_chunks": len(rows), "threshold": getattr(defence, "threshold", None)}
 
     def rankings(self, index_dir: Path) -> dict[str, list[list[Hit]]]:
         """Each mode's hits (to ``depth``) for every target question."""
@@ -152,14 +188,22 @@ class Probe:
         depth = max(self.config.depth, max(self.config.k))
         return {mode: rank(index_dir, texts, mode, depth, self.encoder) for mode in self.config.modes}
 
-    def flagged(self, index_dir: Path) -> dict[str, set[int]]:
-        """Per defence, the chunk ids it flags in a copy of the clean index (its new chunks scored as they arrive)."""
+    def flagged(self, index_dir: Path, rankings: Mapping[str, list[list[Hit]]]) -> dict[str, set[int]]:
+        """Per defence, the flagged chunk ids among those its query-time filter looks at to keep the
+        top k of ``rankings`` (the same top k as judging every chunk, at a fraction of the cost of a
+        slow defence). Clean chunks are judged once, as indexed; new ones as they arrive."""
         ids, texts, vectors, _ = index_vectors(index_dir)
-        new = [row for row, i in enumerate(ids) if i not in self.clean_ids]
+        row_of = {chunk_id: row for row, chunk_id in enumerate(ids)}
+        ranked = [hits for per_mode in rankings.values() for hits in per_mode]
         out: dict[str, set[int]] = {NO_DEFENCE: set()}
         for name, defence in self.defences.items():
-            flags = defence.flagged([ids[row] for row in new], [texts[row] for row in new], vectors[new])
-            out[name] = self.clean_flagged[name] | {ids[row] for row, flag in zip(new, flags) if flag}
+            verdicts = dict(self.verdicts[name])
+            while todo := unjudged(ranked, verdicts, max(self.config.k)):
+                rows = [row_of[chunk_id] for chunk_id in sorted(todo)]
+                flags = defence.flagged([ids[r] for r in rows], [texts[r] for r in rows], vectors[rows])
+                verdicts.update((ids[r], bool(flag)) for r, flag in zip(rows, flags))
+            self.verdicts[name].update((i, flag) for i, flag in verdicts.items() if i in self.clean_ids)
+            out[name] = {i for i, flag in verdicts.items() if flag}
         return out
 
     def clean_cells(self, rankings: Mapping[str, list[list[Hit]]], flagged: Mapping[str, set[int]], attack: str | None,
@@ -196,7 +240,8 @@ class Probe:
         """Measure the clean index, then every attack × n."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        clean = self.clean_cells(self.rankings(self.index_dir), {NO_DEFENCE: set(), **self.clean_flagged}, None, 0)
+        clean_rankings = self.rankings(self.index_dir)
+        clean = self.clean_cells(clean_rankings, self.flagged(self.index_dir, clean_rankings), None, 0)
         timings["clean_s"] = time.perf_counter() - started
         success: list[SuccessCell] = []
         objectives: list[AttackObjective] = []
@@ -212,11 +257,14 @@ class Probe:
                            for topic_id, texts in passages.items() for number, text in enumerate(texts[:n])}
                 self.progress(f"{name}: n={n}, {len(planted)} passages planted in a copy")
                 with planted_copy(self.index_dir, planted, self.config.chunking, self.encoder) as copy:
-                    rankings, flagged = self.rankings(copy), self.flagged(copy)
+                    rankings = self.rankings(copy)
+                    flagged = self.flagged(copy, rankings)
                 success += self.success_cells(rankings, flagged, name, n)
                 clean += self.clean_cells(rankings, flagged, name, n)
             timings[f"{name}_measure_s"] = time.perf_counter() - mark
         timings["total_s"] = time.perf_counter() - started
+        for name, verdicts in self.verdicts.items():  # the clean chunks some top k needed judged, and those flagged
+            self.defence_info[name].update(clean_judged=len(verdicts), clean_flagged=sum(verdicts.values()))
         traces = getattr(attacks.get("hotflip"), "traces", [])
         settings = {**self.config.model_dump(mode="json"), "hotflip_traces": [list(t) for t in traces]}
         return PoisonReport(self.dataset.name, self.n_chunks, self.topics, tuple(success), tuple(clean),

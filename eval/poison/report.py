@@ -10,11 +10,12 @@ from eval.poison.base import CleanCell, PoisonReport
 
 
 def report_json(report: PoisonReport) -> dict[str, Any]:
-    """The whole report as JSON-able data (topics by question ids)."""
+    """The whole report as JSON-able data (topics by question ids) with both tables."""
     data = asdict(report)
     data["topics"] = [{"topic_id": t.topic_id, "attack": [q.qid for q in t.attack], "targets": [q.qid for q in t.targets]}
                       for t in report.topics]
     data["table"] = success_rows(report)
+    data["clean_table"] = clean_rows(report)
     return data
 
 
@@ -61,11 +62,13 @@ def clean_rows(report: PoisonReport) -> list[dict[str, object]]:
 
 
 def defence_text(report: PoisonReport) -> str:
-    """One sentence per defence: its calibration and its false alarms."""
+    """One sentence per defence: its calibration and its false alarms (of the ``report.n_chunks``
+    clean chunks, those some target's top k reached were judged)."""
     return " ".join(
-        f"{name}: {info['clean_flagged']:g} of {report.n_chunks} clean chunks flagged, "
-        f"{100 * info['flagged_as_new']:.1f}% of them flagged had their document arrived after calibration"
-        + (f", threshold {info['threshold']:.3f}." if info["threshold"] == info["threshold"] else ".")
+        f"{name}: {info['clean_flagged']:g} of the {info['clean_judged']:g} clean chunks the top k reached flagged, "
+        f"{100 * (info['flagged_as_new'] or 0.0):.1f}% of {info['false_alarm_chunks']:g} clean chunks flagged had their "
+        "document arrived after calibration"
+        + (f", threshold {info['threshold']:.3f}." if info["threshold"] is not None else ".")
         for name, info in report.defence.items())
 
 

@@ -307,6 +307,32 @@
     return false;
   }
 
+  // -- poisoning probes ------------------------------------------------------------------------
+  const probeDigits = (column) => (column.startsWith("IoU") ? 2 : 1); // as rounded in the report's JSON
+  function probeTable(rows, id) {
+    if (!rows.length) return el("p", { class: "note" }, "no rows");
+    const columns = Object.keys(rows[0]);
+    const text = (column, value) => (typeof value === "number" && !["n", "k"].includes(column) ? fmt(value, probeDigits(column)) : String(value));
+    const cls = (column) => (["attack", "mode"].includes(column) ? "l" : "");
+    return el("div", { class: "wide" }, el("table", { id, class: "probe" },
+      el("thead", {}, el("tr", {}, ...columns.map((c) => el("th", { class: cls(c), "data-key": c }, c)))),
+      el("tbody", {}, ...rows.map((row) => el("tr", {}, ...columns.map((c) => el("td", { class: cls(c), "data-key": c }, text(c, row[c]))))))));
+  }
+  function drawPoison() {
+    const probes = DATA.probes || [];
+    if (!probes.length) { $("poison-body").replaceChildren(el("p", { class: "note" }, "No probe stored yet: run `ragpress eval --poison CONFIG`.")); return; }
+    $("poison-body").replaceChildren(...probes.map((p) => {
+      const defences = Object.entries(p.defence).map(([name, d]) =>
+        `${name}: ${d.clean_flagged} of the ${d.clean_judged ?? p.n_chunks} indexed chunks the top k reached flagged, ${fmt(100 * d.flagged_as_new, 1)}% of genuine new documents' chunks flagged`).join("; ");
+      return el("div", { class: "probe", "data-dataset": p.dataset },
+        el("h3", {}, `${p.dataset}: probe #${p.probe_id}, ${p.created}`),
+        el("p", { class: "note" }, `${p.topics} topics, ${p.targets} held-out target questions, ${p.n_chunks} indexed chunks. ${defences}.`),
+        probeTable(p.table, `poison-${p.probe_id}`),
+        el("h4", {}, "Clean index, target questions"),
+        probeTable(p.clean_table, `poison-clean-${p.probe_id}`));
+    }));
+  }
+
   function refresh() {
     if (missingQuestions()) return;
     refreshSelects();
@@ -320,6 +346,7 @@
   }
 
   $("meta").textContent = `${RUNS.length} run(s) stored; page made ${DATA.created}. Reference scores and F1 are means over questions ×100; times are medians.`;
+  drawPoison();
   if (!RUNS.length) { $("meta").textContent = "No runs stored yet: run `ragpress eval` or `ragpress pipeline`."; return; }
   initControls();
   refresh();
