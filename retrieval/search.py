@@ -44,7 +44,7 @@ from retrieval.lexical import HEAD
 from retrieval.postprocess import distinct_hits
 
 DEFAULT_POOL = 64  # candidates per side before the bound check (4x more while it fails); = HNSW's efSearch
-BOUNDED_POOL = 32  # approximate factories: FAISS candidates (rescored exactly, so coarse PQ distances are fixed)
+BOUNDED_POOL = 64  # approximate factories: FAISS candidates (= efSearch; 32 lost recall: fused top 5 reach dense rank 64)
 LEXICAL_WORDS, LEXICAL_POOL = 4, 4  # approximate factories: the rarest query words, candidates per word (<= HEAD)
 BOUNDED_FLOOR_SAMPLE = 128  # approximate factories: stored vectors sampled for the dense minimum
 FLOOR_SAMPLE = 1024  # stored vectors whose minimum cosine stands for the dense min of approximate indexes
