@@ -46,8 +46,7 @@ from retrieval.postprocess import distinct_hits
 DEFAULT_POOL = 64  # candidates per side before the bound check (4x more while it fails); = HNSW's efSearch
 BOUNDED_POOL = 64  # approximate factories: FAISS candidates (= efSearch; 32 lost recall: fused top 5 reach dense rank 64)
 LEXICAL_WORDS, LEXICAL_POOL = 4, 4  # approximate factories: the rarest query words, candidates per word (<= HEAD)
-BOUNDED_FLOOR_SAMPLE = 128  # approximate factories: stored vectors sampled for the dense minimum
-FLOOR_SAMPLE = 1024  # stored vectors whose minimum cosine stands for the dense min of approximate indexes
+FLOOR_SAMPLE = 128  # stored vectors whose minimum cosine stands for the dense min of approximate indexes
 EXACT_FACTORIES = ("Flat",)
 SMALL_INDEX_VALUES = 8_000_000  # vector values below which a float64 copy is kept in memory (64 MB)
 MEMO_SIZE = 8  # engines kept open (one per index version)
@@ -95,8 +94,6 @@ class SearchEngine:
         self.exact = store.effective_factory in EXACT_FACTORIES
         sample = np.linspace(0, len(self.records) - 1, min(FLOOR_SAMPLE, len(self.records))).astype(np.int64)
         self._floor_rows = np.asarray(self._vectors[np.sort(self._vector_row[sample])], dtype=np.float32)
-        step = max(1, len(self._floor_rows) // BOUNDED_FLOOR_SAMPLE)
-        self._bounded_floor_rows = np.ascontiguousarray(self._floor_rows[::step][:BOUNDED_FLOOR_SAMPLE])
 
     # ------------------------------------------------------------------ API
     def search(self, queries: Sequence[str], query_vectors: np.ndarray, k: int, dense_weight: float | None,
@@ -190,11 +187,11 @@ class SearchEngine:
     def _bounded(self, queries: Sequence[str], query_vectors: np.ndarray, depth: int, weight: float) -> list[list[Hit]]:
         """Approximate factories: the fused ranking of a bounded pool, one pass, no full scan.
 
-        Candidates: the FAISS top ``pool`` and, per query word, its ``lexical_pool`` texts of
-        highest BM25 contribution (the saved heads). Their BM25 scores are exact (looked up in
-        the query words' postings); the BM25 max is the candidates' max, the min 0 when some
-        text holds no query word (else the candidates' min), the dense range as for exact ones
-        with the sampled minimum. Recall against the exact ranking: ``benchmarks/scale.py``."""
+        Candidates: the FAISS top ``BOUNDED_POOL`` and, for each of the ``LEXICAL_WORDS`` rarest
+        query words, its ``lexical_pool`` chunks of highest BM25 contribution (the saved heads).
+        Their cosines and BM25 scores are exact (the latter from their term counts); the BM25
+        max is the candidates' max, the min 0 when some chunk holds no query word (else the
+        candidates' min); the dense max the candidates' max, the min also over a fixed sample. Recall against the exact ranking: ``benchmarks/scale.py``."""
         pool = min(max(BOUNDED_POOL, depth), len(self.records))
         dense_ids, _ = self._dense_candidates(query_vectors, pool)
         results = []
@@ -208,7 +205,7 @@ class SearchEngine:
                 lex_low = 0.0 if lacking else float(lexical.min())
                 lexical_part = (1.0 - weight) * _scaled(lexical, lex_low, float(lexical.max()))
             dense = self._cosines(vector.astype(np.float64), candidates)
-            low = min(float(np.min(self._bounded_floor_rows @ vector)), float(dense.min()))
+            low = min(float(np.min(self._floor_rows @ vector)), float(dense.min()))
             fused = weight * _scaled(dense, low, float(dense.max())) + lexical_part
             results.append(self._best_once(candidates, fused, depth))
         return results
