@@ -2,7 +2,7 @@
 
 1. **Eval retrieval**, the default configuration (``eval.defaults.BEST_CONFIG``) on the shared
    Chroma data (200 questions), in child processes alternating the base commit's code (a
-   ``git worktree`` of ``--base``: float64 scan + ``rank_bm25`` rebuilt per process, its own
+   ``git archive`` export of ``--base``: float64 scan + ``rank_bm25`` rebuilt per process, its own
    ranking in ``eval/runner.py``) and this checkout (index version + ``retrieval.search``).
    Each child evaluates once to warm up (chunking, cached embeddings, and the base's BM25 or
    this checkout's index version: built, or reused from the cache), then ``--repeats`` times;
@@ -16,7 +16,9 @@
    20,000 texts with metadata and a cheap hashed embedding (where metadata handling is the
    largest share of a query).
 
-    nice -n 10 .venv/bin/python benchmarks/engine_speed.py [--base 77ef981 --base-dir ../engine-base]
+    nice -n 10 .venv/bin/python benchmarks/engine_speed.py [--base 77ef981 --questions 200]
+
+The base commit's code is exported with ``git archive`` into ``benchmarks/.work/engine-base-<commit>``.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def summary(engine: list[float], retriever: list[float]) -> dict:
     return {"engine_median_ms": e * 1000, "retriever_median_ms": r * 1000, "ratio": r / e}
 
 
-def langchain_overhead(work: Path) -> dict:
+def langchain_overhead(work: Path, count: int) -> dict:
     from eval.datasets import load_chroma
     from eval.defaults import BEST_CONFIG
     from eval.runner import Evaluator
@@ -107,7 +109,7 @@ def langchain_overhead(work: Path) -> dict:
     dataset = load_chroma(DATA / "questions.csv", DATA / "corpora")
     evaluator = Evaluator(dataset, load_encoder())
     _, _, engine = evaluator.engine(BEST_CONFIG)
-    questions = [q.text for q in dataset.questions]
+    questions = [q.text for q in dataset.questions][:count]
     encoder, store = load_encoder(), IndexStore.open(engine.store.directory)
     retriever = RagpressRetriever(index_dir=str(engine.store.directory), k=5)
     assert [d.page_content for d in retriever.invoke(questions[0])] == [h.text for h in search_texts(store, encoder, [questions[0]], 5, 0.8)[0]]
@@ -117,7 +119,7 @@ def langchain_overhead(work: Path) -> dict:
     chroma = summary(*interleaved(lambda q: search_texts(store, encoder, [q], 5, 0.8), retriever.invoke, questions))
 
     sys.path.insert(0, str(REPO / "tests"))
-    from tests_langchain_embedding import WordsEmbedding
+    from support import WordsEmbedding
 
     rng = np.random.default_rng(0)
     words = " ".join(c.text for c in engine.records).split()
@@ -165,21 +167,25 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", default="77ef981")
-    parser.add_argument("--base-dir", type=Path, default=REPO.parent / "engine-base")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--questions", type=int, default=200, help="questions timed in the LangChain comparison")
     args = parser.parse_args()
-    if not (args.base_dir / "eval" / "runner.py").is_file():
-        subprocess.run(["git", "worktree", "add", "--detach", str(args.base_dir), args.base], cwd=REPO, check=True)
+    base_dir = REPO / "benchmarks" / ".work" / f"engine-base-{args.base}"
+    if not (base_dir / "eval" / "runner.py").is_file():
+        base_dir.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", args.base], cwd=REPO, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(base_dir)], input=archive, check=True)
     from eval.report import machine_info
 
     work = REPO / "benchmarks" / ".work" / "engine_speed"
     work.mkdir(parents=True, exist_ok=True)
     report = {"machine": {**machine_info(), "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]},
-              "command": f"nice -n 10 .venv/bin/python benchmarks/engine_speed.py --base {args.base}",
+              "command": (f"nice -n 10 .venv/bin/python benchmarks/engine_speed.py --base {args.base} --rounds {args.rounds} "
+                          f"--repeats {args.repeats} --questions {args.questions}"),
               "method": __doc__.split("\n\n", 1)[1].split("    nice")[0].strip(), "base": args.base}
-    report["eval"] = eval_retrieval(args.base_dir, args.rounds, args.repeats)
-    report["langchain"] = langchain_overhead(work)
+    report["eval"] = eval_retrieval(base_dir, args.rounds, args.repeats)
+    report["langchain"] = langchain_overhead(work, args.questions)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "engine_speed.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (RESULTS / "engine_speed.md").write_text(markdown(report), encoding="utf-8")

@@ -17,12 +17,14 @@ Data (built once per size into ``benchmarks/.work/scale``):
 * queries: the 200 chroma questions, embedded with MiniLM.
 
 Per (size, factory), in fresh child processes: **build** (all chunks staged, one
-``IndexStore.commit()``: FAISS train/add, BM25 (bm25s) build, vectors, meta.json, checksums;
+``IndexStore.commit()``: FAISS train/add, BM25 (term counts, score matrix, heads), vectors,
+meta.json, checksums;
 wall seconds, peak RSS, bytes on disk of the version) and **query** (opened as ``ragpress
 query`` opens it: memory-mapped; RSS after the queries). A query's latency is one call of
 ``SearchEngine.search([question], vector, k=5, ..., distinct=True)`` on an open engine,
-sequentially, one question at a time: FAISS search, BM25 scoring (hybrid), fusion, the distinct
-texts rule and building the hits. The question's MiniLM encoding is measured apart (the same
+sequentially, one question at a time: FAISS search, BM25 (hybrid: over every chunk for Flat,
+over the bounded candidate pool for HNSW and IVF-PQ, see ``retrieval/search.py``), fusion, the
+distinct texts rule and building the hits. The question's MiniLM encoding is measured apart (the same
 for both modes) and reported as its own p50, with the end-to-end ratio
 (encode + hybrid) / (encode + dense). Recall@5 of each approximate factory = overlap of its top 5
 with the exact Flat top 5 (the Flat engine equals a brute-force scan; ``tests/test_search.py``),
@@ -255,6 +257,10 @@ def recall(approx: list[list[int]], exact: list[list[int]]) -> float:
     return float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(approx, exact)]))
 
 
+def _fraction(row: dict, key: str) -> str:
+    return f"{row[key]:.3f}" if key in row else "n/a (no Flat row)"
+
+
 def markdown(report: dict) -> str:
     lines = ["# Search engine at scale", "", f"Machine: {report['machine']}", "",
              f"Command: `{report['command']}`", "", report["method"], "",
@@ -265,7 +271,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['size']:,} | {row['factory']} | {row['build_s']:.1f} | {row['disk_mb']:.0f} | {row['peak_rss_mb']:.0f} | "
                      f"{row['rss_after_queries_mb']:.0f} | {row['dense_p50_ms']:.2f} / {row['dense_p95_ms']:.2f} | "
                      f"{row['hybrid_p50_ms']:.2f} / {row['hybrid_p95_ms']:.2f} | {row['hybrid_over_dense_p50']:.2f} | "
-                     f"{row['with_encoding_hybrid_over_dense_p50']:.2f} | {row['recall_dense']:.3f} | {row['recall_hybrid']:.3f} |")
+                     f"{row['with_encoding_hybrid_over_dense_p50']:.2f} | {_fraction(row, 'recall_dense')} | {_fraction(row, 'recall_hybrid')} |")
     lines += ["", "Question encoding (MiniLM, p50 ms): " + ", ".join(f"{r['size']:,} {r['factory']}: {r['encode_p50_ms']:.1f}"
                                                               for r in report["rows"]), ""]
     if report.get("missing"):
@@ -293,35 +299,52 @@ def main() -> None:
     for size in args.sizes:
         data = prepare(size)
         report.setdefault("prepare", {})[size] = json.loads((data / "prepare.json").read_text())
-        exact = None
+        tops: dict[str, dict] = {}
         for label in args.factories:
-            row = {"size": size, "factory": factories(size)[label], **run_child("build", size, label)}
+            row = {"size": size, "factory": factories(size)[label], "label": label, **run_child("build", size, label)}
             row.update(run_child("query", size, label))
-            if label == "Flat":
-                exact = row["top"]
-            if exact is not None:
-                row["recall_dense"] = recall(row["top"]["dense"], exact["dense"])
-                row["recall_hybrid"] = recall(row["top"]["hybrid"], exact["hybrid"])
-            del row["top"]
+            tops[label] = row.pop("top")
             report["rows"].append(row)
+            add_recalls([r for r in report["rows"] if r["size"] == size], tops, size)
             shutil.rmtree(WORK / f"index-{size}-{label}", ignore_errors=True)
-            write(report)
+            write(report)  # row by row: an interrupted run keeps what it measured
             print(json.dumps({k: v for k, v in row.items() if k != "disk_mb_by_file"}), flush=True)
-    write(report)
+
+
+def add_recalls(rows: list[dict], tops: dict[str, dict], size: int) -> None:
+    """Recall@5 against the exact (Flat) ranking, for every row of one size once Flat has run (in
+    this run, or in an earlier one of the same data: its top 5 are kept in WORK/<size>)."""
+    saved = WORK / str(size) / "exact_top.json"
+    if "Flat" in tops:
+        saved.write_text(json.dumps(tops["Flat"]), encoding="utf-8")
+    elif saved.is_file():
+        tops = {**tops, "Flat": json.loads(saved.read_text(encoding="utf-8"))}
+    else:
+        return
+    for row in rows:
+        if row.get("label") in tops:
+            row["recall_dense"] = recall(tops[row["label"]]["dense"], tops["Flat"]["dense"])
+            row["recall_hybrid"] = recall(tops[row["label"]]["hybrid"], tops["Flat"]["hybrid"])
 
 
 def write(report: dict) -> None:
-    """The JSON and markdown results; rows of an earlier run for other (size, factory) pairs are kept."""
-    previous = RESULTS / "scale.json"
-    if previous.is_file():
-        ran = {(r["size"], r["factory"]) for r in report["rows"]}
-        kept = [r for r in json.loads(previous.read_text())["rows"] if (r["size"], r["factory"]) not in ran]
-        report = {**report, "rows": sorted(kept + report["rows"], key=lambda r: (r["size"], r["factory"] != "Flat", r["factory"]))}
-    missing = sorted({1_000_000, 100_000} - {r["size"] for r in report["rows"]})
-    report["missing"] = f"sizes {', '.join(f'{m:,}' for m in missing)} (not run)" if missing else ""
+    """The JSON and markdown results; rows of an earlier (or a concurrent) run for other (size,
+    factory) pairs are kept."""
+    import fcntl
+
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
-    (RESULTS / "scale.md").write_text(markdown(report), encoding="utf-8")
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / "results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous = RESULTS / "scale.json"
+        if previous.is_file():
+            ran = {(r["size"], r["factory"]) for r in report["rows"]}
+            kept = [r for r in json.loads(previous.read_text())["rows"] if (r["size"], r["factory"]) not in ran]
+            report = {**report, "rows": sorted(kept + report["rows"], key=lambda r: (r["size"], r["factory"] != "Flat", r["factory"]))}
+        missing = sorted({1_000_000, 100_000} - {r["size"] for r in report["rows"]})
+        report["missing"] = f"sizes {', '.join(f'{m:,}' for m in missing)} (not run)" if missing else ""
+        (RESULTS / "scale.json").write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+        (RESULTS / "scale.md").write_text(markdown(report), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -54,12 +54,13 @@ class _Chunking:
     engines: dict[int, SearchEngine] = field(default_factory=dict)  # by context_chunks
 
 
-def default_chunker_factory(config: EvalConfig) -> Chunker:
-    """The project's chunkers (``retrieval.chunkers.make_chunker``)."""
+def default_chunker_factory(config: EvalConfig, tokenizer: TokenCounter | None = None) -> Chunker:
+    """The project's chunkers (``retrieval.chunkers.make_chunker``), counting with ``tokenizer``
+    (the embedding model's; None: the default model's)."""
     from retrieval.chunkers import make_chunker
 
     options: dict[str, Any] = dict(config.chunker_options)
-    return make_chunker(config.chunker, chunk_size=config.chunk_size, overlap=config.overlap, **options)
+    return make_chunker(config.chunker, chunk_size=config.chunk_size, overlap=config.overlap, tokenizer=tokenizer, **options)
 
 
 def chunk_corpora(corpora: Mapping[str, str], chunker: Chunker) -> list[IndexedChunk]:

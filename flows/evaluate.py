@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +119,13 @@ def evaluate_flow(
         from retrieval.encoder import load_encoder
 
         encoder = load_encoder(model)
+    counter = load_tokenizer(model)  # chunk budgets and token metrics count with the embedding model's tokenizer
     evaluator = Evaluator(
         dataset,
         encoder,
         cache=EmbeddingCache(Path(cache_dir) if cache_dir else None, progress.counter(TEXTS_EMBEDDED)),
-        token_counter=load_tokenizer(model),
-        chunker_factory=chunker_factory or default_chunker_factory,
+        token_counter=counter,
+        chunker_factory=chunker_factory or partial(default_chunker_factory, tokenizer=counter),
     )
     # Sequential on purpose: configurations share memoised chunkings and the CPU.
     configs_done = progress.counter(CONFIGS_DONE, len(parsed))

@@ -41,12 +41,14 @@ from retrieval.indexing import (
     IndexSummary,
     SkippedFile,
     apply_update,
+    check_tokenizer,
     chunk_documents,
     embed_documents,
     index_config,
     plan_update,
     require_documents,
 )
+from retrieval.tokenizer import load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,11 @@ class ChunkerSpec:
     chunk_size: int = BEST_CONFIG.chunk_size
     overlap: int = BEST_CONFIG.overlap
     context_chunks: int = BEST_CONFIG.context_chunks
+    model: str | None = None  # the embedding model whose tokenizer counts the chunk budget (None: the default)
 
     def build(self):
-        """The chunker this spec describes."""
-        return make_chunker(self.name, chunk_size=self.chunk_size, overlap=self.overlap)
+        """The chunker this spec describes, counting tokens with the embedding model's tokenizer."""
+        return make_chunker(self.name, chunk_size=self.chunk_size, overlap=self.overlap, tokenizer=load_tokenizer(self.model))
 
 
 CHUNK_STAGE, VECTOR_STAGE = "index-chunks", "index-vectors"
@@ -231,12 +234,13 @@ def index_flow(paths: list[str], index_dir: str, chunker: str = ChunkerSpec.name
     started = time.perf_counter()
     require_allowed_paths(paths, index_dir, kv_cache, rebuild)
     cache_dir = str(cache_dir or default_stage_cache_dir())
-    spec = ChunkerSpec(chunker, chunk_size, overlap, context_chunks)
+    spec = ChunkerSpec(chunker, chunk_size, overlap, context_chunks, model)
     chunker_config = index_config(spec.build(), context_chunks)
     encoder = load_encoder(model)
     sweep_leftovers(index_dir, cache_dir)
     documents, skipped = load_task([str(p) for p in paths], never_corpus(index_dir, kv_cache, cache_dir))
     store = IndexStore(index_dir, encoder.model_id, encoder.dim, factory, rebuild=rebuild)
+    check_tokenizer(store, chunker_config)
     plan = plan_update(store, documents, chunker_config)
     progress_id = cast(UUID, create_progress_artifact(progress=0.0, description=f"documents embedded into {index_dir}"))
     progress.counter(DOCS_EMBEDDED, len(plan.to_embed))

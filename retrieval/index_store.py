@@ -6,7 +6,8 @@ Layout of an index directory::
     v000007/index.faiss     FAISS index (IDMap2 over the factory), inner product
     v000007/ids.npy         int64 chunk ids, row-aligned with vectors.npy
     v000007/vectors.npy     float32 [n, dim]: what a rebuild or re-training needs
-    v000007/bm25/           bm25s sparse index of the chunk texts (rows in chunk-id order)
+    v000007/bm25/           BM25 of the chunk texts (rows in chunk-id order): bm25s's score matrix,
+                            the term counts it is updated from, per-term heads (retrieval.lexical)
     v000007/meta.json       model, dim, factory, chunker config, documents, chunks, file checksums
     v000007/meta.sha256     sha256 of meta.json, so chunk texts and spans are checked like the arrays
     v000006/...             the previous version, kept so a corrupted current one is recoverable
@@ -642,19 +643,35 @@ class IndexStore:
 
     def _write_lexical(self, tmp: Path) -> tuple[str, ...]:
         """The BM25 index of the chunk texts (rows in chunk-id order) under ``LEXICAL_DIR``; no files when empty."""
-        texts = [chunk.text for chunk in self.chunks()]
-        if not texts:
+        records = self.chunks()
+        if not records:
             return ()
-        names = BM25Index(texts).save(tmp / LEXICAL_DIR)
+        names = self._updated_lexical(records).save(tmp / LEXICAL_DIR)
         fsync_path(tmp / LEXICAL_DIR)
         return tuple(f"{LEXICAL_DIR}/{name}" for name in names)
+
+    def _updated_lexical(self, records: list[ChunkRecord]) -> BM25Index:
+        """The committed BM25 index updated to ``records``: removed chunks dropped and only the added
+        ones tokenised (chunk ids only grow, so kept rows then added rows stay in id order); built
+        from all texts when there is no usable committed one."""
+        vdir = self.directory / _version_name(self.version) / LEXICAL_DIR
+        if self._rebuild or not self.version or not BM25Index.saved_in(vdir):
+            return BM25Index([r.text for r in records])
+        previous = BM25Index.load(vdir, mmap=True)
+        old_ids = np.sort(np.asarray(self._ids, dtype=np.int64))
+        new_ids = np.fromiter((r.id for r in records), dtype=np.int64, count=len(records))
+        kept = np.flatnonzero(np.isin(old_ids, new_ids))
+        added = ~np.isin(new_ids, old_ids)
+        if previous.size != len(old_ids) or (added.any() and len(kept) and new_ids[added].min() < old_ids[kept].max()):
+            return BM25Index([r.text for r in records])
+        return previous.updated(kept, [r.text for r, new in zip(records, added.tolist()) if new])
 
     def lexical_index(self) -> BM25Index:
         """The committed version's BM25 index, memory-mapped (built in memory for versions saved without one)."""
         if self._dirty:
             raise IndexStoreError("the index has uncommitted changes; call commit() before searching it")
         vdir = self.directory / _version_name(self.version)
-        if (vdir / LEXICAL_DIR).is_dir():  # its files were size- (and checksum-) checked on open
+        if BM25Index.saved_in(vdir / LEXICAL_DIR):  # its files were size- (and checksum-) checked on open
             return BM25Index.load(vdir / LEXICAL_DIR, mmap=True)
         return BM25Index([chunk.text for chunk in self.chunks()])
 

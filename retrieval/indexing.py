@@ -166,6 +166,15 @@ def embed_documents(chunked: Sequence[tuple[Document, Sequence[Chunk]]], encoder
     return with_neighbour_context(vectors, groups, context_chunks, NEIGHBOUR_WEIGHT)
 
 
+def check_tokenizer(store: IndexStore, chunker_config: Mapping[str, Any]) -> None:
+    """Chunk budgets count tokens with the index model's tokenizer: an index whose chunks were
+    counted with another tokenizer than ``chunker_config``'s is an ``InputError`` naming both."""
+    recorded, wanted = store.chunker_config.get("tokenizer"), chunker_config.get("tokenizer")
+    if store.documents and recorded and wanted and recorded != wanted:
+        raise InputError(f"the index {store.directory} (model {store.model_id}) holds chunks counted with the {recorded} "
+                         f"tokenizer, but its model counts with the {wanted} tokenizer; re-index with --rebuild")
+
+
 def index_config(chunker: Chunker, context_chunks: int = 0) -> dict[str, Any]:
     """What decides a document's chunks and vectors: the chunker's settings and the neighbour context."""
     return {**describe_chunker(chunker), "context_chunks": int(context_chunks)}

@@ -138,6 +138,7 @@ class RagpressVectorStore(VectorStore):
         self.factory = factory
         self._write_lock = threading.Lock()
         self._metadata_cache: tuple[Any, dict[str, dict[str, Any]]] = (None, {})  # read-only: never mutate
+        self._version_metadata: tuple[Any, dict[str, dict[str, Any]]] = (None, {})  # the same, per committed version
 
     @property
     def embeddings(self) -> Embeddings:
@@ -287,9 +288,18 @@ class RagpressVectorStore(VectorStore):
         self._check_model(store)
         return store
 
+    def _metadata_of(self, store: IndexStore) -> dict[str, dict[str, Any]]:
+        """The metadata entries for a committed version, read once per version: the file holds every
+        entry of a version from before its commit until the next commit prunes it."""
+        version, entries = self._version_metadata
+        if version != (store.directory, store.version):
+            entries = self._read_metadata()
+            self._version_metadata = ((store.directory, store.version), entries)
+        return entries
+
     def documents_of(self, store: IndexStore, hits: Sequence[Hit]) -> list[LCDocument]:
         """LangChain documents of ``hits`` of ``store``; collapsed copies under ``ragpress_copies``."""
-        entries = self._read_metadata()
+        entries = self._metadata_of(store)
         documents = []
         for h in hits:
             document = self._to_document(store, h.chunk_id, h.doc_id, h.source, h.start, h.end, h.text, entries)

@@ -3,18 +3,24 @@
 Dense candidates come from the version's FAISS index (whatever its factory), lexical scores
 from its saved BM25 index (memory-mapped, ``retrieval.lexical``). Hybrid scores are today's
 min-max fusion (``retrieval.lexical.fuse``): ``w * minmax(cosine) + (1 - w) * minmax(BM25)``
-over every chunk, computed exactly for a candidate pool:
+over every chunk.
+
+Exact factories (Flat) compute it exactly for a candidate pool:
 
 - BM25 is scored for every chunk (a sparse sum), so its min and max are exact;
 - cosines of the candidates are recomputed in float64 from the stored vectors; the dense max is
-  the FAISS top-1 and the dense min the FAISS top-1 of the negated query (one batched search)
-  for exact (Flat) indexes, or the minimum over a fixed sample of stored vectors otherwise;
+  the FAISS top-1 and the dense min the FAISS top-1 of the negated query (one batched search);
 - the pool is the union of the ``pool`` best dense and ``pool`` best BM25 chunks. A chunk
   outside it scores at most ``w * minmax(pool-th cosine) + (1 - w) * minmax(pool-th BM25)``;
-  while the ``depth``-th fused score does not beat that bound the pool grows (x4). With a Flat
-  index the result therefore equals a full exact scan; with an approximate factory the FAISS
-  candidates (and the sampled dense min) are approximate and the recall is measured
-  (``benchmarks/scale.py``).
+  while the ``depth``-th fused score does not beat that bound the pool grows (x4), so the
+  result equals a full exact scan.
+
+Approximate factories (HNSW, IVF, PQ) touch no per-chunk array, so a query costs about what
+the FAISS search costs (``_bounded``): the candidates are the FAISS top ``BOUNDED_POOL`` and
+the saved BM25 heads (the chunks of highest contribution) of the query's rarest words; the
+candidates' cosines (float64) and BM25 scores are exact, the score ranges are estimated from
+them (BM25 min 0 whenever some chunk holds no query word; dense min also over a fixed sample
+of stored vectors). Their recall against the exact ranking is measured (``benchmarks/scale.py``).
 
 Ties keep chunk-id order (the order of a stable sort over chunks by id). ``distinct``: ``k``
 different texts (``retrieval.postprocess.distinct_hits``), searching deeper until found.
@@ -34,10 +40,13 @@ import numpy as np
 from retrieval.base import Hit
 from retrieval.errors import EmptyIndexError, InputError
 from retrieval.index_store import IndexStore
+from retrieval.lexical import HEAD
 from retrieval.postprocess import distinct_hits
 
 DEFAULT_POOL = 64  # candidates per side before the bound check (4x more while it fails); = HNSW's efSearch
-FLOOR_SAMPLE = 1024  # stored vectors whose minimum cosine stands for the dense min of approximate indexes
+BOUNDED_POOL = 64  # approximate factories: FAISS candidates (= efSearch; 32 lost recall: fused top 5 reach dense rank 64)
+LEXICAL_WORDS, LEXICAL_POOL = 4, 4  # approximate factories: the rarest query words, candidates per word (<= HEAD)
+FLOOR_SAMPLE = 128  # stored vectors whose minimum cosine stands for the dense min of approximate indexes
 EXACT_FACTORIES = ("Flat",)
 SMALL_INDEX_VALUES = 8_000_000  # vector values below which a float64 copy is kept in memory (64 MB)
 MEMO_SIZE = 8  # engines kept open (one per index version)
@@ -65,13 +74,14 @@ class SearchEngine:
     which keeps one engine per version.
     """
 
-    def __init__(self, store: IndexStore, pool: int = DEFAULT_POOL) -> None:
+    def __init__(self, store: IndexStore, pool: int = DEFAULT_POOL, lexical_pool: int = LEXICAL_POOL) -> None:
         if store.ntotal == 0:
             raise EmptyIndexError(f"the index in {store.directory} holds no chunks; index documents first: "
                                   f"ragpress index PATH --index {store.directory}")
-        if pool <= 0:
-            raise ValueError(f"pool must be a positive number of candidates, got {pool}")
-        self.store, self.version, self.pool = store, store.version, pool
+        if pool <= 0 or not 0 < lexical_pool <= HEAD:
+            raise ValueError(f"pool must be a positive number of candidates and lexical_pool one in 1..{HEAD}, "
+                             f"got {pool} and {lexical_pool}")
+        self.store, self.version, self.pool, self.lexical_pool = store, store.version, pool, lexical_pool
         self.records = store.chunks()  # by chunk id: the row order of the BM25 index and of ties
         self._chunk_ids = np.fromiter((r.id for r in self.records), dtype=np.int64, count=len(self.records))
         ids, vectors = store.row_vectors()
@@ -107,6 +117,8 @@ class SearchEngine:
     def hybrid(self, queries: Sequence[str], query_vectors: np.ndarray, depth: int, dense_weight: float) -> list[list[Hit]]:
         """The ``depth`` best chunks per query under the fused score (see the module docstring)."""
         depth = min(depth, len(self.records))
+        if not self.exact:
+            return self._bounded(queries, query_vectors, depth, dense_weight)
         results: list[list[Hit] | None] = [None] * len(queries)
         # Weight 1 is the dense ranking alone: no BM25 scores (all zero) and no lexical candidates.
         lexical = [self._lexical.scores(query) if dense_weight < 1.0 else np.zeros(len(self.records)) for query in queries]
@@ -171,6 +183,45 @@ class SearchEngine:
             if not fused[best[-1]] > bound:
                 return None
         return [self._hit(int(candidates[i]), float(fused[i])) for i in best]
+
+    def _bounded(self, queries: Sequence[str], query_vectors: np.ndarray, depth: int, weight: float) -> list[list[Hit]]:
+        """Approximate factories: the fused ranking of a bounded pool, one pass, no full scan.
+
+        Candidates: the FAISS top ``BOUNDED_POOL`` and, for each of the ``LEXICAL_WORDS`` rarest
+        query words, its ``lexical_pool`` chunks of highest BM25 contribution (the saved heads).
+        Their cosines and BM25 scores are exact (the latter from their term counts); the BM25
+        max is the candidates' max, the min 0 when some chunk holds no query word (else the
+        candidates' min); the dense max the candidates' max, the min also over a fixed sample. Recall against the exact ranking: ``benchmarks/scale.py``."""
+        pool = min(max(BOUNDED_POOL, depth), len(self.records))
+        dense_ids, _ = self._dense_candidates(query_vectors, pool)
+        results = []
+        for query, vector, found in zip(queries, query_vectors, dense_ids):
+            candidates = found[found >= 0]
+            lexical_part: np.ndarray | float = 0.0
+            if weight < 1.0:
+                lexical_ids, lacking = self._lexical.candidates(query, LEXICAL_WORDS, self.lexical_pool)
+                candidates = np.concatenate([candidates, lexical_ids])  # repeats are dropped at the end
+                lexical = self._lexical.scores_of(query, candidates)
+                lex_low = 0.0 if lacking else float(lexical.min())
+                lexical_part = (1.0 - weight) * _scaled(lexical, lex_low, float(lexical.max()))
+            dense = self._cosines(vector.astype(np.float64), candidates)
+            low = min(float(np.min(self._floor_rows @ vector)), float(dense.min()))
+            fused = weight * _scaled(dense, low, float(dense.max())) + lexical_part
+            results.append(self._best_once(candidates, fused, depth))
+        return results
+
+    def _best_once(self, candidates: np.ndarray, fused: np.ndarray, depth: int) -> list[Hit]:
+        """The ``depth`` best hits (ties: lower chunk first), each chunk once."""
+        hits: list[Hit] = []
+        seen: set[int] = set()
+        for i in np.lexsort((candidates, -fused)).tolist():
+            position = int(candidates[i])
+            if position not in seen:
+                seen.add(position)
+                hits.append(self._hit(position, float(fused[i])))
+                if len(hits) == depth:
+                    break
+        return hits
 
     def _cosines(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         rows = self._vector_row[positions]

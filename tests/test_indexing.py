@@ -167,3 +167,43 @@ def test_real_minilm_search_matches_brute_force(tmp_path: Path) -> None:
     order = np.argsort(-want, kind="stable")
     assert [h.chunk_id for h in hits] == [chunks[i].id for i in order]
     np.testing.assert_allclose([h.score for h in hits], want[order], atol=1e-5)
+
+
+def word_model(directory: Path) -> str:
+    """A model directory whose tokenizer counts one token per word (a stand-in for another encoder)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(["[UNK]", *WORDS, "."])}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = Whitespace()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "config.json").write_text("{}", encoding="utf-8")
+    return str(directory)
+
+
+def test_index_chunk_budgets_count_with_the_models_tokenizer_and_a_mismatch_names_both(tmp_path) -> None:
+    pytest.importorskip("prefect")
+    from flows.indexing import ChunkerSpec
+    from retrieval.errors import InputError
+    from retrieval.indexing import check_tokenizer, index_config
+
+    model = word_model(tmp_path / "word-model")
+    text, rng = tmp_path / "doc.txt", random.Random(1)
+    rare = ["xylophonist", "antidisestablishmentarianism", "quokkas", "zugzwang"]  # several MiniLM tokens each
+    text.write_text(" ".join(rng.choice(WORDS + rare) for _ in range(300)) + "\n", encoding="utf-8")
+    document = load_document(text)
+    chunks = chunk_documents([document], ChunkerSpec("token", 16, 0, 0, model).build())[0][1]
+    words = [len(c.text.split()) for c in chunks]  # the word model's count, by hand
+    assert [c.n_tokens for c in chunks] == words and max(words) == 16 and len(chunks) > 5
+    default = chunk_documents([document], ChunkerSpec("token", 16, 0, 0).build())[0][1]
+    assert [c.n_tokens for c in default] != words  # MiniLM counts otherwise: the test tells them apart
+
+    store = IndexStore(tmp_path / "idx", "word-model@x", 4)
+    store.set_chunker_config(index_config(ChunkerSpec("token", 16, 0, 0).build()))  # counted with MiniLM
+    store.add_document(document, default, np.ones((len(default), 4), dtype=np.float32))
+    store.commit()
+    with pytest.raises(InputError, match=r"all-MiniLM-L6-v2 tokenizer.*word-model tokenizer"):
+        check_tokenizer(store, index_config(ChunkerSpec("token", 16, 0, 0, model).build()))
+    check_tokenizer(store, index_config(ChunkerSpec("token", 16, 0, 0).build()))  # the same tokenizer: fine

@@ -131,6 +131,61 @@ def test_saved_bm25_equals_rank_bm25_and_is_checksummed(tmp_path, docs) -> None:
         IndexStore.open(tmp_path / "idx")
 
 
+def test_incremental_bm25_equals_a_fresh_build_and_tokenises_only_added_texts(tmp_path, docs, monkeypatch) -> None:
+    import retrieval.lexical as lexical
+
+    encoder = BagOfWordsEncoder()
+    store = build(tmp_path / "idx", "Flat", docs[:40], encoder)
+    tokenised: list[int] = []
+    original = lexical.TermCounts.of.__func__
+
+    def counting(cls, texts, vocab=None):
+        tokenised.append(len(texts))
+        return original(cls, texts, vocab)
+
+    monkeypatch.setattr(lexical.TermCounts, "of", classmethod(counting))
+    for document, _ in docs[:40:5]:  # removals change every idf and the mean length
+        store.remove_document(document.doc_id)
+    added = docs[40:46]
+    for document, chunks in added:
+        store.add_document(document, chunks, encoder.encode([c.text for c in chunks]))
+    store.commit()
+    assert tokenised == [sum(len(chunks) for _, chunks in added)]  # only the added chunks, once
+    store = IndexStore.open(tmp_path / "idx")
+    saved, fresh = store.lexical_index(), BM25Index([r.text for r in store.chunks()])
+    assert saved.size == len(store.chunks())
+    for query in [*QUERIES, "river river river", " ".join(WORDS)]:
+        np.testing.assert_array_equal(saved.scores(query), fresh.scores(query))  # exact: same numbers
+    tokenised.clear()
+    store.remove_document(added[0][0].doc_id)  # a commit that only removes tokenises nothing
+    store.commit()
+    assert tokenised == [0]
+    saved, fresh = IndexStore.open(tmp_path / "idx").lexical_index(), BM25Index([r.text for r in store.chunks()])
+    for query in QUERIES:
+        np.testing.assert_array_equal(saved.scores(query), fresh.scores(query))
+
+
+def test_bounded_lexical_lookups_agree_with_full_scores(docs) -> None:
+    texts = [c.text for _, chunks in docs for c in chunks]
+    index = BM25Index(texts)
+    rows = np.arange(0, len(texts), 7)
+    for query in [*QUERIES, "river river stone"]:
+        full = index.scores(query)
+        np.testing.assert_allclose(index.scores_of(query, rows), full[rows], rtol=1e-12, atol=1e-12)
+        found, lacking = index.candidates(query, 2, 3)
+        frequency = {w: sum(w in lexical_tokens(t) for t in texts) for w in set(lexical_tokens(query)) & set(WORDS)}
+        third = sorted(frequency.values())[2] if len(frequency) > 2 else float("inf")
+        surely_rarest = [w for w, df in frequency.items() if df < third]  # among the 2 rarest whatever the ties
+        holders = [i for i, t in enumerate(texts) if set(frequency) & set(lexical_tokens(t))]
+        assert set(found.tolist()) <= set(holders)  # texts holding a query word only
+        for word in surely_rarest:  # each such word's 3 texts of highest contribution are in (ties: lower text first)
+            single = index.scores(word)
+            best = sorted(np.flatnonzero(single > 0).tolist(), key=lambda i: (-single[i], i))[:3]
+            assert set(best) <= set(found.tolist()), (query, word)
+        if lacking:  # "surely": then some text holds no query word, so the minimum score is 0
+            assert full.min() == 0.0
+
+
 @pytest.mark.slow
 def test_bm25_files_survive_sigkill_during_commit(tmp_path) -> None:
     index_dir = tmp_path / "idx"
