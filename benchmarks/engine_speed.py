@@ -101,17 +101,18 @@ def langchain_overhead(work: Path, count: int) -> dict:
     from eval.datasets import load_chroma
     from eval.defaults import BEST_CONFIG
     from eval.runner import Evaluator
+    from pipeline.langchain_adapters import RagpressRetriever
     from retrieval.encoder import load_encoder
     from retrieval.index_store import IndexStore
     from retrieval.indexing import search_texts
-    from retrieval.langchain_adapters import RagpressRetriever, RagpressVectorStore
+    from retrieval.langchain_adapters import RagpressVectorStore
 
     dataset = load_chroma(DATA / "questions.csv", DATA / "corpora")
     evaluator = Evaluator(dataset, load_encoder())
-    _, _, engine = evaluator.engine(BEST_CONFIG)
+    _, _, built = evaluator.index_store(BEST_CONFIG)
     questions = [q.text for q in dataset.questions][:count]
-    encoder, store = load_encoder(), IndexStore.open(engine.store.directory)
-    retriever = RagpressRetriever(index_dir=str(engine.store.directory), k=5)
+    encoder, store = load_encoder(), IndexStore.open(built.directory)
+    retriever = RagpressRetriever(index_dir=str(built.directory), k=5)
     assert [d.page_content for d in retriever.invoke(questions[0])] == [h.text for h in search_texts(store, encoder, [questions[0]], 5, 0.8)[0]]
     for question in questions[:5]:  # warm-up
         retriever.invoke(question)
@@ -122,7 +123,7 @@ def langchain_overhead(work: Path, count: int) -> dict:
     from support import WordsEmbedding
 
     rng = np.random.default_rng(0)
-    words = " ".join(c.text for c in engine.records).split()
+    words = " ".join(c.text for c in store.chunks()).split()
     texts = [" ".join(rng.choice(words, size=30)) for _ in range(20_000)]
     lc_dir = work / "langchain-20k"
     if not IndexStore.exists(lc_dir):

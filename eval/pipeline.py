@@ -1,7 +1,8 @@
 """The pipeline evaluated over a question set — retrieve, compress, answer — each stage cached by content.
 
-Compression and answering run through ``pipeline.Pipeline`` (the one chain); retrieval searches
-the dataset's own index with the one search engine. Every stage is a plain method returning plain records, so ``flows/pipeline.py`` can wrap each in
+Every stage runs through ``pipeline.Pipeline`` (the one chain): retrieval is its retrieve stage
+over the dataset's own index (``eval.runner.Evaluator``), compression and answering its other
+stages. Every stage is a plain method returning plain records, so ``flows/pipeline.py`` can wrap each in
 a Prefect task and the library works without Prefect. Each stage's key names everything that
 decides its result (see ``eval.stage_cache``): retrieval by the dataset's texts, the retrieval
 config and the encoder; compression by the question, the retrieved texts, method, rate and the
@@ -114,8 +115,8 @@ def corpus_spans(chunks: Sequence[Span], kept: Sequence[Any], copies: Sequence[S
 
 class PipelineEvaluation:
     """Runs ``PipelineConfig``s over one dataset through ``pipeline.Pipeline``, caching and scoring
-    each stage; models load on the first cache miss that needs them. Retrieval searches the
-    dataset's own index with the same engine (``retrieval.search``)."""
+    each stage; models load on the first cache miss that needs them. Retrieval is the pipeline's
+    retrieve stage over the dataset's own index (``eval.runner.Evaluator``)."""
 
     def __init__(
         self,
@@ -190,7 +191,7 @@ class PipelineEvaluation:
     def retrieve(self, settings: RetrievalConfig) -> list[Retrieved]:
         """Top-k chunks and retrieval scores of every question (one cache entry per config)."""
         config = EvalConfig.of(settings)
-        parts = {"dataset": self._dataset_id, "config": config.to_dict(), "code": code_fingerprint("eval.runner", "retrieval.search", "retrieval.lexical", "retrieval.encoder", "retrieval.chunkers")}
+        parts = {"dataset": self._dataset_id, "config": config.to_dict(), "code": code_fingerprint("eval.runner", "pipeline.pipeline", "retrieval.search", "retrieval.lexical", "retrieval.encoder", "retrieval.chunkers")}
         parts["encoder"] = self.evaluator().encoder.model_id
         cached = self.cache.get("retrieval", parts)
         self._count("retrieval", cached is not None, len(self.dataset.questions))

@@ -2,8 +2,9 @@
 
 All chunks of all corpora go into ONE index version (``retrieval.index_store``, exact Flat,
 one document per corpus, chunk ids in corpus order), built once per chunking and neighbour
-context and kept next to the embedding cache, and every question is answered by the search
-engine ``ragpress query`` uses (``retrieval.search``), so what is evaluated is what is served.
+context and kept next to the embedding cache, and every question is answered by the retrieve
+stage of the one ``pipeline.Pipeline`` (the search engine ``ragpress query`` and ``ask`` use), so
+what is evaluated is what is served.
 An ``Evaluator`` keeps the chunks and vectors of every chunking it has seen, so a sweep over k
 or retrieval options re-chunks and re-embeds nothing.
 """
@@ -25,11 +26,13 @@ import numpy as np
 from eval.base import EvalConfig, EvalDataset, EvalResult, MetricSummary, Question, QuestionScore, Span
 from eval.embedding_cache import EmbeddingCache
 from eval.metrics import TokenRanges, mean_percent, min_k, precision_omega, retrieval_scores
+from pipeline.config import PipelineConfig
+from pipeline.pipeline import Pipeline
 from retrieval.base import Chunk, Chunker, Document, Encoder, TokenCounter
+from retrieval.config import RetrievalConfig
 from retrieval.errors import IndexStoreError
 from retrieval.index_store import IndexStore
 from retrieval.postprocess import NEIGHBOUR_WEIGHT, merge_adjacent, with_neighbour_context
-from retrieval.search import SearchEngine, engine_for
 
 ChunkerFactory = Callable[[EvalConfig], Chunker]
 
@@ -51,7 +54,7 @@ class _Chunking:
     vectors: np.ndarray
     chunk_seconds: float
     embed_seconds: float
-    engines: dict[int, SearchEngine] = field(default_factory=dict)  # by context_chunks
+    stores: dict[int, IndexStore] = field(default_factory=dict)  # by context_chunks
 
 
 def default_chunker_factory(config: EvalConfig, tokenizer: TokenCounter | None = None) -> Chunker:
@@ -76,10 +79,13 @@ def chunk_corpora(corpora: Mapping[str, str], chunker: Chunker) -> list[IndexedC
     return chunks
 
 
-def retrieval_weight(config: EvalConfig) -> float:
-    """The engine's ``dense_weight`` for ``config.retrieval``: 1 dense alone, 0 BM25 alone. Dense
-    goes through the fused ranking too (weight 1), whose ties keep chunk order, as they always did."""
-    return {"dense": 1.0, "bm25": 0.0}.get(config.retrieval, config.hybrid_weight)
+def retrieval_pipeline(config: EvalConfig) -> Pipeline:
+    """The ``Pipeline`` whose retrieve stage answers the questions of ``config``; ``k`` is passed per
+    batch (``k='min'`` differs per question), so a placeholder stands in for 'min'."""
+    settings = {key: value for key, value in config.to_dict().items() if key in RetrievalConfig.model_fields}
+    if settings["k"] == "min":
+        settings["k"] = 1
+    return Pipeline(PipelineConfig(retrieval=RetrievalConfig.from_dict(settings)))
 
 
 def index_key(dataset: EvalDataset, chunks: Sequence[IndexedChunk], model_id: str, context_chunks: int) -> str:
@@ -236,12 +242,12 @@ class Evaluator:
             retrieved_spans=tuple(found),
         )
 
-    def engine(self, config: EvalConfig) -> tuple[_Chunking, bool, SearchEngine]:
-        """The chunking of ``config``, whether it was fresh, and the engine over its index version
-        (built into the cache directory, or reused from it when it holds exactly these chunks)."""
+    def index_store(self, config: EvalConfig) -> tuple[_Chunking, bool, IndexStore]:
+        """The chunking of ``config``, whether it was fresh, and its index version (built into the
+        cache directory, or reused from it when it holds exactly these chunks)."""
         chunking, fresh = self._chunking(config)
-        engine = chunking.engines.get(config.context_chunks)
-        if engine is None:
+        store = chunking.stores.get(config.context_chunks)
+        if store is None:
             key = index_key(self.dataset, chunking.chunks, self.encoder.model_id, config.context_chunks)
             directory = self.index_root / key
             store = open_eval_index(directory, chunking.chunks, self.encoder.model_id)
@@ -249,25 +255,26 @@ class Evaluator:
                 vectors = with_neighbour_context(chunking.vectors, [c.corpus_id for c in chunking.chunks],
                                                  config.context_chunks, NEIGHBOUR_WEIGHT)
                 store = build_eval_index(directory, self.dataset, chunking.chunks, vectors, self.encoder.model_id)
-            engine = chunking.engines[config.context_chunks] = engine_for(store)
-        return chunking, fresh, engine
+            chunking.stores[config.context_chunks] = store
+        return chunking, fresh, store
 
     def _search(self, config: EvalConfig) -> tuple[_Chunking, bool, list[TopK], list[tuple[int, float]], dict[str, float]]:
-        """Every question's top k (with collapsed copies) from the engine, its ``(k, precision Ω)``,
-        and the seconds spent chunking + embedding (when fresh), indexing and searching."""
+        """Every question's top k (with collapsed copies) from the pipeline's retrieve stage, its
+        ``(k, precision Ω)``, and the seconds spent chunking + embedding (when fresh), indexing and searching."""
         started = time.perf_counter()
         chunking, fresh = self._chunking(config)
         chunked = time.perf_counter()
-        _, _, engine = self.engine(config)
+        _, _, store = self.index_store(config)
         indexed = time.perf_counter()
         ks = [self._k(question, chunking, config) for question in self.dataset.questions]
         searching = time.perf_counter()
-        vectors, weight = self._questions(), retrieval_weight(config)
+        vectors, pipeline = self._questions(), retrieval_pipeline(config)
         place = {(c.corpus_id, c.start, c.end): c for c in chunking.chunks}
         tops: list[TopK] = [()] * len(ks)
         for k in sorted({k for k, _ in ks}):  # one batched search per distinct k (k='min' varies)
             rows = [i for i, (ki, _) in enumerate(ks) if ki == k]
-            hits = engine.search([self.dataset.questions[i].text for i in rows], vectors[rows], k, weight, config.distinct)
+            questions = [self.dataset.questions[i].text for i in rows]
+            hits = pipeline.retrieve_many(store, questions, vectors[rows], k=k, fused_dense=True)
             for i, row in zip(rows, hits):
                 tops[i] = tuple((chunking.chunks[h.chunk_id], tuple(place[c] for c in h.copies)) for h in row)
         seconds = {"prepare_s": chunked - started, "index_s": indexed - chunked, "search_s": time.perf_counter() - searching,

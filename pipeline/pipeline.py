@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from compression.base import Budget, CompressionResult, Compressor, KeptSpan
 from generation.base import Answer, Generator
 from pipeline.base import PipelineAnswer
@@ -84,11 +86,25 @@ class Pipeline:
         settings = self.config.retrieval
         return search_texts(store, encoder, [question], settings.fixed_k, settings.search_weight, settings.distinct)[0]
 
-    def compress(self, question: str, contexts: Sequence[str]) -> CompressionResult | None:
-        """The configured compressor's output for ``contexts``; None when nothing is compressed."""
+    def retrieve_many(self, store: IndexStore, questions: Sequence[str], vectors: np.ndarray, *, k: int | None = None,
+                      fused_dense: bool = False) -> list[list[Hit]]:
+        """The retrieve stage for a batch of already embedded ``questions`` (one engine call):
+        ``vectors`` their query rows, ``k`` overrides the configured one. ``fused_dense``: dense
+        retrieval ranks through the fused scores (weight 1), whose exact ties keep chunk order, as
+        the evaluation has always ranked; otherwise dense is the FAISS ranking, as ``retrieve``."""
+        from retrieval.search import engine_for
+
+        settings = self.config.retrieval
+        weight = 1.0 if fused_dense and settings.search_weight is None else settings.search_weight
+        return engine_for(store).search(list(questions), vectors, settings.fixed_k if k is None else k, weight, settings.distinct)
+
+    def compress(self, question: str, contexts: Sequence[str], budget: Budget | None = None) -> CompressionResult | None:
+        """The configured compressor's output for ``contexts`` (under ``budget``, default the configured
+        rate); None when nothing is compressed."""
         if self.config.compression.method == "none":
             return None
-        return self.compressor().compress(list(contexts), Budget(rate=self.config.compression.rate), question=question)
+        budget = budget or Budget(rate=self.config.compression.rate)
+        return self.compressor().compress(list(contexts), budget, question=question or None)
 
     def generate(self, question: str, contexts: Sequence[str], kept: Sequence[KeptSpan] | Sequence[tuple[int, int, int]] | None = None,
                  kv_mode: str | None = None) -> Answer:

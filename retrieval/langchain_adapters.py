@@ -1,4 +1,7 @@
-"""LangChain-core interfaces over a ragpress index: ``Embeddings``, ``VectorStore``, ``BaseRetriever``.
+"""LangChain-core interfaces over a ragpress index: ``Embeddings`` and ``VectorStore``.
+
+The retriever and the document compressor drive the answer pipeline and live beside it
+(``pipeline.langchain_adapters``).
 
 LangChain is optional: this module imports ``langchain_core`` at the top, and nothing else in
 ``retrieval`` imports this module. ``retrieval.live_index.LiveIndex`` (plain Python) is the read side
@@ -30,17 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
 from langchain_core.embeddings import Embeddings
-from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
-from pydantic import ConfigDict, PrivateAttr
 
 from filestore import atomic_write_text
 from retrieval.base import Chunk, Document, Encoder, Hit
-from retrieval.config import BEST_HYBRID_WEIGHT
 from retrieval.errors import InputError
 from retrieval.index_store import IndexStore
 from retrieval.indexing import index_model
@@ -55,7 +54,7 @@ def content_hash(text: str, metadata: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([text, metadata], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _normalised(vectors: Sequence[Sequence[float]]) -> np.ndarray:
+def normalised(vectors: Sequence[Sequence[float]]) -> np.ndarray:
     """L2-normalised float32 rows (inner product = cosine); zero rows stay zero."""
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim != 2:
@@ -166,7 +165,7 @@ class RagpressVectorStore(VectorStore):
                 json.dumps(metadata)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"metadata of text {number} is not JSON-serialisable ({exc}); keep metadata to JSON types") from None
-        vectors = _normalised(self._embedding.embed_documents(texts))
+        vectors = normalised(self._embedding.embed_documents(texts))
         with self._write_lock:
             store = self._writer(vectors.shape[1])
             hashes = [content_hash(t, m) for t, m in zip(texts, metadatas)]
@@ -251,7 +250,7 @@ class RagpressVectorStore(VectorStore):
 
     def _nearest(self, store: IndexStore, embedding: list[float], k: int, filter: dict[str, Any] | None) -> list[tuple[Hit, LCDocument]]:
         """The ``k`` nearest hits passing ``filter`` with their documents, searching deeper while short."""
-        vector, depth = _normalised([embedding]), k
+        vector, depth = normalised([embedding]), k
         while True:
             hits = engine_for(store).search([""], vector, depth, None, distinct=False)[0]
             kept = [(h, d) for h, d in zip(hits, self.documents_of(store, hits)) if matches(d.metadata, filter)]
@@ -272,7 +271,7 @@ class RagpressVectorStore(VectorStore):
         if not fetched:
             return []
         vectors = engine_for(store).vectors_of([hit.chunk_id for hit, _ in fetched])
-        chosen = maximal_marginal_relevance(_normalised([embedding])[0], vectors.tolist(), lambda_mult, k)
+        chosen = maximal_marginal_relevance(normalised([embedding])[0], vectors.tolist(), lambda_mult, k)
         return [fetched[i][1] for i in chosen]
 
     def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
@@ -348,45 +347,3 @@ class RagpressVectorStore(VectorStore):
         store = cls(index_dir, embedding, **kwargs)
         store.add_texts(texts, metadatas, ids=ids)
         return store
-
-
-# The evaluated default of ``ragpress query`` (``retrieval.config.BEST_RETRIEVAL``).
-EVALUATED_HYBRID_WEIGHT = BEST_HYBRID_WEIGHT
-
-
-class RagpressRetriever(BaseRetriever):
-    """A LangChain retriever over a ragpress index directory: ``invoke(question)`` -> top-``k`` documents.
-
-    By default it retrieves as ``ragpress query`` does: hybrid dense + BM25 scoring
-    (``hybrid_weight`` on the dense side; ``None``: the store's plain FAISS search) and ``k`` different
-    texts (``distinct``): a chunk whose text repeats a better-ranked one word for word is collapsed
-    into it, its ``{"source", "start", "end"}`` listed under the metadata key ``ragpress_copies``
-    (a namespaced key, so it never overwrites metadata of yours). ``hybrid_weight=None,
-    distinct=False`` equals ``store.similarity_search``. ``k`` can be overridden per call:
-    ``retriever.invoke(question, k=3)``.
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    index_dir: str
-    k: int = 4
-    embeddings: Embeddings | None = None
-    hybrid_weight: float | None = EVALUATED_HYBRID_WEIGHT
-    distinct: bool = True
-    _store: RagpressVectorStore | None = PrivateAttr(default=None)
-
-    @property
-    def store(self) -> RagpressVectorStore:
-        """The vector store over ``index_dir``, opened on first use."""
-        if self._store is None:
-            self._store = RagpressVectorStore(self.index_dir, self.embeddings)
-        return self._store
-
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
-                                k: int | None = None) -> list[LCDocument]:
-        snapshot = self.store.searchable()
-        if snapshot is None:
-            return []
-        vectors = _normalised([self.store.embeddings.embed_query(query)])
-        hits = engine_for(snapshot).search([query], vectors, self.k if k is None else k, self.hybrid_weight, self.distinct)[0]
-        return self.store.documents_of(snapshot, hits)

@@ -22,17 +22,16 @@ from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings  # 
 from langchain_core.runnables import RunnableLambda  # noqa: E402
 
 from compression.base import Budget, CompressionResult, KeptSpan  # noqa: E402
-from compression.langchain_adapters import RagpressDocumentCompressor, documents_from_result  # noqa: E402
+from pipeline.langchain_adapters import (  # noqa: E402
+    EVALUATED_HYBRID_WEIGHT,
+    RagpressDocumentCompressor,
+    RagpressRetriever,
+    documents_from_result,
+)
 from retrieval.errors import InputError  # noqa: E402
 from retrieval.index_store import IndexStore  # noqa: E402
 from retrieval.indexing import index_paths  # noqa: E402
-from retrieval.langchain_adapters import (  # noqa: E402
-    EVALUATED_HYBRID_WEIGHT,
-    LiveIndex,
-    RagpressEmbeddings,
-    RagpressRetriever,
-    RagpressVectorStore,
-)
+from retrieval.langchain_adapters import LiveIndex, RagpressEmbeddings, RagpressVectorStore  # noqa: E402
 
 DIM = 32
 WORDS = ("faiss index vector search chunk token model query prefect flow dask worker cluster budget "
@@ -248,6 +247,32 @@ def test_document_compressor_hand_computed_spans() -> None:
     assert documents_from_result([word], CompressionResult("", (KeptSpan(0, 0, 3), KeptSpan(0, 4, 6)), 2, 1, "x"))[0] \
         .page_content == "fooar"  # no whitespace dropped inside a word: nothing inserted
     assert RagpressDocumentCompressor(compressor=KeepWordsWith("q")).compress_documents(docs, "q") == []
+
+
+def test_retriever_and_compressor_run_the_pipelines_stages(filled, monkeypatch) -> None:
+    """The LangChain retriever and document compressor are the pipeline's retrieve and compress stages."""
+    from pipeline.pipeline import Pipeline
+
+    store, _ = filled
+    stages: list[tuple[str, object]] = []
+    retrieve_many, compress = Pipeline.retrieve_many, Pipeline.compress
+
+    def spy_retrieve(self, snapshot, questions, vectors, **options):
+        stages.append(("retrieve", self.config.retrieval))
+        return retrieve_many(self, snapshot, questions, vectors, **options)
+
+    def spy_compress(self, question, contexts, budget=None):
+        stages.append(("compress", budget))
+        return compress(self, question, contexts, budget)
+
+    monkeypatch.setattr(Pipeline, "retrieve_many", spy_retrieve)
+    monkeypatch.setattr(Pipeline, "compress", spy_compress)
+    docs = RagpressRetriever(index_dir=str(store.index_dir), k=3, embeddings=HashedWords(), hybrid_weight=0.5).invoke("dask worker")
+    out = RagpressDocumentCompressor(compressor=KeepWordsWith("a"), target_tokens=4).compress_documents(docs, "dask worker")
+    settings = stages[0][1]
+    assert [name for name, _ in stages] == ["retrieve", "compress"] and len(docs) == 3 and out
+    assert (settings.k, settings.retrieval, settings.hybrid_weight, settings.distinct) == (3, "hybrid", 0.5, True)
+    assert stages[1][1] == Budget(target_tokens=4)
 
 
 @pytest.mark.slow

@@ -68,3 +68,41 @@ def test_ask_pipeline_and_eval_agree_on_spans_and_answers(settings, prefect_harn
         for span in asked_spans:  # the spans are the corpus' own text
             assert any(dataset.corpora[span.corpus_id][span.start:span.end] == hit["text"] for hit in asked["contexts"])
         assert asked["answer"] == run.answer
+
+
+@pytest.mark.parametrize("settings", (*SETTINGS, RetrievalConfig(chunker="token", chunk_size=16, k=2, retrieval="bm25")),
+                         ids=["sentence-dense", "token-hybrid-context", "token-bm25"])
+def test_evaluation_retrieves_through_the_pipelines_retrieve_stage(settings, monkeypatch, tmp_path):
+    """``Evaluator`` and ``PipelineEvaluation.retrieve`` get their top k from ``Pipeline.retrieve_many``, and
+    its hits are what the pipeline's per-question ``retrieve`` (what ``ask`` runs) returns over the same index."""
+    from support import BagOfWordsEncoder
+
+    from pipeline.pipeline import Pipeline
+    from retrieval.index_store import IndexStore
+
+    calls: list[tuple[str, ...]] = []
+    batch = Pipeline.retrieve_many
+
+    def spy(self, store, questions, vectors, **options):
+        calls.append(tuple(questions))
+        return batch(self, store, questions, vectors, **options)
+
+    monkeypatch.setattr(Pipeline, "retrieve_many", spy)
+    dataset, encoder = tiny_dataset(), BagOfWordsEncoder()
+    evaluator = Evaluator(dataset, encoder, cache=NoDiskCache(), index_root=tmp_path / "indexes")
+    evaluated = evaluator.evaluate(EvalConfig.of(settings))
+    assert sorted(q for call in calls for q in call) == sorted(q.text for q in dataset.questions)
+
+    calls.clear()
+    evaluation = PipelineEvaluation(dataset, StageCache(tmp_path / "stages"), evaluator_factory=lambda data: evaluator)
+    retrieved = evaluation.retrieve(settings)
+    assert sorted(q for call in calls for q in call) == sorted(q.text for q in dataset.questions)
+    for got, scored in zip(retrieved, evaluated.questions):
+        assert sorted((*got.chunks, *(c for copies in got.copies for c in copies)), key=repr) == sorted(scored.retrieved_spans, key=repr)
+
+    _, _, store = evaluator.index_store(EvalConfig.of(settings))
+    served = Pipeline(PipelineConfig(retrieval=settings))
+    for question, scored in zip(dataset.questions, evaluated.questions):
+        hits = served.retrieve(IndexStore.open(store.directory), encoder, question.text)
+        found = [Span(h.doc_id, h.start, h.end) for h in hits] + [Span(*c) for h in hits for c in h.copies]
+        assert sorted(found, key=repr) == sorted(scored.retrieved_spans, key=repr)
