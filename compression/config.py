@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from compression.registry import COMPRESSORS
-from retrieval.config import ConfigModel
+from retrieval.config import ConfigModel, one_of
 
 # "none" hands the retrieved chunks on whole; the others are the registry's compressors.
 COMPRESSION_METHODS = ("none", *COMPRESSORS)
@@ -19,15 +19,8 @@ class CompressionConfig(ConfigModel):
     reset to its default when nothing is compressed so equal configurations compare (and cache) equal."""
 
     # The flat pipeline form (``pipeline.config``) names the method "compression".
-    method: str = Field("none", validation_alias=AliasChoices("method", "compression"), description="one of " + ", ".join(COMPRESSION_METHODS))
+    method: Annotated[str, one_of(COMPRESSION_METHODS, "compression")] = Field("none", validation_alias=AliasChoices("method", "compression"), description="one of " + ", ".join(COMPRESSION_METHODS))
     rate: float = Field(DEFAULT_RATE, strict=True, gt=0.0, le=1.0, description="a number in (0, 1] (kept / original tokens), e.g. 0.33")
-
-    @field_validator("method")
-    @classmethod
-    def _known(cls, method: str) -> str:
-        if method not in COMPRESSION_METHODS:
-            raise ValueError(f"unknown compression '{method}'")
-        return method
 
     @model_validator(mode="after")
     def _normalised(self) -> Self:

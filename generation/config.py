@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from compression.kv.modes import BLEND_SCORES, DEFAULT_BLEND_SCORE, KV_REUSE_MODES
 from generation.base import ReuseOptions
-from retrieval.config import ConfigModel, PositiveInt, Share
+from retrieval.config import ConfigModel, PositiveInt, Share, one_of
 
 
 class GenerationConfig(ConfigModel):
@@ -16,25 +16,11 @@ class GenerationConfig(ConfigModel):
     matter only for ``blend``, ``edge_tokens`` only for ``edge``: they are reset to their defaults
     otherwise, so equal configurations compare (and cache) equal."""
 
-    kv_mode: str = Field("naive", description="one of " + ", ".join(KV_REUSE_MODES))
+    kv_mode: Annotated[str, one_of(KV_REUSE_MODES, "kv_mode")] = Field("naive", description="one of " + ", ".join(KV_REUSE_MODES))
     blend_r: Share = Field(0.15, description="a number in [0, 1] (share of context tokens blend recomputes), e.g. 0.15")
     edge_tokens: PositiveInt = Field(16, description="a positive integer (first tokens of each chunk edge recomputes), e.g. 16")
-    blend_score: str = Field(DEFAULT_BLEND_SCORE, description="one of " + ", ".join(BLEND_SCORES))
+    blend_score: Annotated[str, one_of(BLEND_SCORES, "blend_score")] = Field(DEFAULT_BLEND_SCORE, description="one of " + ", ".join(BLEND_SCORES))
     max_new_tokens: PositiveInt = Field(32, description="a positive integer (tokens to generate at most), e.g. 64")
-
-    @field_validator("kv_mode")
-    @classmethod
-    def _known_mode(cls, mode: str) -> str:
-        if mode not in KV_REUSE_MODES:
-            raise ValueError(f"unknown kv_mode '{mode}'")
-        return mode
-
-    @field_validator("blend_score")
-    @classmethod
-    def _known_score(cls, score: str) -> str:
-        if score not in BLEND_SCORES:
-            raise ValueError(f"unknown blend_score '{score}'")
-        return score
 
     @model_validator(mode="after")
     def _normalised(self) -> Self:

@@ -17,10 +17,10 @@ it means re-running that benchmark.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 RETRIEVAL_MODES = ("dense", "bm25", "hybrid")
 # The chunker registry's names (``retrieval.chunkers.CHUNKERS``; a test keeps the two equal).
@@ -29,6 +29,17 @@ CHUNKER_NAMES = ("token", "recursive", "sentence")
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 Share = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
+
+
+def one_of(choices: Collection[str], what: str) -> AfterValidator:
+    """A check for a name that must be one of ``choices`` (a registry's names, known only at run time)."""
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"unknown {what} '{value}'")
+        return value
+
+    return AfterValidator(check)
 
 
 class ConfigError(ValueError):
