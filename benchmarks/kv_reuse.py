@@ -9,8 +9,8 @@ kept in memory; that cost is reported separately.
     .venv/bin/python benchmarks/kv_reuse.py            # full run -> benchmarks/results/kv_reuse.{json,md}
     .venv/bin/python benchmarks/kv_reuse.py --questions 6 --ks 8 --name kv_reuse_small
     .venv/bin/python benchmarks/kv_reuse.py --workers 2 --cache-dir ~/.cache/ragpress/kv-bench  # precompute once
-    .venv/bin/python benchmarks/kv_reuse.py --model qwen2.5-coder-0.5b --dtype bfloat16 --threads 2 --ks 8 \
-        --modes naive=none blend-q=blend:r=0.15,score=attention l1qa15=blend:r=0.15,check_layer=1,score=deviation*attention,resume=true \
+    .venv/bin/python benchmarks/kv_reuse.py --model qwen2.5-coder-0.5b --dtype bfloat16 --threads 1 --workers 2 --ks 8 \
+        --modes naive=none blend-q=blend:r=0.15,score=attention blend-q35=blend:r=0.35,score=attention \
         --name kv_reuse_qwen2.5-coder-0.5b      # another scale (--model: a folder, a .gguf, or a name of benchmarks/gguf_parts.py)
 """
 
