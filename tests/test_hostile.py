@@ -43,11 +43,15 @@ def cli(*args: str, stdin: bytes | None = None):
 
 
 def one_line_error(result, *needles: str) -> str:
-    """Exit code 2, exactly one stderr line ``error: ...`` holding ``needles``, no traceback."""
+    """Exit code 2, exactly one stderr line ``error: ...`` holding ``needles``, no traceback.
+
+    A command that fails after work began has printed its plain ``progress:`` lines (stderr is not a
+    terminal here) before it; nothing else may stand beside the error line, and it comes last."""
     assert result.exit_code == 2, (result.exit_code, result.output)
     assert isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("progress: ")]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stderr.strip().splitlines()[-1] == lines[0], result.stderr
     assert "Traceback" not in result.output
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
