@@ -162,8 +162,7 @@ class SearchEngine:
             candidates = dense_ids
         else:
             lexical_ids = np.argpartition(-lexical, pool - 1)[:pool] if pool < n else np.arange(n)
-            candidates = np.sort(np.concatenate([dense_ids, lexical_ids]))
-            candidates = candidates[np.concatenate([[True], candidates[1:] != candidates[:-1]])]  # unique
+            candidates = np.unique(np.concatenate([dense_ids, lexical_ids]))
         query = vector.astype(np.float64)
         # One product for the candidates, the lowest-cosine chunk (exact indexes) and the dense pool's edge.
         extra = [floor] if floor is not None else []
@@ -200,28 +199,16 @@ class SearchEngine:
             lexical_part: np.ndarray | float = 0.0
             if weight < 1.0:
                 lexical_ids, lacking = self._lexical.candidates(query, LEXICAL_WORDS, self.lexical_pool)
-                candidates = np.concatenate([candidates, lexical_ids])  # repeats are dropped at the end
+                candidates = np.unique(np.concatenate([candidates, lexical_ids]))
                 lexical = self._lexical.scores_of(query, candidates)
                 lex_low = 0.0 if lacking else float(lexical.min())
                 lexical_part = (1.0 - weight) * _scaled(lexical, lex_low, float(lexical.max()))
             dense = self._cosines(vector.astype(np.float64), candidates)
             low = min(float(np.min(self._floor_rows @ vector)), float(dense.min()))
             fused = weight * _scaled(dense, low, float(dense.max())) + lexical_part
-            results.append(self._best_once(candidates, fused, depth))
+            best = np.lexsort((candidates, -fused))[:depth]  # ties: lower chunk first
+            results.append([self._hit(int(candidates[i]), float(fused[i])) for i in best])
         return results
-
-    def _best_once(self, candidates: np.ndarray, fused: np.ndarray, depth: int) -> list[Hit]:
-        """The ``depth`` best hits (ties: lower chunk first), each chunk once."""
-        hits: list[Hit] = []
-        seen: set[int] = set()
-        for i in np.lexsort((candidates, -fused)).tolist():
-            position = int(candidates[i])
-            if position not in seen:
-                seen.add(position)
-                hits.append(self._hit(position, float(fused[i])))
-                if len(hits) == depth:
-                    break
-        return hits
 
     def _cosines(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         rows = self._vector_row[positions]
