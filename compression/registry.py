@@ -15,12 +15,16 @@ COMPRESSORS: dict[str, str] = {
 }
 
 
-def make_compressor(name: str, **options: Any) -> Compressor:
-    """Build the compressor registered as ``name``; unknown names list the valid ones."""
+def compressor_target(name: str) -> str:
+    """The ``"module:factory"`` registered as ``name``; unknown names list the valid ones."""
     try:
-        target = COMPRESSORS[name]
+        return COMPRESSORS[name]
     except KeyError:
         raise ValueError(f"unknown compression method '{name}'; valid: {', '.join(sorted(COMPRESSORS))}") from None
-    module_name, factory_name = target.split(":")
+
+
+def make_compressor(name: str, **options: Any) -> Compressor:
+    """Build the compressor registered as ``name``; unknown names list the valid ones."""
+    module_name, factory_name = compressor_target(name).split(":")
     factory = getattr(importlib.import_module(module_name), factory_name)
     return factory(**options)

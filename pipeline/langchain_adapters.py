@@ -142,10 +142,9 @@ class RagpressDocumentCompressor(BaseDocumentCompressor):
             self.rate = None
         Budget(rate=self.rate, target_tokens=self.target_tokens)
         if self.compressor is None:
-            from compression.registry import COMPRESSORS
+            from compression.registry import compressor_target
 
-            if self.method not in COMPRESSORS:
-                raise ValueError(f"unknown compression method '{self.method}'; valid: {', '.join(sorted(COMPRESSORS))}")
+            compressor_target(self.method)  # an unknown method is refused here, not at the first call
 
     def pipeline(self) -> Pipeline:
         """The pipeline whose compress stage this runs, its compressor built once."""
