@@ -1,8 +1,9 @@
-"""``ask``, ``pipeline`` and ``eval`` are one chain: the same config retrieves the same spans and
+"""``ask``, ``pipeline``, ``eval`` and ``Pipeline.run`` are one chain: the same config retrieves the same spans and
 gives the same answer, whichever command runs it (real MiniLM, a tiny random LM as the generator)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,7 +42,9 @@ def tiny_engine(tiny_llama, store_dir: Path):
 @pytest.mark.parametrize("settings", SETTINGS, ids=["sentence-dense", "token-hybrid-context"])
 def test_ask_pipeline_and_eval_agree_on_spans_and_answers(settings, prefect_harness, tiny_llama, tmp_path, one_torch_thread):
     from flows.answer import answer_flow
+    from pipeline.pipeline import Pipeline
     from retrieval.encoder import load_encoder
+    from retrieval.index_store import IndexStore
     from retrieval.indexing import index_paths
 
     dataset = tiny_dataset()
@@ -60,8 +63,14 @@ def test_ask_pipeline_and_eval_agree_on_spans_and_answers(settings, prefect_harn
                                     engine_factory=tiny_engine(tiny_llama, tmp_path / "kv-pipeline"), lm_id="tiny@0")
     piped = evaluation.run(config)
     llm = {"backend": "local", "model": "smollm2", "engine_factory": tiny_engine(tiny_llama, tmp_path / "kv-ask")}
+    # The Python API without Prefect: the same stages in one call, with its own chunk caches.
+    plain = Pipeline(config, llm={**llm, "engine_factory": tiny_engine(tiny_llama, tmp_path / "kv-plain")})
+    store = IndexStore.open(tmp_path / "index")
     for question, scored, run in zip(dataset.questions, evaluated.questions, piped.questions):
         asked = answer_flow(question.text, str(tmp_path / "index"), config.to_dict(), llm=llm)
+        direct = plain.run(store, encoder, question.text)
+        assert [asdict(hit) for hit in direct.hits] == asked["contexts"] and direct.compressed is None
+        assert direct.answer.text == asked["answer"]
         asked_spans = [Span(Path(hit["source"]).stem, hit["start"], hit["end"]) for hit in asked["contexts"]]
         assert len(asked_spans) == settings.k
         assert sorted(asked_spans, key=repr) == sorted(run.retrieved_spans, key=repr) == sorted(scored.retrieved_spans, key=repr)
