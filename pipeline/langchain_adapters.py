@@ -63,6 +63,7 @@ class RagpressRetriever(BaseRetriever):
     hybrid_weight: float | None = EVALUATED_HYBRID_WEIGHT
     distinct: bool = True
     _store: RagpressVectorStore | None = PrivateAttr(default=None)
+    _pipeline: tuple[tuple[tuple[type, Any], ...], Pipeline] | None = PrivateAttr(default=None)
 
     @property
     def store(self) -> RagpressVectorStore:
@@ -72,9 +73,14 @@ class RagpressRetriever(BaseRetriever):
         return self._store
 
     def pipeline(self) -> Pipeline:
-        """The pipeline whose retrieve stage this retriever runs (settings validated on each call,
-        as LangChain lets fields change after construction)."""
-        return Pipeline(PipelineConfig(retrieval=retrieval_settings(self.k, self.hybrid_weight, self.distinct)))
+        """The pipeline whose retrieve stage this retriever runs, built again (and its settings
+        validated) whenever a field it depends on changed since the last call: LangChain lets
+        fields change after construction."""
+        settings = (self.k, self.hybrid_weight, self.distinct)
+        typed = tuple((type(value), value) for value in settings)  # 1, 1.0 and True differ to validation
+        if self._pipeline is None or self._pipeline[0] != typed:
+            self._pipeline = (typed, Pipeline(PipelineConfig(retrieval=retrieval_settings(*settings))))
+        return self._pipeline[1]
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None) -> list[LCDocument]:

@@ -468,6 +468,13 @@ class IndexStore:
         self._set_search_params(k)
         return self._index.search(queries, k)
 
+    def scores_are_exact(self) -> bool:
+        """Whether FAISS's scores are the exact inner products of the stored vectors (the index
+        keeps them as they are: Flat, HNSW over Flat, IVF over Flat), not estimates from codes."""
+        if self._index is None:
+            return True
+        return isinstance(_inner(self._index), (faiss.IndexFlat, faiss.IndexHNSWFlat, faiss.IndexIVFFlat))
+
     def _check_queries(self, query_vectors: np.ndarray) -> np.ndarray:
         queries = np.asarray(query_vectors, dtype=np.float32)
         if queries.ndim == 1:

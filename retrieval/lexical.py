@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +33,7 @@ import numpy as np
 _WORD = re.compile(r"\w+", re.UNICODE)
 K1, B, EPSILON = 1.5, 0.75, 0.25  # rank_bm25's BM25Okapi defaults
 EMPTY_TEXT_TOKEN = "\0"  # stands for a text without words, so every text has a length
+SLOT = np.uint16  # query-word slots of the bounded BM25 look-up (a query of more distinct words scores every text)
 HEAD = 64  # texts kept per term in the heads (the most a bounded search asks for)
 # What a saved index consists of: bm25s's own files, then the counts and heads; all are checked on open.
 BM25S_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "vocab.index.json",
@@ -62,6 +65,14 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     offsets = np.repeat(np.asarray(starts, dtype=np.int64) - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     return offsets + np.arange(total, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class QueryTerms:
+    """A query's distinct terms in one index (term ids, ascending) and how often the query holds each."""
+
+    terms: np.ndarray
+    repeats: np.ndarray
 
 
 class TermCounts:
@@ -154,6 +165,7 @@ class BM25Index:
         self._counts_indptr, self._terms, self._freqs = counts.indptr, counts.terms, counts.freqs
         self._vocab, self.size, self._lengths, self._average = counts.vocab, n, text_length.astype(np.int64), average
         self._derived: tuple[np.ndarray, np.ndarray] | None = None
+        self._scratch = threading.local()
         self._heads_indptr, self._heads = _heads(self._data, self._indices, self._indptr)
 
     # ------------------------------------------------------------ files
@@ -193,11 +205,22 @@ class BM25Index:
         index._vocab = json.loads((directory / "vocab.index.json").read_text(encoding="utf-8"))
         index.size = len(index._counts_indptr) - 1
         index._average, index._derived = float(index._lengths.sum()) / index.size, None
+        index._scratch = threading.local()
         return index
 
     # ------------------------------------------------------------ scoring
     def _columns(self, query: str) -> list[int]:
         return [column for column in map(self._vocab.get, lexical_tokens(query)) if column is not None]
+
+    def query_terms(self, query: str | QueryTerms) -> QueryTerms:
+        """``query``'s terms of this index, tokenised once for several look-ups."""
+        if isinstance(query, QueryTerms):
+            return query
+        repeats: dict[int, int] = {}
+        for column in self._columns(query):
+            repeats[column] = repeats.get(column, 0) + 1
+        terms = sorted(repeats)
+        return QueryTerms(np.array(terms, dtype=np.int64), np.array([repeats[t] for t in terms], dtype=np.float64))
 
     def scores(self, query: str) -> np.ndarray:
         """Okapi BM25 of every text for ``query`` (float64; a repeated query word counts each time)."""
@@ -209,27 +232,45 @@ class BM25Index:
         return np.bincount(np.concatenate([self._indices[s] for s in spans]),
                            weights=np.concatenate([self._data[s] for s in spans]), minlength=self.size)
 
-    def scores_of(self, query: str, rows: np.ndarray) -> np.ndarray:
+    def scores_of(self, query: str | QueryTerms, rows: np.ndarray) -> np.ndarray:
         """``scores(query)[rows]`` up to rounding (a text's contributions are summed in another
         order), without scoring every text: from the term counts of ``rows`` alone (any order,
         repeats allowed)."""
-        repeats = Counter(self._columns(query))
-        if not repeats or not len(rows):
+        query = self.query_terms(query)
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(query.terms) or not len(rows):
             return np.zeros(len(rows), dtype=np.float64)
+        if len(query.terms) >= np.iinfo(SLOT).max:  # more distinct words than slots: score every text
+            return self.scores(" ".join(self._words_of(query)))[rows]
+        # Few array operations per call: a query scores a pool of some 80 texts, where each
+        # NumPy call costs more than the data it touches.
+        starts = self._counts_indptr[rows]
+        ends = np.cumsum(self._counts_indptr[rows + 1] - starts)  # of each row's entries in the gathered run
+        entries = np.arange(ends[-1]) + np.repeat(starts - np.concatenate(([0], ends[:-1])), np.diff(ends, prepend=0))
+        # A small per-term table of query slots (0: not a query word) keeps the look-ups in cache.
+        slots = self._term_slots()
+        slots[query.terms] = np.arange(1, len(query.terms) + 1, dtype=SLOT)
+        try:
+            matched = slots[self._terms[entries]]
+        finally:
+            slots[query.terms] = 0
+        hit = np.flatnonzero(matched)
+        owner = np.searchsorted(ends, hit, side="right")
         idf, norm = self._per_term_and_text()
-        words = sorted(repeats)
-        weight = idf[words] * np.array([repeats[w] for w in words], dtype=np.float64)
-        words_array = np.array(words, dtype=np.int64)
-        ends = self._counts_indptr[rows + 1]
-        sizes = ends - self._counts_indptr[rows]
-        entries = _ranges(ends - sizes, sizes)
-        terms = self._terms[entries]
-        at = np.searchsorted(words_array, terms)
-        hit = np.flatnonzero(words_array.take(at, mode="clip") == terms)
-        owner = np.repeat(np.arange(len(rows)), sizes)[hit]
+        weight = np.concatenate(([0.0], idf[query.terms] * query.repeats))[matched[hit]]
         tf = self._freqs[entries[hit]].astype(np.float64)
-        part = weight[at[hit]] * (tf * (K1 + 1) / (tf + norm[rows[owner]]))
-        return np.bincount(owner, weights=part, minlength=len(rows))
+        return np.bincount(owner, weights=weight * (tf * (K1 + 1) / (tf + norm[rows[owner]])), minlength=len(rows))
+
+    def _term_slots(self) -> np.ndarray:
+        """This thread's all-zero table of one slot per term (set and cleared around each use)."""
+        slots = getattr(self._scratch, "slots", None)
+        if slots is None:
+            slots = self._scratch.slots = np.zeros(len(self._indptr) - 1, dtype=SLOT)
+        return slots
+
+    def _words_of(self, query: QueryTerms) -> list[str]:
+        words = {term: word for word, term in self._vocab.items()}
+        return [words[int(t)] for t, n in zip(query.terms, query.repeats) for _ in range(int(n))]
 
     def _per_term_and_text(self) -> tuple[np.ndarray, np.ndarray]:
         """Per term its idf, per text its length part ``k1 * (1 - b + b * |d| / avgdl)``; computed on
@@ -239,18 +280,22 @@ class BM25Index:
             self._derived = idf, K1 * (1 - B + B * np.asarray(self._lengths, dtype=np.float64) / self._average)
         return self._derived
 
-    def candidates(self, query: str, words: int, per_word: int) -> tuple[np.ndarray, bool]:
+    def candidates(self, query: str | QueryTerms, words: int, per_word: int) -> tuple[np.ndarray, bool]:
         """The texts among the ``per_word`` highest contributions of each of the query's ``words``
         rarest words (repeats possible): where the highest scores are, since a rare word weighs
         most. Also whether some text surely holds no query word (the minimum score is then 0)."""
-        columns = np.array(sorted(set(self._columns(query))), dtype=np.int64)
-        if not len(columns):
+        columns = self.query_terms(query).terms.tolist()
+        if not columns:
             return np.zeros(0, dtype=np.int64), True
-        holders = self._indptr[columns + 1] - self._indptr[columns]
-        rare = columns[np.argsort(holders, kind="stable")[:words]]
-        starts, ends = self._heads_indptr[rare].tolist(), self._heads_indptr[rare + 1].tolist()
-        texts = np.concatenate([self._heads[start:min(end, start + per_word)] for start, end in zip(starts, ends)])
-        return texts.astype(np.int64), int(holders.sum()) < self.size
+        # A few words: plain Python on their postings' bounds costs less than array calls.
+        bounds = [(int(self._indptr[c]), int(self._indptr[c + 1])) for c in columns]
+        holders = [end - start for start, end in bounds]
+        rare = sorted(range(len(columns)), key=holders.__getitem__)[:words]  # stable: ties keep term order
+        heads = []
+        for column in (columns[i] for i in rare):
+            start, end = int(self._heads_indptr[column]), int(self._heads_indptr[column + 1])
+            heads.append(self._heads[start:min(end, start + per_word)])
+        return np.concatenate(heads).astype(np.int64), sum(holders) < self.size
 
 
 def _heads(data: np.ndarray, texts: np.ndarray, indptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

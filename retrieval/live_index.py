@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from retrieval.base import Hit
 from retrieval.errors import IndexCorruptedError, IndexStoreError
-from retrieval.index_store import IndexStore, current_version
+from retrieval.index_store import CURRENT, IndexStore, current_version
 
 
 class LiveIndex:
@@ -25,18 +26,30 @@ class LiveIndex:
         self._verify = verify
         self._retries = retries
         self._store: IndexStore | None = None
+        self._known: tuple[tuple[int, ...], IndexStore | None] | None = None  # (stat of CURRENT, its store)
         self._lock = threading.Lock()
 
     def snapshot(self) -> IndexStore | None:
-        """The store at the committed version (None while nothing is committed)."""
-        version = current_version(self.directory)
+        """The store at the committed version (None while nothing is committed).
+
+        CURRENT is read again only when its stat changed: a commit replaces the file (a new inode
+        and times), and one stat costs a fraction of opening and reading it on every search."""
+        stamp = _stamp(self.directory / CURRENT)
+        known = self._known
+        if stamp is not None and known is not None and known[0] == stamp:
+            return known[1]
+        version = current_version(self.directory)  # read after the stat: never older than the stamp
         store = self._store
         if version is None or (store is not None and store.version == version):
-            return None if version is None else store
-        with self._lock:  # one thread opens; the others wait and reuse it
-            if self._store is None or self._store.version != current_version(self.directory):
-                self._store = self._open_current()
-            return self._store
+            store = None if version is None else store
+        else:
+            with self._lock:  # one thread opens; the others wait and reuse it
+                if self._store is None or self._store.version != current_version(self.directory):
+                    self._store = self._open_current()
+                store = self._store
+        if stamp is not None:
+            self._known = (stamp, store)
+        return store
 
     def _open_current(self) -> IndexStore | None:
         """Open CURRENT; a writer may collect the version between reading CURRENT and opening it, so retry."""
@@ -58,3 +71,12 @@ class LiveIndex:
         if store is None or store.ntotal == 0:
             return (0 if store is None else store.version), [[] for _ in range(rows)]
         return store.version, store.search(query_vectors, k)
+
+
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """What changes whenever ``path`` is replaced (None: it does not exist)."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns

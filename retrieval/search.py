@@ -18,7 +18,8 @@ Exact factories (Flat) compute it exactly for a candidate pool:
 Approximate factories (HNSW, IVF, PQ) touch no per-chunk array, so a query costs about what
 the FAISS search costs (``_bounded``): the candidates are the FAISS top ``BOUNDED_POOL`` and
 the saved BM25 heads (the chunks of highest contribution) of the query's rarest words; the
-candidates' cosines (float64) and BM25 scores are exact, the score ranges are estimated from
+candidates' cosines (FAISS's own float32 scores where the index keeps the vectors as they are,
+else recomputed in float64) and BM25 scores are exact, the score ranges are estimated from
 them (BM25 min 0 whenever some chunk holds no query word; dense min also over a fixed sample
 of stored vectors). Their recall against the exact ranking is measured (``benchmarks/scale.py``).
 
@@ -40,7 +41,7 @@ import numpy as np
 from retrieval.base import Hit
 from retrieval.errors import EmptyIndexError, InputError
 from retrieval.index_store import IndexStore
-from retrieval.lexical import HEAD
+from retrieval.lexical import HEAD, fuse
 from retrieval.postprocess import distinct_hits
 
 DEFAULT_POOL = 64  # candidates per side before the bound check (4x more while it fails); = HNSW's efSearch
@@ -48,6 +49,7 @@ BOUNDED_POOL = 64  # approximate factories: FAISS candidates (= efSearch; 32 los
 LEXICAL_WORDS, LEXICAL_POOL = 4, 4  # approximate factories: the rarest query words, candidates per word (<= HEAD)
 FLOOR_SAMPLE = 128  # stored vectors whose minimum cosine stands for the dense min of approximate indexes
 EXACT_FACTORIES = ("Flat",)
+FULL_SCAN_CHUNKS = 512  # exact indexes up to this size rank every chunk (per query: 67 vs 116 us at 300 chunks, 223 vs 190 at 1,000)
 SMALL_INDEX_VALUES = 8_000_000  # vector values below which a float64 copy is kept in memory (64 MB)
 MEMO_SIZE = 8  # engines kept open (one per index version)
 
@@ -92,6 +94,11 @@ class SearchEngine:
         self._vector_row = order[np.searchsorted(ids, self._chunk_ids, sorter=order)]  # record -> vectors row
         self._lexical = store.lexical_index()
         self.exact = store.effective_factory in EXACT_FACTORIES
+        self._faiss_scores_exact = store.scores_are_exact()
+        self._ids_are_positions = bool(self._chunk_ids[0] == 0 and self._chunk_ids[-1] == len(self._chunk_ids) - 1)
+        # Small exact indexes rank every chunk: their vectors in record order, float64.
+        small = self.exact and len(self.records) <= FULL_SCAN_CHUNKS
+        self._record_vectors = np.asarray(self._vectors[self._vector_row], dtype=np.float64) if small else None
         sample = np.linspace(0, len(self.records) - 1, min(FLOOR_SAMPLE, len(self.records))).astype(np.int64)
         self._floor_rows = np.asarray(self._vectors[np.sort(self._vector_row[sample])], dtype=np.float32)
 
@@ -119,9 +126,11 @@ class SearchEngine:
         depth = min(depth, len(self.records))
         if not self.exact:
             return self._bounded(queries, query_vectors, depth, dense_weight)
-        results: list[list[Hit] | None] = [None] * len(queries)
         # Weight 1 is the dense ranking alone: no BM25 scores (all zero) and no lexical candidates.
         lexical = [self._lexical.scores(query) if dense_weight < 1.0 else np.zeros(len(self.records)) for query in queries]
+        if self._record_vectors is not None:
+            return [self._ranked_all(vector, scores, depth, dense_weight) for vector, scores in zip(query_vectors, lexical)]
+        results: list[list[Hit] | None] = [None] * len(queries)
         pending, pool = list(range(len(queries))), max(self.pool, depth)
         while pending:
             pool = min(pool, len(self.records))
@@ -141,17 +150,30 @@ class SearchEngine:
         return np.asarray(self._vectors[self._vector_row[positions]], dtype=np.float32)
 
     # ------------------------------------------------------------ internals
+    def _ranked_all(self, vector: np.ndarray, lexical: np.ndarray, depth: int, weight: float) -> list[Hit]:
+        """Every chunk fused and ranked (a small index: one product over all its vectors costs less
+        than gathering a candidate pool's)."""
+        assert self._record_vectors is not None
+        fused = fuse(self._record_vectors @ vector.astype(np.float64), lexical, weight)
+        best = np.argsort(-fused, kind="stable")[:depth]  # ties: lower chunk first
+        return [self._hit(int(i), float(fused[i])) for i in best]
+
     def _dense_candidates(self, query_vectors: np.ndarray, pool: int) -> tuple[np.ndarray, list[int | None]]:
         """Record positions of the ``pool`` best FAISS hits per query (-1: none), and per query the
         position of the lowest-cosine chunk when the index is exact (None: use the sample)."""
         queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
-        _, ids = self.store.search_ids(queries, pool)
+        _, positions = self._faiss_top(queries, pool)
         # The negated query's top 1 is the lowest cosine of all chunks (exact indexes only).
-        lowest = self.store.search_ids(-queries, 1)[1][:, 0] if self.exact else None
-        positions = np.where(ids >= 0, np.searchsorted(self._chunk_ids, ids), -1)
-        if lowest is None:
+        if not self.exact:
             return positions, [None] * len(queries)
-        return positions, [int(p) for p in np.searchsorted(self._chunk_ids, lowest)]
+        return positions, [int(p) for p in self._faiss_top(-queries, 1)[1][:, 0]]
+
+    def _faiss_top(self, queries: np.ndarray, pool: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's scores and the record positions of its ``pool`` best hits per query (-1: none)."""
+        scores, ids = self.store.search_ids(queries, pool)
+        if self._ids_are_positions:  # chunk ids 0..n-1: an id is its record's position
+            return scores, ids
+        return scores, np.where(ids >= 0, np.searchsorted(self._chunk_ids, ids), -1)
 
     def _fuse(self, vector: np.ndarray, lexical: np.ndarray, dense_ids: np.ndarray, floor: int | None, pool: int,
               depth: int, weight: float) -> list[Hit] | None:
@@ -188,27 +210,46 @@ class SearchEngine:
 
         Candidates: the FAISS top ``BOUNDED_POOL`` and, for each of the ``LEXICAL_WORDS`` rarest
         query words, its ``lexical_pool`` chunks of highest BM25 contribution (the saved heads).
-        Their cosines and BM25 scores are exact (the latter from their term counts); the BM25
-        max is the candidates' max, the min 0 when some chunk holds no query word (else the
-        candidates' min); the dense max the candidates' max, the min also over a fixed sample. Recall against the exact ranking: ``benchmarks/scale.py``."""
+        Their cosines and BM25 scores are exact (cosines: FAISS's own scores where it stores the
+        vectors as they are, else recomputed; BM25 from the term counts); the BM25 max is the
+        candidates' max, the min 0 when some chunk holds no query word (else the candidates'
+        min); the dense max the candidates' max, the min also over a fixed sample. Recall against
+        the exact ranking: ``benchmarks/scale.py``."""
         pool = min(max(BOUNDED_POOL, depth), len(self.records))
-        dense_ids, _ = self._dense_candidates(query_vectors, pool)
+        faiss_scores, found = self._faiss_top(np.ascontiguousarray(query_vectors, dtype=np.float32), pool)
+        floors = np.min(self._floor_rows @ query_vectors.T, axis=0).tolist()  # per query, its lowest sampled cosine
         results = []
-        for query, vector, found in zip(queries, query_vectors, dense_ids):
-            candidates = found[found >= 0]
+        for row, (query, vector) in enumerate(zip(queries, query_vectors)):
+            candidates, dense = found[row], faiss_scores[row]
+            if candidates[-1] < 0:  # fewer hits than asked for
+                candidates, dense = candidates[candidates >= 0], dense[candidates >= 0]
+            if not self._faiss_scores_exact:
+                dense = self._cosines(vector, candidates)
             lexical_part: np.ndarray | float = 0.0
             if weight < 1.0:
-                lexical_ids, lacking = self._lexical.candidates(query, LEXICAL_WORDS, self.lexical_pool)
-                candidates = np.unique(np.concatenate([candidates, lexical_ids]))
-                lexical = self._lexical.scores_of(query, candidates)
-                lex_low = 0.0 if lacking else float(lexical.min())
-                lexical_part = (1.0 - weight) * _scaled(lexical, lex_low, float(lexical.max()))
-            dense = self._cosines(vector.astype(np.float64), candidates)
-            low = min(float(np.min(self._floor_rows @ vector)), float(dense.min()))
-            fused = weight * _scaled(dense, low, float(dense.max())) + lexical_part
-            best = np.lexsort((candidates, -fused))[:depth]  # ties: lower chunk first
-            results.append([self._hit(int(candidates[i]), float(fused[i])) for i in best])
+                terms = self._lexical.query_terms(query)
+                lexical_ids, lacking = self._lexical.candidates(terms, LEXICAL_WORDS, self.lexical_pool)
+                # Repeats are dropped after ranking: fewer array calls than a de-duplication here.
+                candidates = np.concatenate([candidates, lexical_ids])
+                dense = np.concatenate([dense, self._cosines(vector, lexical_ids)])
+                lexical = self._lexical.scores_of(terms, candidates)
+                lexical_part = (1.0 - weight) * _scaled(lexical, 0.0 if lacking else float(lexical.min()), float(lexical.max()))
+            fused = weight * _scaled(dense, min(floors[row], float(dense.min())), float(dense.max())) + lexical_part
+            order = np.lexsort((candidates, -fused)).tolist()  # ties: lower chunk first
+            results.append(self._first_hits(candidates.tolist(), fused.tolist(), order, depth))
         return results
+
+    def _first_hits(self, candidates: list[int], fused: list[float], order: list[int], depth: int) -> list[Hit]:
+        """The hits of the first ``depth`` different candidates in ``order``."""
+        hits: list[Hit] = []
+        seen: set[int] = set()
+        for i in order:
+            if candidates[i] not in seen:
+                seen.add(candidates[i])
+                hits.append(self._hit(candidates[i], fused[i]))
+                if len(hits) == depth:
+                    break
+        return hits
 
     def _cosines(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         rows = self._vector_row[positions]

@@ -29,7 +29,7 @@ from pipeline.langchain_adapters import (  # noqa: E402
     documents_from_result,
 )
 from retrieval.errors import InputError  # noqa: E402
-from retrieval.index_store import IndexStore  # noqa: E402
+from retrieval.index_store import IndexStore, current_version  # noqa: E402
 from retrieval.indexing import index_paths  # noqa: E402
 from retrieval.langchain_adapters import LiveIndex, RagpressEmbeddings, RagpressVectorStore  # noqa: E402
 
@@ -191,6 +191,18 @@ def test_live_index_picks_up_new_versions(filled) -> None:
     store.add_texts(["budget budget budget"], ids=["b"])
     new_version, hits = live.search(query, 1)
     assert new_version == version + 1 and hits[0][0].doc_id == "b"
+
+
+def test_live_index_reads_current_only_after_a_commit_replaced_it(filled, monkeypatch) -> None:
+    import retrieval.live_index as live_index
+
+    store, _ = filled
+    live, reads = LiveIndex(store.index_dir), []
+    monkeypatch.setattr(live_index, "current_version", lambda directory: reads.append(1) or current_version(directory))
+    first, opened = live.snapshot(), len(reads)
+    assert live.snapshot() is first and len(reads) == opened  # CURRENT unchanged: its stat suffices
+    store.add_texts(["budget budget budget"], ids=["b"])
+    assert live.snapshot().version == first.version + 1 and len(reads) > opened
 
 
 def test_clear_errors(tmp_path: Path, filled) -> None:

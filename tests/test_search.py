@@ -80,9 +80,12 @@ def docs():
     return corpus()
 
 
-@pytest.mark.parametrize("pool", [1000, 3])
+@pytest.mark.parametrize(("pool", "full_scan"), [(1000, False), (3, False), (3, True)])
 @pytest.mark.parametrize("weight", [0.8, 0.5, 1.0, 0.0])
-def test_flat_equals_brute_force_exactly(tmp_path, docs, pool, weight) -> None:
+def test_flat_equals_brute_force_exactly(tmp_path, docs, pool, full_scan, weight, monkeypatch) -> None:
+    """Both exact paths: the candidate pool (grown while the bound check fails) and, for small
+    indexes, every chunk ranked at once."""
+    monkeypatch.setattr("retrieval.search.FULL_SCAN_CHUNKS", 10**9 if full_scan else 0)
     encoder = BagOfWordsEncoder()
     store = build(tmp_path / "idx", "Flat", docs, encoder)
     engine = SearchEngine(store, pool=pool)
@@ -97,8 +100,11 @@ def test_approximate_factories_recall_at_k(tmp_path, docs, factory) -> None:
     encoder = BagOfWordsEncoder()
     store = build(tmp_path / "idx", factory, docs, encoder)
     assert store.effective_factory == factory
+    assert store.scores_are_exact() == ("PQ" not in factory)  # FAISS's own scores serve as cosines where exact
     engine, k = SearchEngine(store), 10
     got = engine.search(QUERIES, encoder.encode(QUERIES), k, 0.8, distinct=False)
+    # A chunk that is both a dense and a lexical candidate is returned once.
+    assert all(len({h.chunk_id for h in hits}) == len(hits) == k for hits in got)
     found = sum(len({h.chunk_id for h in hits} & set(reference(store, encoder, q, 0.8)[:k])) for q, hits in zip(QUERIES, got))
     assert found / (k * len(QUERIES)) >= 0.95
 
