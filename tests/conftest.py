@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,8 +18,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-# Runs recorded by tests go to a store of their own, never into the user's history.
-os.environ["RAGPRESS_RUNS"] = str(Path(tempfile.mkdtemp(prefix="ragpress-test-runs-")) / "runs.sqlite")
+# Runs recorded by tests go to a store of their own, never into the user's history, removed at exit.
+_RUNS_DIR = tempfile.mkdtemp(prefix="ragpress-test-runs-")
+atexit.register(shutil.rmtree, _RUNS_DIR, ignore_errors=True)
+os.environ["RAGPRESS_RUNS"] = str(Path(_RUNS_DIR) / "runs.sqlite")
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")  # as the CLI: errors are its one line
 
 REPO = Path(__file__).resolve().parents[1]
