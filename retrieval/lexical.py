@@ -242,11 +242,10 @@ class BM25Index:
             return np.zeros(len(rows), dtype=np.float64)
         if len(query.terms) >= np.iinfo(SLOT).max:  # more distinct words than slots: score every text
             return self.scores(" ".join(self._words_of(query)))[rows]
-        # Few array operations per call: a query scores a pool of some 80 texts, where each
-        # NumPy call costs more than the data it touches.
         starts = self._counts_indptr[rows]
-        ends = np.cumsum(self._counts_indptr[rows + 1] - starts)  # of each row's entries in the gathered run
-        entries = np.arange(ends[-1]) + np.repeat(starts - np.concatenate(([0], ends[:-1])), np.diff(ends, prepend=0))
+        sizes = self._counts_indptr[rows + 1] - starts
+        entries = _ranges(starts, sizes)
+        ends = np.cumsum(sizes)  # where each row's entries end in ``entries``
         # A small per-term table of query slots (0: not a query word) keeps the look-ups in cache.
         slots = self._term_slots()
         slots[query.terms] = np.arange(1, len(query.terms) + 1, dtype=SLOT)
