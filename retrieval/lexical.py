@@ -216,11 +216,16 @@ class BM25Index:
         """``query``'s terms of this index, tokenised once for several look-ups."""
         if isinstance(query, QueryTerms):
             return query
+        terms, repeats = self.term_counts(query)
+        return QueryTerms(np.array(terms, dtype=np.int64), np.array(repeats, dtype=np.float64))
+
+    def term_counts(self, query: str) -> tuple[list[int], list[int]]:
+        """``query``'s distinct terms of this index (ascending) and how often the query holds each."""
         repeats: dict[int, int] = {}
         for column in self._columns(query):
             repeats[column] = repeats.get(column, 0) + 1
         terms = sorted(repeats)
-        return QueryTerms(np.array(terms, dtype=np.int64), np.array([repeats[t] for t in terms], dtype=np.float64))
+        return terms, [repeats[t] for t in terms]
 
     def scores(self, query: str) -> np.ndarray:
         """Okapi BM25 of every text for ``query`` (float64; a repeated query word counts each time)."""
@@ -278,6 +283,16 @@ class BM25Index:
             idf = okapi_idf(np.diff(self._indptr), self.size)
             self._derived = idf, K1 * (1 - B + B * np.asarray(self._lengths, dtype=np.float64) / self._average)
         return self._derived
+
+    def search_arrays(self) -> tuple[np.ndarray, ...]:
+        """What the compiled bounded search reads (``retrieval/_hybrid_kernel.c``): per text its term
+        counts (indptr, term ids, frequencies) and length part, per term its idf, postings indptr
+        and heads (indptr, texts). Views of the loaded arrays, no copies."""
+        idf, norm = self._per_term_and_text()
+        freqs = self._freqs if self._freqs.dtype in (np.uint16, np.int32) else self._freqs.astype(np.int32)
+        arrays = (self._counts_indptr, self._terms, freqs, norm, idf, self._indptr, self._heads_indptr, self._heads)
+        dtypes = ("int64", "int32", freqs.dtype.name, "float64", "float64", "int64", "int64", "int32")
+        return tuple(np.ascontiguousarray(a, dtype=d) for a, d in zip(arrays, dtypes))
 
     def candidates(self, query: str | QueryTerms, words: int, per_word: int) -> tuple[np.ndarray, bool]:
         """The texts among the ``per_word`` highest contributions of each of the query's ``words``

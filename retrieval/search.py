@@ -16,7 +16,8 @@ Exact factories (Flat) compute it exactly for a candidate pool:
   result equals a full exact scan.
 
 Approximate factories (HNSW, IVF, PQ) touch no per-chunk array, so a query costs about what
-the FAISS search costs (``_bounded``): the candidates are the FAISS top ``BOUNDED_POOL`` and
+the FAISS search costs (``_bounded``, in compiled code where the package was built with it,
+``retrieval/_hybrid_kernel.c``; else in NumPy): the candidates are the FAISS top ``BOUNDED_POOL`` and
 the saved BM25 heads (the chunks of highest contribution) of the query's rarest words; the
 candidates' cosines (FAISS's own float32 scores where the index keeps the vectors as they are,
 else recomputed in float64) and BM25 scores are exact, the score ranges are estimated from
@@ -35,6 +36,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from types import ModuleType
 
 import numpy as np
 
@@ -43,6 +45,12 @@ from retrieval.errors import EmptyIndexError, InputError
 from retrieval.index_store import IndexStore
 from retrieval.lexical import HEAD, fuse
 from retrieval.postprocess import distinct_hits
+
+_hybrid_kernel: ModuleType | None
+try:  # built with the package where a C compiler was at hand; the NumPy path gives the same ranking
+    from retrieval import _hybrid_kernel
+except ImportError:  # pragma: no cover - depends on the build
+    _hybrid_kernel = None
 
 DEFAULT_POOL = 64  # candidates per side before the bound check (4x more while it fails); = HNSW's efSearch
 BOUNDED_POOL = 64  # approximate factories: FAISS candidates (= efSearch; 32 lost recall: fused top 5 reach dense rank 64)
@@ -88,6 +96,7 @@ class SearchEngine:
         self._chunk_ids = np.fromiter((r.id for r in self.records), dtype=np.int64, count=len(self.records))
         ids, vectors = store.row_vectors()
         self._vectors = np.asarray(vectors)  # a plain view of the (memory-mapped) rows: no np.memmap per slice
+        self._stored_rows = self._vectors  # float32, as stored: what the compiled search reads
         if self._vectors.size <= SMALL_INDEX_VALUES:  # small: keep the float64 rows the cosines are computed in
             self._vectors = self._vectors.astype(np.float64)
         order = np.argsort(ids)
@@ -101,6 +110,7 @@ class SearchEngine:
         self._record_vectors = np.asarray(self._vectors[self._vector_row], dtype=np.float64) if small else None
         sample = np.linspace(0, len(self.records) - 1, min(FLOOR_SAMPLE, len(self.records))).astype(np.int64)
         self._floor_rows = np.asarray(self._vectors[np.sort(self._vector_row[sample])], dtype=np.float32)
+        self._compiled = self._compiled_index() if not self.exact else None
 
     # ------------------------------------------------------------------ API
     def search(self, queries: Sequence[str], query_vectors: np.ndarray, k: int, dense_weight: float | None,
@@ -216,7 +226,38 @@ class SearchEngine:
         min); the dense max the candidates' max, the min also over a fixed sample. Recall against
         the exact ranking: ``benchmarks/scale.py``."""
         pool = min(max(BOUNDED_POOL, depth), len(self.records))
-        faiss_scores, found = self._faiss_top(np.ascontiguousarray(query_vectors, dtype=np.float32), pool)
+        query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        faiss_scores, found = self._faiss_top(query_vectors, pool)
+        if self._compiled is not None:
+            return [self._bounded_compiled(query, vector, scores, positions, depth, weight)
+                    for query, vector, scores, positions in zip(queries, query_vectors, faiss_scores, found)]
+        return self._bounded_numpy(queries, query_vectors, faiss_scores, found, depth, weight)
+
+    def compiled_arrays(self) -> tuple[np.ndarray, ...]:
+        """What the compiled bounded search reads, in its order: the stored vectors, each record's
+        vectors row, the floor sample, then the BM25 index's ``search_arrays``."""
+        return (self._stored_rows, np.ascontiguousarray(self._vector_row, dtype=np.int64), self._floor_rows,
+                *self._lexical.search_arrays())
+
+    def _compiled_index(self) -> object | None:
+        """The compiled bounded search's view of this version's arrays (None: the NumPy path)."""
+        if _hybrid_kernel is None or self._stored_rows.dtype != np.float32 or not self._stored_rows.flags.c_contiguous:
+            return None
+        return _hybrid_kernel.prepare(self.compiled_arrays())
+
+    def _bounded_compiled(self, query: str, vector: np.ndarray, faiss_scores: np.ndarray, found: np.ndarray,
+                          depth: int, weight: float) -> list[Hit]:
+        """``_bounded_numpy`` for one query, in one call of the compiled search (rows of float32
+        and int64 arrays, as ``_faiss_top`` and ``search`` make them)."""
+        assert self._compiled is not None and _hybrid_kernel is not None
+        terms, repeats = self._lexical.term_counts(query)
+        given = faiss_scores if self._faiss_scores_exact else faiss_scores[:0]  # empty: recompute the cosines
+        ranked = _hybrid_kernel.bounded_search(self._compiled, given, found, terms, repeats, vector, float(weight),
+                                               LEXICAL_WORDS, self.lexical_pool, depth)
+        return [self._hit(position, score) for position, score in ranked]
+
+    def _bounded_numpy(self, queries: Sequence[str], query_vectors: np.ndarray, faiss_scores: np.ndarray,
+                       found: np.ndarray, depth: int, weight: float) -> list[list[Hit]]:
         floors = np.min(self._floor_rows @ query_vectors.T, axis=0).tolist()  # per query, its lowest sampled cosine
         results = []
         for row, (query, vector) in enumerate(zip(queries, query_vectors)):

@@ -192,6 +192,69 @@ def test_bounded_lexical_lookups_agree_with_full_scores(docs) -> None:
             assert full.min() == 0.0
 
 
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF8,Flat", "IVF8,PQ8"])
+def test_compiled_bounded_search_ranks_as_the_numpy_path(tmp_path, docs, factory) -> None:
+    """The compiled bounded search (built with the package here) against the NumPy path it stands
+    for: the same chunks in the same order and the same scores up to summation order, for every
+    weight and with FAISS's own scores (HNSW, IVF-Flat) or recomputed cosines (PQ)."""
+    encoder = BagOfWordsEncoder()
+    engine = SearchEngine(build(tmp_path / "idx", factory, docs, encoder))
+    assert engine._compiled is not None, "retrieval._hybrid_kernel was not built: pip install -e . needs a C compiler"
+    queries = [*QUERIES, "river river river stone", " ".join(WORDS), ""]
+    vectors = encoder.encode(queries)
+    for weight in (0.8, 0.5, 1.0, 0.0):
+        for depth in (1, 10, 200):
+            compiled = engine.hybrid(queries, vectors, depth, weight)
+            compiled_index, engine._compiled = engine._compiled, None
+            reference = engine.hybrid(queries, vectors, depth, weight)
+            engine._compiled = compiled_index
+            for query, got, expected in zip(queries, compiled, reference):
+                assert [h.chunk_id for h in got] == [h.chunk_id for h in expected], (weight, depth, query)
+                # the sampled dense floor is a float32 product in both, summed in another order
+                np.testing.assert_allclose([h.score for h in got], [h.score for h in expected], rtol=0, atol=1e-6)
+
+
+def test_compiled_bounded_search_refuses_arrays_that_do_not_fit(tmp_path, docs) -> None:
+    """A damaged saved index is an error, never a read outside the arrays."""
+    from retrieval import _hybrid_kernel
+
+    encoder = BagOfWordsEncoder()
+    engine = SearchEngine(build(tmp_path / "idx", "HNSW32", docs, encoder))
+    arrays = list(engine.compiled_arrays())
+    vector = encoder.encode(["river stone"])[0].astype(np.float32)
+    scores, found = engine.store.search_ids(vector[None, :], 8)
+    terms, repeats = engine._lexical.term_counts("river stone")
+
+    def search(index, query=vector, hits=found[0]) -> list:
+        return _hybrid_kernel.bounded_search(index, scores[0], hits, terms, repeats, query, 0.8, 4, 4, 5)
+
+    assert [p for p, _ in search(_hybrid_kernel.prepare(tuple(arrays)))] == [h.chunk_id for h in engine.hybrid(
+        ["river stone"], vector[None, :], 5, 0.8)[0]]  # chunk ids are record positions in this index
+    heads = arrays[-1].copy()
+    heads[:] = len(engine.records)  # every head names a text past the last one
+    with pytest.raises(ValueError, match="outside its own arrays"):
+        search(_hybrid_kernel.prepare((*arrays[:-1], heads)))
+    with pytest.raises(ValueError, match="outside its own arrays"):
+        search(_hybrid_kernel.prepare(tuple(arrays)), hits=np.array([len(engine.records)], dtype=np.int64)[:1].repeat(8))
+    with pytest.raises(ValueError, match="do not fit together"):
+        _hybrid_kernel.prepare((*arrays[:6], arrays[6][:-1], *arrays[7:]))  # one length part short
+    with pytest.raises(ValueError, match="do not fit the index"):
+        search(_hybrid_kernel.prepare(tuple(arrays)), query=vector.astype(np.float64))
+
+
+def test_compiled_bounded_search_is_thread_safe(tmp_path, docs) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    encoder = BagOfWordsEncoder()
+    engine = SearchEngine(build(tmp_path / "idx", "HNSW32", docs, encoder))
+    vectors = encoder.encode(QUERIES)
+    alone = [[h.chunk_id for h in hits] for hits in engine.hybrid(QUERIES, vectors, 10, 0.8)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda i: [h.chunk_id for h in engine.hybrid([QUERIES[i % 8]], vectors[i % 8:i % 8 + 1],
+                                                                               10, 0.8)[0]], range(400)))
+    assert together == [alone[i % 8] for i in range(400)]
+
+
 @pytest.mark.slow
 def test_bm25_files_survive_sigkill_during_commit(tmp_path) -> None:
     index_dir = tmp_path / "idx"
