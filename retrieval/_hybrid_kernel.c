@@ -174,9 +174,13 @@ static Py_ssize_t search(const Index *ix, const Query *q) {
         found = -2;
         goto done;
     }
-    for (Py_ssize_t i = 0; i < q->term_count; i++)
-        if (q->terms[i] < 0 || q->terms[i] >= ix->vocabulary) { found = -1; goto done; }
-    for (Py_ssize_t i = 0; i < q->term_count; i++) weights[i] = ix->idf[q->terms[i]] * q->repeats[i];
+    int64_t holders = 0;  /* texts holding a query word, counted once per word */
+    for (Py_ssize_t i = 0; i < q->term_count; i++) {
+        int64_t t = q->terms[i];
+        if (t < 0 || t >= ix->vocabulary) { found = -1; goto done; }
+        weights[i] = ix->idf[t] * q->repeats[i];
+        holders += ix->postings_indptr[t + 1] - ix->postings_indptr[t];
+    }
     for (Py_ssize_t i = 0; i < q->found_count; i++) {
         if (q->found[i] < 0) continue;
         if (q->given) dense[given++] = q->given[i];
@@ -195,9 +199,6 @@ static Py_ssize_t search(const Index *ix, const Query *q) {
         double cosine = dot32(ix->floor_rows + f * ix->dim, q->query, ix->dim);
         if (cosine < low) low = cosine;
     }
-    int64_t holders = 0;
-    for (Py_ssize_t i = 0; i < q->term_count; i++)
-        holders += ix->postings_indptr[q->terms[i] + 1] - ix->postings_indptr[q->terms[i]];
     for (Py_ssize_t c = 0; c < m; c++) {
         if (c >= given) dense[c] = dot(ix->vectors + ix->vector_row[candidates[c]] * ix->dim, q->query, ix->dim);
         if (dense[c] < low) low = dense[c];

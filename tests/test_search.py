@@ -235,7 +235,7 @@ def test_compiled_bounded_search_refuses_arrays_that_do_not_fit(tmp_path, docs) 
     with pytest.raises(ValueError, match="outside its own arrays"):
         search(_hybrid_kernel.prepare((*arrays[:-1], heads)))
     with pytest.raises(ValueError, match="outside its own arrays"):
-        search(_hybrid_kernel.prepare(tuple(arrays)), hits=np.array([len(engine.records)], dtype=np.int64)[:1].repeat(8))
+        search(_hybrid_kernel.prepare(tuple(arrays)), hits=np.full(8, len(engine.records), dtype=np.int64))
     with pytest.raises(ValueError, match="do not fit together"):
         _hybrid_kernel.prepare((*arrays[:6], arrays[6][:-1], *arrays[7:]))  # one length part short
     with pytest.raises(ValueError, match="do not fit the index"):
