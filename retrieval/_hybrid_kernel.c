@@ -2,7 +2,7 @@
  *
  * For approximate indexes the lexical half of a hybrid query reads a few dozen candidates' term
  * counts and vectors that the FAISS search has just pushed out of the caches. As separate NumPy
- * calls that costs about twice the FAISS search itself; here the rows are prefetched together, so
+ * calls that costs about twice the FAISS search itself; here the rows are loaded together first, so
  * their memory latencies overlap, and each term count is tested with one bit before any look-up.
  *
  * It computes what SearchEngine._bounded_numpy computes, in the same order of operations (inner
@@ -15,6 +15,29 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#include <unistd.h>
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* Linux 5.14 */
+#endif
+#endif
+
+/* The sampled floor's products are compiled for several instruction sets and the widest the CPU
+   has is chosen when the module loads. Built without fused multiply-add (-ffp-contract=off),
+   every variant sums in the same order, so the results do not depend on the CPU. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define WIDEST_VECTORS __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef WIDEST_VECTORS
+#define WIDEST_VECTORS
+#endif
+
+#define SELECTED_DEPTH 16 /* up to this many hits are kept by insertion while scoring; deeper: one sort */
+#define FILTER_BLOCK 256   /* term counts tested against the query's filter per pass */
 
 #define K1_PLUS_ONE 2.5 /* rank_bm25's k1 (1.5) + 1; the length part k1 * (1 - b + b |d| / avgdl) comes in ``norm`` */
 
@@ -36,8 +59,26 @@ static int by_score(const void *a, const void *b) {
     return (x->position > y->position) - (x->position < y->position);
 }
 
+/* Keeps the ``depth`` best distinct positions in ``best`` (``*count`` of them, best first);
+   a position offered twice keeps its higher score, as the first of them in a sorted list. */
+static void keep_best(Scored *best, Py_ssize_t *count, Py_ssize_t depth, Scored offered) {
+    if (depth <= 0) return;
+    Py_ssize_t at = 0;
+    while (at < *count && best[at].position != offered.position) at++;
+    if (at < *count || *count == depth) {
+        Py_ssize_t replaced = at < *count ? at : depth - 1;  /* the same position, else the worst */
+        if (by_score(&offered, &best[replaced]) >= 0) return;
+        memmove(&best[replaced], &best[replaced + 1], sizeof(Scored) * (size_t)(*count - replaced - 1));
+        (*count)--;
+    }
+    Py_ssize_t j = *count;
+    for (; j > 0 && by_score(&offered, &best[j - 1]) < 0; j--) best[j] = best[j - 1];
+    best[j] = offered;
+    (*count)++;
+}
+
 /* float64 inner product of two float32 rows, as NumPy's float64 product of the upcast rows. */
-static double dot(const float *a, const float *b, Py_ssize_t n) {
+static inline double dot(const float *a, const float *b, Py_ssize_t n) {
     double acc[8] = {0};
     Py_ssize_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -49,7 +90,7 @@ static double dot(const float *a, const float *b, Py_ssize_t n) {
 }
 
 /* float32 inner product, as NumPy's float32 matrix product gives the sampled floor. */
-static float dot32(const float *a, const float *b, Py_ssize_t n) {
+static inline float dot32(const float *a, const float *b, Py_ssize_t n) {
     float acc[16] = {0};
     Py_ssize_t i = 0;
     for (; i + 16 <= n; i += 16)
@@ -58,6 +99,31 @@ static float dot32(const float *a, const float *b, Py_ssize_t n) {
     for (; i < n; i++) sum += a[i] * b[i];
     for (int j = 0; j < 16; j++) sum += acc[j];
     return sum;
+}
+
+/* The lowest float32 inner product of ``query`` with ``count`` rows, each summed as dot32 sums it;
+   four rows at a time, so that their independent sums overlap in the pipeline. */
+WIDEST_VECTORS static double lowest_product(const float *rows, Py_ssize_t count, const float *query, Py_ssize_t dim) {
+    double low = 1e300;
+    Py_ssize_t r = 0;
+    for (; r + 4 <= count; r += 4) {
+        float acc[4][16] = {{0}};
+        Py_ssize_t i = 0;
+        for (; i + 16 <= dim; i += 16)
+            for (int k = 0; k < 4; k++)
+                for (int j = 0; j < 16; j++) acc[k][j] += rows[(r + k) * dim + i + j] * query[i + j];
+        for (int k = 0; k < 4; k++) {
+            float sum = 0.0f;
+            for (Py_ssize_t t = i; t < dim; t++) sum += rows[(r + k) * dim + t] * query[t];
+            for (int j = 0; j < 16; j++) sum += acc[k][j];
+            if (sum < low) low = sum;
+        }
+    }
+    for (; r < count; r++) {
+        double product = dot32(rows + r * dim, query, dim);
+        if (product < low) low = product;
+    }
+    return low;
 }
 
 static uint64_t slot_of(int64_t term, Py_ssize_t size) {
@@ -94,14 +160,27 @@ static Py_ssize_t table_find(const TermTable *table, int64_t term) {
     return table->keys[h] == term ? table->slot[h] : -1;
 }
 
-/* Okapi BM25 of text ``p``: its term counts summed in their stored order, as numpy's bincount does. */
+/* Okapi BM25 of text ``p``: its term counts summed in their stored order, as numpy's bincount does.
+   The filter test runs without branches and keeps the few entries that pass: a branch per entry
+   would be mispredicted at every query word. */
 static double bm25(const Index *ix, const TermTable *table, const double *weights, int64_t p) {
     double score = 0.0, norm = ix->norm[p];
-    for (int64_t e = ix->counts_indptr[p]; e < ix->counts_indptr[p + 1]; e++) {
-        Py_ssize_t slot = table_find(table, ix->terms[e]);
-        if (slot < 0) continue;
-        double tf = ix->wide_freqs ? ((const int32_t *)ix->freqs)[e] : ((const uint16_t *)ix->freqs)[e];
-        score += weights[slot] * (tf * K1_PLUS_ONE / (tf + norm));
+    int64_t passed[FILTER_BLOCK];
+    for (int64_t start = ix->counts_indptr[p], end = ix->counts_indptr[p + 1]; start < end; start += FILTER_BLOCK) {
+        int64_t stop = end - start < FILTER_BLOCK ? end : start + FILTER_BLOCK;
+        Py_ssize_t count = 0;
+        for (int64_t e = start; e < stop; e++) {
+            int32_t term = ix->terms[e];
+            passed[count] = e;
+            count += (Py_ssize_t)(table->bits[(term >> 6) & 63] >> (term & 63) & 1);
+        }
+        for (Py_ssize_t i = 0; i < count; i++) {
+            int64_t e = passed[i];
+            Py_ssize_t slot = table_find(table, ix->terms[e]);
+            if (slot < 0) continue;
+            double tf = ix->wide_freqs ? ((const int32_t *)ix->freqs)[e] : ((const uint16_t *)ix->freqs)[e];
+            score += weights[slot] * (tf * K1_PLUS_ONE / (tf + norm));
+        }
     }
     return score;
 }
@@ -132,22 +211,27 @@ static Py_ssize_t add_heads(const Index *ix, const int64_t *terms, Py_ssize_t co
     return m;
 }
 
-static void prefetch_span(const char *start, const char *end) {
-    for (const char *x = start; x < end; x += 64) __builtin_prefetch(x);
-    if (start < end) __builtin_prefetch(end - 1);
+/* One byte of every cache line of [start, end), folded together. Plain loads, not prefetch hints:
+   the loads of many rows overlap out of order, while hints at random rows of large mappings were
+   dropped (the search took as long as with no hints at all, and half as long with loads). */
+static char load_span(const char *start, const char *end) {
+    char folded = 0;
+    for (const char *x = start; x < end; x += 64) folded ^= *x;
+    return start < end ? folded ^ end[-1] : folded;
 }
 
-/* Asks for text ``p``'s term counts (and its vector, when its cosine is to be computed) before any is read. */
-static void prefetch_text(const Index *ix, int64_t p, int with_vector) {
+/* Brings text ``p``'s term counts (and its vector, when its cosine is to be computed) into the caches. */
+static char load_text(const Index *ix, int64_t p, int with_vector) {
     int64_t start = ix->counts_indptr[p], end = ix->counts_indptr[p + 1];
     Py_ssize_t freq_size = ix->wide_freqs ? 4 : 2;
-    prefetch_span((const char *)(ix->terms + start), (const char *)(ix->terms + end));
-    prefetch_span((const char *)ix->freqs + start * freq_size, (const char *)ix->freqs + end * freq_size);
-    __builtin_prefetch(ix->norm + p);
+    char folded = load_span((const char *)(ix->terms + start), (const char *)(ix->terms + end));
+    folded ^= load_span((const char *)ix->freqs + start * freq_size, (const char *)ix->freqs + end * freq_size);
+    folded ^= (char)(ix->norm[p] > 0.0);
     if (with_vector) {
         const char *row = (const char *)(ix->vectors + ix->vector_row[p] * ix->dim);
-        prefetch_span(row, row + ix->dim * 4);
+        folded ^= load_span(row, row + ix->dim * 4);
     }
+    return folded;
 }
 
 typedef struct {
@@ -165,7 +249,7 @@ static Py_ssize_t search(const Index *ix, const Query *q) {
     Py_ssize_t capacity = q->found_count + (lexical ? q->words * q->per_word : 0) + 1;
     int64_t *candidates = malloc(sizeof(int64_t) * capacity);
     double *dense = malloc(sizeof(double) * capacity), *lex = calloc(capacity, sizeof(double));
-    Scored *scored = malloc(sizeof(Scored) * capacity);
+    Scored *scored = malloc(sizeof(Scored) * (capacity + SELECTED_DEPTH));  /* the scored, then the kept */
     char *taken = calloc(q->term_count + 1, 1);
     double *weights = malloc(sizeof(double) * (q->term_count + 1));  /* per query term: idf x repeats */
     TermTable table = {{0}, NULL, NULL, 0};
@@ -190,15 +274,15 @@ static Py_ssize_t search(const Index *ix, const Query *q) {
         m = add_heads(ix, q->terms, q->term_count, q->words, q->per_word, taken, candidates, m);
         if (m < 0) { found = -1; goto done; }
     }
+    char folded = 0;
     for (Py_ssize_t c = 0; c < m; c++) {
         if (!text_ok(ix, candidates[c])) { found = -1; goto done; }
-        prefetch_text(ix, candidates[c], c >= given);
+        folded ^= load_text(ix, candidates[c], c >= given);
     }
-    double low = 1e300, high = -1e300, lex_low = 1e300, lex_high = -1e300;
-    for (Py_ssize_t f = 0; f < ix->floor_count; f++) {
-        double cosine = dot32(ix->floor_rows + f * ix->dim, q->query, ix->dim);
-        if (cosine < low) low = cosine;
-    }
+    volatile char loaded = folded;  /* keeps the loads: their values are not needed */
+    (void)loaded;
+    double low = lowest_product(ix->floor_rows, ix->floor_count, q->query, ix->dim);
+    double high = -1e300, lex_low = 1e300, lex_high = -1e300;
     for (Py_ssize_t c = 0; c < m; c++) {
         if (c >= given) dense[c] = dot(ix->vectors + ix->vector_row[candidates[c]] * ix->dim, q->query, ix->dim);
         if (dense[c] < low) low = dense[c];
@@ -215,6 +299,14 @@ static Py_ssize_t search(const Index *ix, const Query *q) {
         if (lexical) fused += (1.0 - q->weight) * (lex_span > 0.0 ? (lex[c] - lex_low) / lex_span : 0.0);
         scored[c].score = fused;
         scored[c].position = candidates[c];
+    }
+    if (q->depth <= SELECTED_DEPTH) {
+        for (Py_ssize_t c = 0; c < m; c++) keep_best(scored + m, &found, q->depth, scored[c]);
+        for (Py_ssize_t c = 0; c < found; c++) {
+            q->out_positions[c] = scored[m + c].position;
+            q->out_scores[c] = scored[m + c].score;
+        }
+        goto done;
     }
     qsort(scored, m, sizeof(Scored), by_score);
     for (Py_ssize_t c = 0; c < m && found < q->depth; c++) {  /* the first of repeated candidates */
@@ -258,6 +350,21 @@ static int sizes_fit(const Py_buffer *b) {
            b[7].len / 8 == vocabulary && b[9].len / 8 == vocabulary + 1 && b[5].len / b[5].itemsize == b[4].len / 4;
 }
 
+/* Maps the arrays' pages in now (reading them from disk if they are not cached), so a query never
+   waits on a page fault at a random row, and pages a process maps are not reclaimed as idle cache.
+   Without MADV_POPULATE_READ (Linux < 5.14, other systems) the pages come in at first use instead. */
+static void map_in(const Py_buffer *buffers) {
+#ifdef __linux__
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < INDEX_BUFFERS; i++) {
+        uintptr_t start = (uintptr_t)buffers[i].buf & ~(page - 1), end = (uintptr_t)buffers[i].buf + buffers[i].len;
+        if (buffers[i].len > 0) (void)madvise((void *)start, end - start, MADV_POPULATE_READ);
+    }
+#else
+    (void)buffers;
+#endif
+}
+
 /* prepare(arrays) -> the index the searches read: its arrays' buffers taken once, not per query. */
 static PyObject *prepare(PyObject *self, PyObject *arrays) {
     (void)self;
@@ -281,6 +388,9 @@ static PyObject *prepare(PyObject *self, PyObject *arrays) {
         PyErr_SetString(PyExc_ValueError, "the index arrays do not fit together (item sizes or lengths)");
         return NULL;
     }
+    Py_BEGIN_ALLOW_THREADS
+    map_in(b);
+    Py_END_ALLOW_THREADS
     Index *ix = &prepared->index;
     ix->vectors = b[0].buf; ix->dim = b[0].shape[1]; ix->rows = b[0].shape[0];
     ix->vector_row = b[1].buf; ix->texts = b[1].len / 8;
@@ -298,24 +408,40 @@ static PyObject *prepare(PyObject *self, PyObject *arrays) {
     return capsule;
 }
 
-/* The query's terms and repeats (two lists of the same length) as C arrays; -1 with an exception set. */
-static int query_terms(PyObject *terms, PyObject *repeats, int64_t **term_ids, double **counts, Py_ssize_t *count) {
-    if (!PyList_Check(terms) || !PyList_Check(repeats) || PyList_GET_SIZE(terms) != PyList_GET_SIZE(repeats)) {
-        PyErr_SetString(PyExc_TypeError, "query terms and repeats: two lists of the same length");
+static int ascending(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The query's term columns (a list in query order, repeats allowed) as its distinct terms,
+   ascending, and how often the query holds each; -1 with an exception set. */
+static int query_terms(PyObject *columns, int64_t **terms, double **repeats, Py_ssize_t *count) {
+    if (!PyList_Check(columns)) {
+        PyErr_SetString(PyExc_TypeError, "the query's terms: a list of term columns");
         return -1;
     }
-    *count = PyList_GET_SIZE(terms);
-    *term_ids = PyMem_Malloc(sizeof(int64_t) * (*count + 1));
-    *counts = PyMem_Malloc(sizeof(double) * (*count + 1));
-    if (!*term_ids || !*counts) {
+    Py_ssize_t given = PyList_GET_SIZE(columns);
+    *terms = PyMem_Malloc(sizeof(int64_t) * (given + 1));
+    *repeats = PyMem_Malloc(sizeof(double) * (given + 1));
+    if (!*terms || !*repeats) {
         PyErr_NoMemory();
         return -1;
     }
-    for (Py_ssize_t i = 0; i < *count; i++) {
-        (*term_ids)[i] = PyLong_AsLongLong(PyList_GET_ITEM(terms, i));
-        (*counts)[i] = PyFloat_AsDouble(PyList_GET_ITEM(repeats, i));  /* ints too, as NumPy's float64 repeats */
+    for (Py_ssize_t i = 0; i < given; i++) {
+        (*terms)[i] = PyLong_AsLongLong(PyList_GET_ITEM(columns, i));
+        if ((*terms)[i] == -1 && PyErr_Occurred()) return -1;
     }
-    return PyErr_Occurred() ? -1 : 0;
+    qsort(*terms, given, sizeof(int64_t), ascending);
+    *count = 0;
+    for (Py_ssize_t i = 0; i < given; i++) {
+        if (*count && (*terms)[*count - 1] == (*terms)[i]) {
+            (*repeats)[*count - 1] += 1.0;
+        } else {
+            (*terms)[*count] = (*terms)[i];
+            (*repeats)[(*count)++] = 1.0;
+        }
+    }
+    return 0;
 }
 
 /* [(record position, fused score), ...], best first. */
@@ -334,16 +460,16 @@ static PyObject *hit_list(const int64_t *positions, const double *scores, Py_ssi
 
 static PyObject *bounded_search(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *capsule, *terms, *repeats, *hits = NULL;
+    PyObject *capsule, *columns, *hits = NULL;
     Py_buffer given, found, query;
     Query q = {0};
-    if (!PyArg_ParseTuple(args, "Oy*y*OOy*dnnn", &capsule, &given, &found, &terms, &repeats, &query, &q.weight,
+    if (!PyArg_ParseTuple(args, "Oy*y*Oy*dnnn", &capsule, &given, &found, &columns, &query, &q.weight,
                           &q.words, &q.per_word, &q.depth))
         return NULL;
     Prepared *prepared = PyCapsule_GetPointer(capsule, CAPSULE_NAME);
     int64_t *term_ids = NULL;
     double *counts = NULL;
-    if (!prepared || query_terms(terms, repeats, &term_ids, &counts, &q.term_count) < 0) goto done;
+    if (!prepared || query_terms(columns, &term_ids, &counts, &q.term_count) < 0) goto done;
     const Index *ix = &prepared->index;
     q.given = given.len ? given.buf : NULL; q.given_count = given.len / 4;
     q.found = found.buf; q.found_count = found.len / 8;
@@ -378,7 +504,7 @@ done:
 static PyMethodDef methods[] = {
     {"prepare", prepare, METH_O, "prepare(arrays) -> the index ``bounded_search`` reads (see SearchEngine)"},
     {"bounded_search", bounded_search, METH_VARARGS,
-     "bounded_search(index, faiss_scores, faiss_positions, terms, repeats, query, weight, words, per_word, depth) "
+     "bounded_search(index, faiss_scores, faiss_positions, columns, query, weight, words, per_word, depth) "
      "-> [(record position, fused score)], best first"},
     {NULL, NULL, 0, NULL},
 };

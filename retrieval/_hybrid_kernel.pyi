@@ -5,6 +5,6 @@ from typing import Any
 import numpy as np
 
 def prepare(arrays: tuple[np.ndarray, ...], /) -> Any: ...
-def bounded_search(index: Any, faiss_scores: np.ndarray, faiss_positions: np.ndarray, terms: list[int],
-                   repeats: list[int], query: np.ndarray, weight: float, words: int, per_word: int,
+def bounded_search(index: Any, faiss_scores: np.ndarray, faiss_positions: np.ndarray, columns: list[int],
+                   query: np.ndarray, weight: float, words: int, per_word: int,
                    depth: int, /) -> list[tuple[int, float]]: ...

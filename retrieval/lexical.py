@@ -209,27 +209,20 @@ class BM25Index:
         return index
 
     # ------------------------------------------------------------ scoring
-    def _columns(self, query: str) -> list[int]:
+    def query_columns(self, query: str) -> list[int]:
+        """``query``'s words that are terms of this index, as term columns in query order (repeats kept)."""
         return [column for column in map(self._vocab.get, lexical_tokens(query)) if column is not None]
 
     def query_terms(self, query: str | QueryTerms) -> QueryTerms:
         """``query``'s terms of this index, tokenised once for several look-ups."""
         if isinstance(query, QueryTerms):
             return query
-        terms, repeats = self.term_counts(query)
-        return QueryTerms(np.array(terms, dtype=np.int64), np.array(repeats, dtype=np.float64))
-
-    def term_counts(self, query: str) -> tuple[list[int], list[int]]:
-        """``query``'s distinct terms of this index (ascending) and how often the query holds each."""
-        repeats: dict[int, int] = {}
-        for column in self._columns(query):
-            repeats[column] = repeats.get(column, 0) + 1
-        terms = sorted(repeats)
-        return terms, [repeats[t] for t in terms]
+        terms, repeats = np.unique(np.array(self.query_columns(query), dtype=np.int64), return_counts=True)
+        return QueryTerms(terms, repeats.astype(np.float64))
 
     def scores(self, query: str) -> np.ndarray:
         """Okapi BM25 of every text for ``query`` (float64; a repeated query word counts each time)."""
-        columns = self._columns(query)
+        columns = self.query_columns(query)
         if not columns:
             return np.zeros(self.size, dtype=np.float64)
         spans = [slice(int(self._indptr[c]), int(self._indptr[c + 1])) for c in columns]

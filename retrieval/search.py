@@ -250,10 +250,9 @@ class SearchEngine:
         """``_bounded_numpy`` for one query, in one call of the compiled search (rows of float32
         and int64 arrays, as ``_faiss_top`` and ``search`` make them)."""
         assert self._compiled is not None and _hybrid_kernel is not None
-        terms, repeats = self._lexical.term_counts(query)
         given = faiss_scores if self._faiss_scores_exact else faiss_scores[:0]  # empty: recompute the cosines
-        ranked = _hybrid_kernel.bounded_search(self._compiled, given, found, terms, repeats, vector, float(weight),
-                                               LEXICAL_WORDS, self.lexical_pool, depth)
+        ranked = _hybrid_kernel.bounded_search(self._compiled, given, found, self._lexical.query_columns(query), vector,
+                                               float(weight), LEXICAL_WORDS, self.lexical_pool, depth)
         return [self._hit(position, score) for position, score in ranked]
 
     def _bounded_numpy(self, queries: Sequence[str], query_vectors: np.ndarray, faiss_scores: np.ndarray,

@@ -223,13 +223,16 @@ def test_compiled_bounded_search_refuses_arrays_that_do_not_fit(tmp_path, docs) 
     arrays = list(engine.compiled_arrays())
     vector = encoder.encode(["river stone"])[0].astype(np.float32)
     scores, found = engine.store.search_ids(vector[None, :], 8)
-    terms, repeats = engine._lexical.term_counts("river stone")
+    columns = engine._lexical.query_columns("river stone")
 
-    def search(index, query=vector, hits=found[0]) -> list:
-        return _hybrid_kernel.bounded_search(index, scores[0], hits, terms, repeats, query, 0.8, 4, 4, 5)
+    def search(index, query=vector, hits=found[0], terms=columns, depth=5) -> list:
+        return _hybrid_kernel.bounded_search(index, scores[0], hits, terms, query, 0.8, 4, 4, depth)
 
     assert [p for p, _ in search(_hybrid_kernel.prepare(tuple(arrays)))] == [h.chunk_id for h in engine.hybrid(
         ["river stone"], vector[None, :], 5, 0.8)[0]]  # chunk ids are record positions in this index
+    assert search(_hybrid_kernel.prepare(tuple(arrays)), depth=0) == []
+    with pytest.raises(TypeError):
+        search(_hybrid_kernel.prepare(tuple(arrays)), terms=[*columns, "stone"])
     heads = arrays[-1].copy()
     heads[:] = len(engine.records)  # every head names a text past the last one
     with pytest.raises(ValueError, match="outside its own arrays"):
