@@ -240,7 +240,8 @@ class SearchEngine:
                 *self._lexical.search_arrays())
 
     def _compiled_index(self) -> object | None:
-        """The compiled bounded search's view of this version's arrays (None: the NumPy path)."""
+        """The compiled bounded search's view of this version's arrays, their pages mapped in now so
+        no query waits on a page fault (None: the NumPy path)."""
         if _hybrid_kernel is None or self._stored_rows.dtype != np.float32 or not self._stored_rows.flags.c_contiguous:
             return None
         return _hybrid_kernel.prepare(self.compiled_arrays())
