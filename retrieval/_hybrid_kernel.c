@@ -153,8 +153,8 @@ static int table_init(TermTable *table, const int64_t *terms, Py_ssize_t count) 
     return 0;
 }
 
+/* The query slot of ``term`` (-1: not a query term); ``bm25`` tests the filter bit before asking. */
 static Py_ssize_t table_find(const TermTable *table, int64_t term) {
-    if (!(table->bits[(term >> 6) & 63] >> (term & 63) & 1)) return -1;
     uint64_t h = slot_of(term, table->size);
     while (table->keys[h] != -1 && table->keys[h] != term) h = (h + 1) & (uint64_t)(table->size - 1);
     return table->keys[h] == term ? table->slot[h] : -1;
