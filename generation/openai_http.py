@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -126,35 +127,36 @@ class OpenAIHTTPGenerator:
         raise AssertionError("unreachable")
 
     def _stream(self, client: Any, body: dict[str, Any]) -> Answer:
-        import httpx
-
-        endpoint = f"{self.url}/chat/completions"
         started = time.perf_counter()
-        try:
-            with client.stream("POST", endpoint, json=body) as response:
+        with self._transport_failures():
+            with client.stream("POST", f"{self.url}/chat/completions", json=body) as response:
                 if response.status_code != 200:
                     response.read()
                     self._raise_for(response)
                 return self._read_events(response, started)
+
+    @contextmanager
+    def _transport_failures(self) -> Iterator[None]:
+        """Turn every way a request can fail on the wire into one retryable line naming the fix;
+        both requests of an answer go through here, so a server that dies between them is retried too."""
+        import httpx
+
+        try:
+            yield
         except httpx.ConnectError as exc:
             raise _Retryable(f"cannot reach the LLM server at {self.url} ({_reason(exc)}); start it or fix --llm-url") from None
         except httpx.TimeoutException:
-            raise _Retryable(f"no answer from {endpoint} within {self.timeout_s:g} s; check the server or raise the timeout") from None
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise _Retryable(f"no answer from {self.url}/chat/completions within {self.timeout_s:g} s; "
+                             "check the server or raise the timeout") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise _Retryable(f"the LLM server at {self.url} closed the connection mid-answer ({_reason(exc)}); "
                              "check that it is still running") from None
 
     def _count_prompt(self, client: Any, body: dict[str, Any]) -> int | None:
         """The server's prompt-token count of ``body``'s messages, from a one-token non-streaming request."""
-        import httpx
-
         probe = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
-        try:
+        with self._transport_failures():
             response = client.post(f"{self.url}/chat/completions", json={**probe, "max_tokens": 1})
-        except httpx.ConnectError as exc:
-            raise _Retryable(f"cannot reach the LLM server at {self.url} ({_reason(exc)}); start it or fix --llm-url") from None
-        except httpx.TimeoutException:
-            raise _Retryable(f"no answer from {self.url}/chat/completions within {self.timeout_s:g} s; check the server") from None
         if response.status_code != 200:
             self._raise_for(response)
         return (_json(response).get("usage") or {}).get("prompt_tokens")

@@ -26,10 +26,12 @@ USAGE = {"prompt_tokens": 57, "completion_tokens": 4, "total_tokens": 61}
 
 class FakeServer:
     """Serves scripted replies: ``script`` is a list of statuses for successive completion requests
-    (200 streams the answer, "cut" closes the connection mid-stream); the last one repeats."""
+    (200 streams the answer, "cut" closes the connection mid-stream); the last one repeats. The first
+    ``count_cuts`` prompt-count requests are dropped without a reply, as by a server that died."""
 
-    def __init__(self, script=(200,), models=("m",), stream_usage=True) -> None:
+    def __init__(self, script=(200,), models=("m",), stream_usage=True, count_cuts=0) -> None:
         self.script, self.models, self.stream_usage = list(script), list(models), stream_usage
+        self.count_cuts = count_cuts
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         outer = self
@@ -49,7 +51,10 @@ class FakeServer:
                 outer.requests.append(json.loads(self.rfile.read(length)))
                 outer.headers.append(dict(self.headers))
                 status = outer.script[min(len(outer.requests) - 1, len(outer.script) - 1)]
-                if not outer.requests[-1].get("stream"):  # a count request: usage only
+                if not outer.requests[-1].get("stream") and outer.count_cuts > 0:
+                    outer.count_cuts -= 1
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif not outer.requests[-1].get("stream"):  # a count request: usage only
                     usage = {"prompt_tokens": USAGE["prompt_tokens"], "completion_tokens": 1, "total_tokens": USAGE["prompt_tokens"] + 1}
                     self._reply(200, json.dumps({"choices": [{"message": {"content": "P"}}], "usage": usage}).encode(), "application/json")
                 elif status == 200:
@@ -185,6 +190,15 @@ def test_a_connection_cut_mid_answer_is_retried_then_reported():
     with FakeServer(script=["cut"]) as server:
         message = one_line_error(server.url)
     assert "closed the connection mid-answer" in message and message.endswith("(after 3 tries)")
+
+
+def test_a_connection_dropped_while_counting_the_prompt_is_retried_then_reported():
+    with FakeServer(stream_usage=False, count_cuts=1) as server:
+        assert generator(server.url).answer(CONTEXTS, "q?").prompt_tokens == USAGE["prompt_tokens"]
+    assert [bool(request.get("stream")) for request in server.requests] == [True, False, False]
+    with FakeServer(stream_usage=False, count_cuts=99) as server:
+        message = one_line_error(server.url)
+    assert "closed the connection" in message and "still running" in message and message.endswith("(after 3 tries)")
 
 
 def test_an_unreachable_server_is_one_clear_line():
